@@ -1,0 +1,35 @@
+"""Test configuration shared by every test.
+
+The Triton interpreter must be switched on before triton is first imported, so it is set here
+when no CUDA device is present: every kernel then runs (slowly, on small shapes) on the CPU.
+Autotuning is switched off in tests (GPUANN_AUTOTUNE=0).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+if not shutil.which("nvidia-smi") and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("GPUANN_AUTOTUNE", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -31,7 +31,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means CUDA when available, else CPU. ``"cuda"`` gets an explicit index."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device: {device} was asked for but CUDA is not available")
@@ -77,9 +80,7 @@ def as_float_matrix(
             raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}"
-        )
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(
             f"{name}: expected a floating-point tensor (float32, float16, bfloat16 or float64), "
@@ -129,11 +130,13 @@ def as_ids(
             raise TypeError(f"{name}: expected integer ids, got dtype {ids.dtype}")
         ids = torch.from_numpy(ids.astype(np.int64, copy=False))
     elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
-        ids = torch.as_tensor(list(ids), dtype=torch.int64)
+        ids = torch.as_tensor(list(ids)) if len(ids) else torch.empty(0, dtype=torch.int64)
     elif isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
         ids = torch.tensor([int(ids)], dtype=torch.int64)
     elif not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor, array or list of ints, got {type(ids).__name__}")
+        raise TypeError(
+            f"{name}: expected a tensor, array or list of ints, got {type(ids).__name__}"
+        )
     if ids.dtype.is_floating_point or ids.dtype in (torch.bool, torch.complex64, torch.complex128):
         raise TypeError(f"{name}: expected integer ids (int64), got {ids.dtype}")
     if ids.ndim != 1:

@@ -36,9 +36,13 @@ def check_budget(memory_budget: int | None, device: torch.device) -> int:
     if memory_budget is None:
         return default_budget(device)
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
-        raise TypeError(f"memory_budget: expected an int (bytes), got {type(memory_budget).__name__}")
+        raise TypeError(
+            f"memory_budget: expected an int (bytes), got {type(memory_budget).__name__}"
+        )
     if memory_budget < MIN_BUDGET:
-        raise ValueError(f"memory_budget: expected at least {MIN_BUDGET} bytes (1 MiB), got {memory_budget}")
+        raise ValueError(
+            f"memory_budget: expected at least {MIN_BUDGET} bytes (1 MiB), got {memory_budget}"
+        )
     return memory_budget
 
 

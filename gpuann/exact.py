@@ -50,7 +50,9 @@ _exact_search_op = torch.library.custom_op(
 
 
 @_exact_search_op.register_fake
-def _exact_search_fake(queries, database, database_sqnorms, column_scale, k, metric, backend, memory_budget):
+def _exact_search_fake(
+    queries, database, database_sqnorms, column_scale, k, metric, backend, memory_budget
+):
     shape = (queries.shape[0], k)
     return (
         queries.new_empty(shape, dtype=torch.float32),

@@ -120,16 +120,16 @@ class FlatIndex:
     def _empty_state(self, capacity: int):
         data = torch.empty((capacity, self._dim), dtype=self._dtype, device=self._device)
         ids = torch.empty(capacity, dtype=torch.int64, device=self._device)
-        sqnorms = (
-            torch.empty(capacity, device=self._device) if self._metric is Metric.L2 else None
-        )
+        sqnorms = torch.empty(capacity, device=self._device) if self._metric is Metric.L2 else None
         return data, ids, sqnorms
 
     def _set_state(self, data, ids, sqnorms, *, n: int, next_id: int) -> None:
         self._data, self._ids, self._sqnorms = data, ids, sqnorms
         self._n, self._next_id = n, next_id
 
-    def _prepare_vectors(self, x: Any, name: str, check_finite: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _prepare_vectors(
+        self, x: Any, name: str, check_finite: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Validated vectors in storage dtype on the index device, and their squared norms."""
         x, _ = as_float_matrix(x, name, dim=self._dim)
         if check_finite:
@@ -187,7 +187,9 @@ class FlatIndex:
                 _, present = self._positions(new_ids)
                 if bool(present.any()):
                     dup = new_ids[present]
-                    raise ValueError(f"ids: {dup.numel()} id(s) already in the index: {dup[:10].tolist()}")
+                    raise ValueError(
+                        f"ids: {dup.numel()} id(s) already in the index: {dup[:10].tolist()}"
+                    )
                 order = torch.argsort(new_ids)
                 new_ids, x = new_ids[order], x[order]
                 sqnorms = sqnorms[order] if sqnorms is not None else None
@@ -277,6 +279,12 @@ class FlatIndex:
             if sqnorms is not None:
                 self._sqnorms[pos] = sqnorms
 
+    def _renumber(self) -> None:
+        """Give the vectors ids 0..n-1 in their current order (faiss ``IndexFlat`` semantics)."""
+        with self._lock.write():
+            self._ids[: self._n] = torch.arange(self._n, device=self._device)
+            self._next_id = self._n
+
     def reset(self) -> None:
         """Remove every vector (ids restart at 0)."""
         with self._lock.write():
@@ -360,12 +368,16 @@ class FlatIndex:
         if device == self._device:
             return self
         with self._lock.read():
-            other = FlatIndex(self._dim, self._metric, device, self._dtype, memory_budget=self.memory_budget)
+            other = FlatIndex(
+                self._dim, self._metric, device, self._dtype, memory_budget=self.memory_budget
+            )
             n = self._n
             if n:
                 data = self._data[:n].to(device)
                 sqnorms = self._sqnorms[:n].to(device) if self._sqnorms is not None else None
-                other._set_state(data, self._ids[:n].to(device), sqnorms, n=n, next_id=self._next_id)
+                other._set_state(
+                    data, self._ids[:n].to(device), sqnorms, n=n, next_id=self._next_id
+                )
             else:
                 other._next_id = self._next_id
         return other
@@ -380,7 +392,9 @@ class FlatIndex:
                 "dtype": str(self._dtype).removeprefix("torch."),
                 "next_id": self._next_id,
             }
-            write_index_file(path, "FlatIndex", meta, {"vectors": self._data[:n], "ids": self._ids[:n]})
+            write_index_file(
+                path, "FlatIndex", meta, {"vectors": self._data[:n], "ids": self._ids[:n]}
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> FlatIndex:
@@ -405,5 +419,6 @@ def _load_flat(meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> Flat
     sqnorms = (data.float() ** 2).sum(dim=1) if index.metric is Metric.L2 else None
     index._set_state(data, stored_ids, sqnorms, n=n, next_id=int(meta["next_id"]))
     return index
+
 
 register_index_kind("FlatIndex", _load_flat)

@@ -33,7 +33,14 @@ import torch
 
 from gpuann._version import __version__
 
-__all__ = ["FORMAT_VERSION", "IndexFileError", "load", "read_index_file", "register_index_kind", "write_index_file"]
+__all__ = [
+    "FORMAT_VERSION",
+    "IndexFileError",
+    "load",
+    "read_index_file",
+    "register_index_kind",
+    "write_index_file",
+]
 
 MAGIC = b"GPUANN\x00\x1a"
 FORMAT_VERSION = 1
@@ -57,12 +64,16 @@ class IndexFileError(ValueError):
     """An index file is not a gpuann file, is of an unknown version, truncated or corrupt."""
 
 
-def register_index_kind(kind: str, loader: Callable[[dict, dict[str, torch.Tensor], Any], Any]) -> None:
+def register_index_kind(
+    kind: str, loader: Callable[[dict, dict[str, torch.Tensor], Any], Any]
+) -> None:
     """Make :func:`load` able to rebuild indexes saved with ``kind``."""
     _LOADERS[kind] = loader
 
 
-def write_index_file(path: str | os.PathLike, kind: str, meta: Mapping[str, Any], arrays: Mapping[str, torch.Tensor]) -> None:
+def write_index_file(
+    path: str | os.PathLike, kind: str, meta: Mapping[str, Any], arrays: Mapping[str, torch.Tensor]
+) -> None:
     """Atomically write an index file (see the module docstring for the layout)."""
     path = Path(path)
     entries, blobs, offset, crc = [], [], 0, 0
@@ -106,6 +117,9 @@ def write_index_file(path: str | os.PathLike, kind: str, meta: Mapping[str, Any]
                 f.write(memoryview(blob))
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
@@ -171,7 +185,9 @@ def read_index_file(path: str | os.PathLike) -> tuple[str, dict, dict[str, torch
     for entry in header["arrays"]:
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise IndexFileError(f"{where}: array {entry['name']!r} has unknown dtype {entry['dtype']!r}")
+            raise IndexFileError(
+                f"{where}: array {entry['name']!r} has unknown dtype {entry['dtype']!r}"
+            )
         start, nbytes = entry["offset"], entry["nbytes"]
         chunk = payload[start : start + nbytes]
         count = 1
@@ -179,7 +195,11 @@ def read_index_file(path: str | os.PathLike) -> tuple[str, dict, dict[str, torch
             count *= s
         if len(chunk) != nbytes or nbytes != count * dtype.itemsize:
             raise IndexFileError(f"{where}: array {entry['name']!r} does not match its shape")
-        flat = torch.frombuffer(bytearray(chunk), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+        flat = (
+            torch.frombuffer(bytearray(chunk), dtype=torch.uint8)
+            if nbytes
+            else torch.empty(0, dtype=torch.uint8)
+        )
         arrays[entry["name"]] = flat.view(dtype).reshape(entry["shape"])
     return header["kind"], header["meta"], arrays
 
@@ -215,5 +235,5 @@ def _import_index_modules() -> None:
     """Import the modules that register index kinds (indexes outside the core register lazily)."""
     import importlib
 
-    for module in ("gpuann.flat",):
+    for module in ("gpuann.flat", "gpuann.ivf", "gpuann.binary", "gpuann.kdtree"):
         importlib.import_module(module)

@@ -66,7 +66,7 @@ def topk_lex(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Narrow rows: one sort of packed keys is exact and cheap.
         cols = torch.arange(W, device=scores.device).expand(R, W)
         key = _packed_key(scores, cols)
-        keys, order = torch.topk(key, kk, dim=1, largest=False, sorted=True)
+        _, order = torch.topk(key, kk, dim=1, largest=False, sorted=True)
         return scores.gather(1, order), order
     # Wide rows: float top-(k+1); rows whose k-th and (k+1)-th values tie at the boundary are
     # reselected exactly with packed keys (rare with real data).
@@ -118,7 +118,9 @@ def merge_topk(
     return top_values, ids.gather(1, cols)
 
 
-def topk_by_id(values: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_by_id(
+    values: torch.Tensor, ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` smallest of each row, ties broken by lower id, id ``-1`` last.
 
     For merging result lists whose ids come in no particular order (shards, partial results).

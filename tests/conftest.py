@@ -8,16 +8,14 @@ Autotuning is switched off in tests (GPUANN_AUTOTUNE=0).
 from __future__ import annotations
 
 import os
-import shutil
 
-if not shutil.which("nvidia-smi") and "TRITON_INTERPRET" not in os.environ:
-    os.environ["TRITON_INTERPRET"] = "1"
-os.environ.setdefault("GPUANN_AUTOTUNE", "0")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch  # importing torch does not import triton
 
 CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("GPUANN_AUTOTUNE", "0")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 

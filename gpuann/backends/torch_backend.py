@@ -141,7 +141,9 @@ def _merge_filtered(
     slot = torch.arange(rows.numel(), device=rows.device) - start[rows]
     width = int(counts.max())
     cand_values = torch.full((active.numel(), width), float("nan"), device=scores.device)
-    cand_positions = torch.full((active.numel(), width), -1, dtype=torch.int64, device=scores.device)
+    cand_positions = torch.full(
+        (active.numel(), width), -1, dtype=torch.int64, device=scores.device
+    )
     cand_values[rank[rows], slot] = scores[rows, cols]
     cand_positions[rank[rows], slot] = cols + r0
     merged_values, merged_positions = merge_topk(

@@ -1,0 +1,5 @@
+import sys
+
+from gpuann.cli import main
+
+sys.exit(main())

@@ -16,7 +16,6 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("GPUANN_AUTOTUNE", "0")
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,11 @@ computed from the stored (rounded) values.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+
+#: Devices every device-parametrised test runs on; CUDA cases are skipped without a GPU.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 #: (rtol, atol) of distances against the float64 reference, by the dtype scores are computed in.
 TOLERANCE = {

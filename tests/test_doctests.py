@@ -13,7 +13,7 @@ import gpuann
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(gpuann.__path__, "gpuann.")
-    if not m.name.startswith("gpuann._kernels")
+    if not m.name.startswith("gpuann._kernels") and m.name != "gpuann.__main__"
 )
 
 

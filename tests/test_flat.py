@@ -7,8 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES
-from reference import TOLERANCE, assert_knn_matches
+from reference import DEVICES, TOLERANCE, assert_knn_matches
 
 import gpuann
 
@@ -176,7 +175,9 @@ def test_to_cuda_and_back():
 def test_repr_names_the_essentials():
     index = gpuann.FlatIndex(4, "cosine", device="cpu", dtype=torch.float16)
     index.add(torch.randn(3, 4))
-    assert repr(index) == "FlatIndex(n=3, dim=4, metric='cosine', dtype=float16, device='cpu')"
+    assert repr(index) == (
+        "FlatIndex(n=3, dim=4, metric='cosine', dtype=float16, device='cpu', memory='16.0 KiB')"
+    )
 
 
 def test_concurrent_searches_with_mutations():

@@ -57,6 +57,9 @@ class ExactBackend(abc.ABC):
 
     #: Name used by ``backend=`` arguments.
     name: ClassVar[str]
+    #: Whether ``backend="auto"`` may pick this backend for CPU tensors (the Triton backend
+    #: runs on CPU only under the interpreter, which is far too slow to be chosen by default).
+    auto_on_cpu: ClassVar[bool] = True
 
     @abc.abstractmethod
     def not_supported_reasons(self, request: SearchRequest) -> list[str]:

@@ -2,6 +2,10 @@
 
 A forced choice (``backend="triton"``) that cannot run raises with the reasons; ``"auto"``
 that finds nothing raises listing every backend and its reasons.
+
+A backend may run CPU tensors only through an emulator (Triton's interpreter, for tests): it
+declares ``auto_on_cpu = False``, and ``"auto"`` then skips it for CPU tensors while
+``backend="triton"`` can still force it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ __all__ = ["BackendUnavailableError", "available_backends", "get_backend", "sele
 
 #: Priority order, fastest first, as (name, module, class). Modules are imported on first use.
 _REGISTRY: tuple[tuple[str, str, str], ...] = (
+    ("triton", "gpuann.backends.triton_backend", "TritonBackend"),
     ("torch", "gpuann.backends.torch_backend", "TorchBackend"),
 )
 _instances: dict[str, ExactBackend] = {}
@@ -27,7 +32,7 @@ def available_backends() -> list[str]:
     """Names accepted by ``backend=``, in priority order.
 
     >>> available_backends()
-    ['torch']
+    ['triton', 'torch']
     """
     return [name for name, _, _ in _REGISTRY]
 
@@ -58,6 +63,12 @@ def select_backend(request: SearchRequest, backend: str = "auto") -> ExactBacken
     report = []
     for name in available_backends():
         candidate = get_backend(name)
+        if request.device.type == "cpu" and not candidate.auto_on_cpu:
+            report.append(
+                f"  {name}: not picked automatically for CPU tensors (emulated there, far "
+                f"slower than torch); pass backend={name!r} to force it"
+            )
+            continue
         reasons = candidate.not_supported_reasons(request)
         if not reasons:
             return candidate

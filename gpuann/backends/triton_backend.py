@@ -1,0 +1,123 @@
+"""Exact search with the fused Triton kernel: distances and top-k in one pass over the database.
+
+The fast path on CUDA. Each program scores a block of queries against database tiles with
+``tl.dot`` (float32 accumulation) and keeps its running top-k as packed int64 keys in
+registers, so the (Q, N) distance matrix never exists; when queries are few, the database is
+split across programs and the partial lists are merged by a second small kernel. Results are
+those of the torch backend: same scores, ties to the lower row, NaN last.
+
+k up to ``gpuann._triton.MAX_K`` (2048) runs fused. Larger k runs the torch backend's tiled
+``mm`` + tie-aware top-k + merge on the same device: correct for any k up to N, with no
+claim of speed.
+
+CPU tensors run only under the Triton interpreter (``TRITON_INTERPRET=1``, set before triton
+is imported), which exists to test the kernels: ``backend="triton"`` then works on the CPU,
+but automatic selection never picks this backend for CPU tensors (``auto_on_cpu = False``),
+because the interpreter is orders of magnitude slower than torch there.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import ClassVar
+
+import torch
+from packaging.version import Version
+
+from gpuann._triton import MAX_K, interpreter_enabled, next_power_of_2, triton_installed
+from gpuann.backends.base import ExactBackend, SearchRequest
+from gpuann.metrics import Metric
+
+__all__ = ["TritonBackend"]
+
+_STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_QUERY_DTYPES = (*_STORAGE_DTYPES, torch.float64)
+#: Row numbers are packed into the low 32 bits of a key.
+_MAX_ROWS = 2**32 - 1
+
+
+class TritonBackend(ExactBackend):
+    """Fused distance + top-k Triton kernels (CUDA; the CPU only under the interpreter)."""
+
+    name = "triton"
+    #: Whether ``backend="auto"`` may pick this backend for CPU tensors: never, the
+    #: interpreter that runs it there is a test tool (see the module docstring).
+    auto_on_cpu: ClassVar[bool] = False
+
+    def not_supported_reasons(self, request: SearchRequest) -> list[str]:
+        reasons = []
+        if not triton_installed():
+            reasons.append("triton is not installed (pip install 'gpuann[gpu]')")
+        device = request.device
+        if device.type == "cpu":
+            if not interpreter_enabled():
+                reasons.append(
+                    "CPU tensors: only under TRITON_INTERPRET=1 (the Triton interpreter, set "
+                    "before triton is imported; for tests)"
+                )
+        elif device.type == "cuda":
+            capability = torch.cuda.get_device_capability(device)
+            if capability < (7, 0):
+                reasons.append(f"CUDA compute capability {capability} < (7, 0)")
+            elif request.database.dtype == torch.bfloat16 and capability < (8, 0):
+                reasons.append(f"bfloat16 needs compute capability >= (8, 0), got {capability}")
+        else:
+            reasons.append(f"{device.type} tensors: Triton runs on CUDA tensors only")
+        if request.database.dtype not in _STORAGE_DTYPES:
+            reasons.append(
+                f"database dtype {request.database.dtype}: expected float32/16, bfloat16"
+            )
+        if request.queries.dtype not in _QUERY_DTYPES:
+            reasons.append(f"queries dtype {request.queries.dtype} is not supported")
+        if request.database.shape[0] > _MAX_ROWS:
+            reasons.append(
+                f"{request.database.shape[0]} database rows: at most 2**32 - 1 (row numbers "
+                "are packed into 32 bits)"
+            )
+        if device.type == "cpu" and triton_installed() and _interpreter_range_bug():
+            reasons.append("the interpreter of triton < 3.7 crashes with numpy >= 2.3")
+        return reasons
+
+    def search(self, request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        if request.k > MAX_K:
+            from gpuann.backends.torch_backend import torch_exact_search
+
+            return torch_exact_search(request)
+        return _fused_search(request)
+
+
+def _interpreter_range_bug() -> bool:
+    """triton <= 3.6's interpreter fails on ``range(program_id-based bounds)`` with numpy >= 2.3."""
+    triton_version = Version(importlib.metadata.version("triton"))
+    numpy_version = Version(importlib.metadata.version("numpy"))
+    return triton_version < Version("3.7") and numpy_version >= Version("2.3")
+
+
+def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the fused kernel on chunks of queries whose partial lists fit half the budget."""
+    from gpuann._triton.knn import fused_knn
+
+    queries, database, k = request.queries, request.database, request.k
+    if queries.dtype == torch.float64:
+        queries = queries.float()
+    l2 = request.metric is Metric.L2
+    per_query = next_power_of_2(min(k, max(database.shape[0], 1))) * 8  # one split's list
+    allowance = max(request.memory_budget // 2, per_query)
+    chunk = max(1, min(queries.shape[0], allowance // per_query))
+    results = []
+    for q0 in range(0, max(queries.shape[0], 1), chunk):
+        q = queries[q0 : q0 + chunk]
+        results.append(
+            fused_knn(
+                q,
+                database,
+                k,
+                l2,
+                request.database_sqnorms if l2 else None,
+                None if l2 else request.column_scale,
+                max_splits=max(1, allowance // (per_query * max(q.shape[0], 1))),
+            )
+        )
+    if len(results) == 1:
+        return results[0]
+    return torch.cat([d for d, _ in results]), torch.cat([p for _, p in results])

@@ -1,0 +1,199 @@
+"""The Triton exact-search backend against the torch backend, under the interpreter on CPU.
+
+The torch backend is the reference semantics: same scores, ties to the lower row, NaN last.
+Ids must match exactly wherever the reference distances are separated by more than the
+tolerance (and everywhere when all scores are exact, as with small integer data).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import DEVICES
+
+import gpuann
+from gpuann._triton import MAX_K
+from gpuann._triton.knn import fused_knn
+from gpuann.backends.base import SearchRequest
+from gpuann.backends.dispatch import BackendUnavailableError, get_backend, select_backend
+from gpuann.backends.torch_backend import torch_exact_search
+from gpuann.metrics import Metric
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+#: Absolute distance tolerance per storage dtype, relative to the data's scale. Scores are
+#: float32 in both backends; float32 queries against 16-bit storage are split into two
+#: 16-bit parts by the kernel, which keeps 16 significant bits of each coordinate for
+#: bfloat16 (relative error up to 2**-17) and 22 for float16.
+TOL = {torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 5e-5}
+# (queries, rows, dim, k): Q = 1 and d = 1; odd sizes; k above the interpreter's 32-row
+# tile; k > N (padding with -1).
+SHAPES = [(1, 37, 1, 1), (5, 83, 19, 3), (9, 70, 8, 64), (3, 40, 5, 50)]
+BUDGET = 1 << 26
+
+
+def _request(queries, database, k, metric, **kwargs) -> SearchRequest:
+    fields = {"database_sqnorms": None, "column_scale": None, "memory_budget": BUDGET}
+    return SearchRequest(queries, database, k, Metric(metric), **{**fields, **kwargs})
+
+
+def assert_same_knn(D, I, D_ref, I_ref, D_next, tol: float) -> None:
+    """Tie-aware: ids equal except among reference distances within ``tol`` of each other.
+
+    ``D_next`` (Q,) is the reference's (k+1)-th distance (±inf when there is none): an id at the
+    k-th place may differ when the excluded next row is within ``tol``.
+    """
+    assert D.shape == D_ref.shape and I.dtype == torch.int64
+    torch.testing.assert_close(I == -1, I_ref == -1, msg="padding differs")
+    finite = D_ref[torch.isfinite(D_ref)].abs()
+    scale = max([1.0, *finite.tolist()])
+    torch.testing.assert_close(D, D_ref, rtol=0, atol=tol * scale, equal_nan=True)
+    ext = torch.cat([D_ref, D_next[:, None]], dim=1).double()
+    gap = (ext[:, 1:] - ext[:, :-1]).abs()
+    gap = gap.nan_to_num(nan=float("inf"))
+    before = torch.cat([torch.full_like(gap[:, :1], float("inf")), gap[:, :-1]], dim=1)
+    clear = (torch.minimum(before, gap[:, :]) > 2 * tol * scale)[:, : D.shape[1]]
+    differ = I.ne(I_ref)
+    bad = clear & differ
+    assert not bad.any(), f"ids differ at {bad.nonzero().tolist()}: {I[bad]} vs {I_ref[bad]}"
+    for row in I:  # no id twice
+        real = row[row >= 0]
+        assert real.unique().numel() == real.numel()
+
+
+def _reference(request: SearchRequest):
+    """Torch backend results for k, and the (k+1)-th distance of each query."""
+    D, I = torch_exact_search(request)
+    wider = torch_exact_search(_replace_k(request, request.k + 1))[0][:, -1]
+    return D, I, wider
+
+
+def _replace_k(request: SearchRequest, k: int) -> SearchRequest:
+    return SearchRequest(**{**request.__dict__, "k": k})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_knn_matches_torch_backend(device, metric, dtype, shape):
+    q, n, d, k = shape
+    queries = torch.randn(q, d, device=device)
+    database = torch.randn(n, d, device=device).to(dtype)
+    D, I = gpuann.knn(queries, database, k, metric=metric, backend="triton")
+    D_ref, I_ref = gpuann.knn(queries, database, k, metric=metric, backend="torch")
+    D_next = gpuann.knn(queries, database, k + 1, metric=metric, backend="torch")[0][:, -1]
+    sign = 1 if metric == "l2" else -1  # compare as "smaller is nearer"
+    assert_same_knn(sign * D, I, sign * D_ref, I_ref, sign * D_next, TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_exact_ties_go_to_the_lower_row(device, metric, dtype):
+    # Small integers: every score is exact in float32, so results must be identical, and
+    # duplicated rows tie exactly.
+    base = torch.randint(-3, 4, (20, 6), device=device).float()
+    database = torch.cat([base, base, base[:7]]).to(dtype)
+    queries = torch.randint(-3, 4, (6, 6), device=device).float()
+    request = _request(queries, database, 11, metric)
+    D, I = get_backend("triton").search(request)
+    D_ref, I_ref = torch_exact_search(request)
+    assert torch.equal(I, I_ref) and torch.equal(D, D_ref)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 8])
+@pytest.mark.parametrize("k", [5, 64])
+def test_split_database_merges_like_one_pass(splits, k):
+    queries, database = torch.randn(4, 12), torch.randn(300, 12)
+    request = _request(queries, database, k, "l2")
+    D_ref, I_ref, D_next = _reference(request)
+    D, I = fused_knn(queries, database, k, True, splits=splits)
+    assert_same_knn(D, I, D_ref, I_ref, D_next, TOL[torch.float32])
+
+
+def test_strided_database_and_given_norms_and_scale():
+    wide = torch.randn(90, 40)
+    database = wide[:, 3:20]  # row stride 40, not the row length
+    queries = torch.randn(3, 17)
+    sqnorms = (database * database).sum(dim=1)
+    l2 = _request(queries, database, 7, "l2", database_sqnorms=sqnorms)
+    scale = torch.rand(90) + 0.5
+    ip = _request(queries, database, 7, "ip", column_scale=scale)
+    for request in (l2, ip):
+        D, I = get_backend("triton").search(request)
+        D_ref, I_ref, D_next = _reference(request)
+        sign = 1 if request.metric is Metric.L2 else -1
+        assert_same_knn(sign * D, I, sign * D_ref, I_ref, sign * D_next, TOL[torch.float32])
+
+
+def test_float16_queries_against_float16_storage():
+    queries = torch.randn(4, 24).half()  # same dtype: no query split, tensor-core dot
+    database = torch.randn(100, 24).half()
+    request = _request(queries, database, 9, "ip")
+    D, I = get_backend("triton").search(request)
+    D_ref, I_ref, D_next = _reference(request)
+    assert_same_knn(-D, I, -D_ref, I_ref, -D_next, TOL[torch.float16])
+
+
+def test_nan_scores_rank_after_every_number():
+    database = torch.randn(50, 4)
+    database[[3, 30]] = float("nan")
+    queries = torch.randn(3, 4)
+    for metric in ("l2", "ip"):
+        request = _request(queries, database, 50, metric)
+        D, I = get_backend("triton").search(request)
+        D_ref, I_ref = torch_exact_search(request)
+        assert torch.equal(I, I_ref)
+        assert I[:, -2:].tolist() == [[3, 30]] * 3  # NaN rows last, lower row first
+        torch.testing.assert_close(D, D_ref, equal_nan=True, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [MAX_K, MAX_K + 52])
+def test_large_k(k):
+    # MAX_K runs fused; beyond it the tiled torch path takes over. Both must be exact.
+    queries, database = torch.randn(2, 4), torch.randn(MAX_K + 60, 4)
+    request = _request(queries, database, k, "l2")
+    D, I = get_backend("triton").search(request)
+    D_ref, I_ref, D_next = _reference(request)
+    assert_same_knn(D, I, D_ref, I_ref, D_next, TOL[torch.float32])
+
+
+def test_small_budget_chunks_queries():
+    queries, database = torch.randn(40, 8), torch.randn(64, 8)
+    request = _request(queries, database, 64, "l2", memory_budget=40 * 64 * 8)
+    D, I = get_backend("triton").search(request)
+    D_ref, I_ref, D_next = _reference(request)
+    assert_same_knn(D, I, D_ref, I_ref, D_next, TOL[torch.float32])
+
+
+def test_auto_never_picks_triton_for_cpu_tensors():
+    request = _request(torch.randn(2, 3), torch.randn(5, 3), 2, "l2")
+    assert get_backend("triton").not_supported_reasons(request) == []  # interpreter is on
+    assert select_backend(request).name == "torch"
+    assert select_backend(request, "triton").name == "triton"
+
+
+def test_reasons_name_what_is_missing(monkeypatch):
+    backend = get_backend("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    request = _request(torch.randn(2, 3), torch.randn(5, 3), 2, "l2")
+    assert any("TRITON_INTERPRET=1" in r for r in backend.not_supported_reasons(request))
+    with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        select_backend(request, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    wrong = _request(torch.randn(2, 3), torch.randn(5, 3).double(), 2, "l2")
+    assert any("float64" in r for r in backend.not_supported_reasons(wrong))
+    huge = _request(torch.randn(2, 1), torch.zeros(1, 1).expand(2**32, 1), 2, "l2")
+    assert any("2**32" in r for r in backend.not_supported_reasons(huge))
+
+
+def test_compiled_knn_with_triton_backend_has_no_graph_break():
+    queries, database = torch.randn(3, 8), torch.randn(40, 8)
+
+    def search(q, x):
+        return gpuann.knn(q, x, 4, backend="triton", check_finite=False)
+
+    D, I = torch.compile(search, fullgraph=True, backend="aot_eager")(queries, database)
+    D_ref, I_ref = gpuann.knn(queries, database, 4, backend="torch")
+    assert torch.equal(I, I_ref)
+    torch.testing.assert_close(D, D_ref, rtol=0, atol=1e-5)

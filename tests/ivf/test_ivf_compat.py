@@ -1,0 +1,91 @@
+"""gpuann.compat.faiss IVF shims behave like faiss (same code, same results)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+import gpuann
+import gpuann.compat.faiss as gfaiss
+
+
+def both(module, d, nlist, kind, metric):
+    extra = () if module is faiss else ("cpu",)
+    quantizer = module.IndexFlat(d, metric, *extra)
+    if kind == "flat":
+        return module.IndexIVFFlat(quantizer, d, nlist, metric)
+    return module.IndexIVFPQ(quantizer, d, nlist, 4, 6, metric)
+
+
+@pytest.mark.parametrize("metric", [gfaiss.METRIC_L2, gfaiss.METRIC_INNER_PRODUCT])
+@pytest.mark.parametrize("kind", ["flat", "pq"])
+def test_same_code_same_results(small, kind, metric):
+    xb, xq = small
+    results = []
+    for module in (faiss, gfaiss):
+        index = both(module, 16, 16, kind, metric)
+        assert not index.is_trained and index.ntotal == 0 and index.nprobe == 1
+        index.train(xb)  # 2000 <= 256 * 16: no sampling, the same training set as faiss
+        index.add(xb[:1000])
+        index.add_with_ids(xb[1000:], np.arange(1000, 2000) * 7)
+        index.nprobe = 4
+        assert index.is_trained and index.ntotal == 2000 and index.d == 16
+        results.append(index.search(xq, 10))
+        results.append(index.search(xq, 10, params=faiss.SearchParametersIVF(nprobe=16)))
+        assert index.remove_ids(np.array([0, 1, 7000, 123456])) == 3
+        results.append(index.search(xq, 10))
+    half = len(results) // 2
+    for (d1, i1), (d2, i2) in zip(results[:half], results[half:], strict=True):
+        np.testing.assert_array_equal(np.sort(i1, axis=1), np.sort(i2, axis=1))
+        np.testing.assert_allclose(d2, d1, rtol=1e-5, atol=1e-5)
+
+
+def test_out_arrays_reconstruct_reset(small):
+    xb, xq = small
+    index = gfaiss.IndexIVFFlat(gfaiss.IndexFlatL2(16, "cpu"), 16, 8)
+    index.train(xb)
+    index.add(xb)
+    D, I = np.empty((20, 3), "float32"), np.empty((20, 3), "int64")
+    index.search(xq, 3, D=D, I=I)
+    assert (I >= 0).all() and np.isfinite(D).all()
+    np.testing.assert_array_equal(index.reconstruct(5), xb[5])
+    index.reset()
+    assert index.ntotal == 0 and index.is_trained
+    assert "IVFFlatIndex" in repr(index)
+
+
+def test_quantizer_dimension_checked():
+    with pytest.raises(ValueError, match="quantizer: has d=8"):
+        gfaiss.IndexIVFFlat(gfaiss.IndexFlatL2(8, "cpu"), 16, 4)
+    with pytest.raises(NotImplementedError, match="params"):
+        index = gfaiss.IndexIVFFlat(None, 4, 1)
+        index.train(np.tile(np.eye(4, dtype="float32"), (10, 1)))
+        index.search(np.eye(4, dtype="float32"), 1, params=object())
+
+
+@pytest.mark.parametrize(
+    ("description", "cls"),
+    [
+        ("Flat", gfaiss.IndexFlat),
+        ("IVF8,Flat", gfaiss.IndexIVFFlat),
+        ("IVF8,PQ4x6", gfaiss.IndexIVFPQ),
+    ],
+)
+def test_compat_index_factory(description, cls):
+    index = gfaiss.index_factory(16, description, gfaiss.METRIC_INNER_PRODUCT)
+    assert type(index) is cls and index.d == 16 and index.metric_type == gfaiss.METRIC_INNER_PRODUCT
+
+
+def test_compat_refine_k_factor(small):
+    xb, xq = small
+    index = gfaiss.index_factory(16, "IVF8,PQ4x6,RFlat")
+    assert isinstance(index.index, gpuann.IVFPQIndex) and index.index.refine and index.k_factor == 4
+    index.train(xb)
+    index.add(xb)
+    index.nprobe = 8
+    _, i = index.search(xb[:5], 1)
+    assert i[:, 0].tolist() == [0, 1, 2, 3, 4]  # exact re-ranking finds each vector itself
+    plain = gfaiss.index_factory(16, "IVF8,PQ4x6")
+    with pytest.raises(ValueError, match="k_factor"):
+        plain.k_factor = 2

@@ -1,0 +1,100 @@
+"""index_factory strings, parameter suggestions and nprobe tuning on held-out data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ivf_helpers import NLIST, build
+
+import gpuann
+from gpuann.ivf import parse_description
+
+
+@pytest.mark.parametrize(
+    ("description", "cls", "attrs"),
+    [
+        ("Flat", gpuann.FlatIndex, {}),
+        ("IVF64,Flat", gpuann.IVFFlatIndex, {"nlist": 64}),
+        ("IVF1024,PQ32", gpuann.IVFPQIndex, {"nlist": 1024, "m": 32, "nbits": 8, "refine": False}),
+        ("IVF16,PQ8x4", gpuann.IVFPQIndex, {"nlist": 16, "m": 8, "nbits": 4, "refine": False}),
+        ("IVF16, PQ16x6, RFlat", gpuann.IVFPQIndex, {"m": 16, "nbits": 6, "refine": True}),
+        ("IVF16,PQ4,Refine(Flat)", gpuann.IVFPQIndex, {"m": 4, "refine": True}),
+    ],
+)
+def test_index_factory(description, cls, attrs):
+    index = gpuann.index_factory(64, description, metric="ip", device="cpu")
+    assert type(index) is cls and index.dim == 64 and index.metric is gpuann.Metric.IP
+    for name, value in attrs.items():
+        assert getattr(index, name) == value, name
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["HNSW32", "IVF64", "IVF64,Flat,RFlat", "IVFx,Flat", "IVF64,SQ8", "Flat,RFlat", ""],
+)
+def test_index_factory_unsupported(description):
+    with pytest.raises(ValueError, match="description: unsupported"):
+        parse_description(description)
+    with pytest.raises(TypeError, match="description: expected a str"):
+        parse_description(64)
+
+
+def test_index_factory_passes_options():
+    index = gpuann.index_factory(32, "IVF16,PQ8,RFlat", device="cpu", nprobe=3, refine_factor=2)
+    assert index.nprobe == 3 and index.refine_factor == 2
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "expected"),
+    [
+        (1_000_000, 128, gpuann.ivf.IVFParams(4096, 32, 8, 256)),
+        (100, 7, gpuann.ivf.IVFParams(2, 1, 1, 1)),
+        (20_000, 32, gpuann.ivf.IVFParams(512, 8, 8, 32)),
+    ],
+)
+def test_suggest_ivf_params(n, dim, expected):
+    params = gpuann.suggest_ivf_params(n, dim)
+    assert params == expected
+    assert n >= 39 * params.nlist and dim % params.m == 0
+
+
+def test_suggest_ivf_params_errors():
+    with pytest.raises(ValueError, match="n: expected a positive int"):
+        gpuann.suggest_ivf_params(0, 8)
+
+
+def test_recall_at_k():
+    assert gpuann.recall_at_k([[1, 2], [3, 4]], [[2, 1], [5, -1]]) == 2 / 3
+    with pytest.raises(ValueError, match="found, truth"):
+        gpuann.recall_at_k([[1, 2]], [[1], [2]])
+
+
+@pytest.mark.parametrize(("kind", "target"), [("flat", 0.95), ("pq_refine", 0.9)])
+def test_tune_nprobe_reaches_the_target_on_held_out_data(dataset, kind, target):
+    """Tune on one held-out sample, check on another: the target holds on unseen queries."""
+    xb, xq = dataset
+    index = build(kind, "l2", xb)
+    tuned = gpuann.tune_nprobe(index, xq[:100], xb, target_recall=target)
+    assert tuned.reached and tuned.recall >= target
+    assert 1 <= tuned.nprobe < NLIST
+    if tuned.nprobe > 1:  # the smallest: one fewer probe misses the target
+        below = tuned.curve.get(tuned.nprobe - 1)
+        if below is None:
+            truth = gpuann.knn(xq[:100], xb, 10).ids
+            found = index.search(xq[:100], 10, nprobe=tuned.nprobe - 1).ids
+            below = gpuann.recall_at_k(found, truth)
+        assert below < target
+    check = gpuann.knn(xq[100:], xb, 10).ids
+    held_out = gpuann.recall_at_k(index.search(xq[100:], 10, nprobe=tuned.nprobe).ids, check)
+    assert held_out >= target - 0.03, f"held-out recall {held_out:.3f}"
+
+
+def test_tune_nprobe_with_ids_and_unreachable_target(small):
+    xb, xq = small
+    ids = np.arange(2000) * 5
+    index = build("pq", "l2", xb, ids=ids, nlist=16)
+    tuned = gpuann.tune_nprobe(index, torch.from_numpy(xq), xb, ids, target_recall=1.0, k=5)
+    assert not tuned.reached and tuned.nprobe == 16 and tuned.recall < 1.0
+    with pytest.raises(ValueError, match="target_recall"):
+        gpuann.tune_nprobe(index, xq, xb, ids, target_recall=1.5)

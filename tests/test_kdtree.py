@@ -1,0 +1,109 @@
+"""KDTreeIndex: equal to exact search (FlatIndex l2), ties by lower id, protocol, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from reference import assert_knn_matches
+
+import gpuann
+from gpuann import FlatIndex, KDTreeIndex
+
+
+def _grid(seed: int, n: int, q: int, dim: int):
+    """Integer points on a small grid: many exactly equal distances and duplicate points."""
+    g = torch.Generator().manual_seed(seed)
+    half_steps = 0.5 * (torch.arange(q)[:, None] % 2)
+    database = torch.randint(0, 4, (n, dim), generator=g).float()
+    return database, torch.randint(0, 4, (q, dim), generator=g).float() + half_steps
+
+
+@pytest.mark.parametrize("dim", [2, 3, 5])
+@pytest.mark.parametrize("k", [1, 4, 25])
+def test_ties_equal_flat_index_exactly(dim, k):
+    x, q = _grid(dim, 1500, 40, dim)
+    ids = torch.randperm(5000, generator=torch.Generator().manual_seed(k))[:1500]
+    kd, flat = KDTreeIndex(dim), FlatIndex(dim, "l2", device="cpu")
+    kd.add(x, ids=ids)
+    flat.add(x, ids=ids)
+    D, I = kd.search(q, k)
+    D_flat, I_flat = flat.search(q, k)
+    assert torch.equal(I, I_flat), "ids differ from FlatIndex (ties must go to the lower id)"
+    assert torch.equal(D, D_flat)
+
+
+def test_boundary_tie_goes_to_lower_id():
+    """Here cKDTree.query(k=2) alone returns rows {1, 2} (checked with scipy 1.17, leafsize=1);
+    the four points are equidistant from the origin, so the index must return ids 0 and 1."""
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]] + [[5.0, 5.0]] * 20)
+    kd = KDTreeIndex(2, leafsize=1)
+    kd.add(x)
+    result = kd.search(torch.zeros((1, 2)), 2)
+    assert result.ids.tolist() == [[0, 1]] and result.distances.tolist() == [[1.0, 1.0]]
+
+
+def test_duplicates_resolved_to_lowest_ids():
+    x = torch.zeros((64, 2))
+    ids = torch.randperm(64, generator=torch.Generator().manual_seed(0)) + 10
+    kd = KDTreeIndex(2, leafsize=4)
+    kd.add(x, ids=ids)
+    assert kd.search(torch.zeros((1, 2)), 3).ids.tolist() == [[10, 11, 12]]
+
+
+@pytest.mark.parametrize("dim", [2, 8, 16])
+def test_float_data_matches_reference(dim):
+    g = torch.Generator().manual_seed(dim)
+    x, q = torch.randn(3000, dim, generator=g), torch.randn(30, dim, generator=g)
+    kd = KDTreeIndex(dim)
+    kd.add(x)
+    D, I = kd.search(q, 10)
+    assert D.dtype == torch.float32 and I.dtype == torch.int64
+    assert_knn_matches(D, I, q, x, 10, "l2")
+    flat = FlatIndex(dim, device="cpu")
+    flat.add(x)
+    assert_knn_matches(*flat.search(q, 10), q, x, 10, "l2")
+
+
+def test_add_remove_padding_numpy(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 3, generator=g)
+    kd = KDTreeIndex(3)
+    kd.add(x[:25], ids=np.arange(25) * 2 + 1)
+    kd.add(x[25:])  # default ids continue after the largest (49)
+    assert kd.ids[-1].item() == 74 and len(kd) == 50
+    assert kd.remove([1, 3]) == 2
+    with pytest.raises(ValueError, match="ids: 1 id"):
+        kd.remove([5, 1000])
+    assert len(kd) == 48
+    keep_ids = kd.ids.numpy()
+    points = kd.reconstruct(kd.ids)
+    D, I = kd.search(x[:4].numpy(), 60)
+    assert isinstance(D, np.ndarray) and (I[:, 48:] == -1).all() and np.isinf(D[:, 48:]).all()
+    assert_knn_matches(D, I, x[:4], points.float(), 60, "l2", ids=keep_ids)
+    path = tmp_path / "kd.gpuann"
+    kd.save(path)
+    loaded = gpuann.load(path)
+    assert isinstance(loaded, KDTreeIndex) and torch.equal(loaded.ids, kd.ids)
+    for a, b in zip(loaded.search(x[:4], 5), kd.search(x[:4], 5), strict=True):
+        assert torch.equal(a, b)
+    assert kd.to("cpu") is kd and repr(kd) == "KDTreeIndex(n=48, dim=3, leafsize=16)"
+
+
+def test_bad_inputs_leave_index_unchanged():
+    with pytest.raises(ValueError, match="metric: KDTreeIndex supports only 'l2'"):
+        KDTreeIndex(3, "ip")
+    with pytest.raises(ValueError, match="dim: expected a positive int"):
+        KDTreeIndex(0)
+    kd = KDTreeIndex(3)
+    kd.add(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="x: expected 3 columns"):
+        kd.add(torch.randn(5, 4))
+    with pytest.raises(ValueError, match="ids: 1 id"):
+        kd.add(torch.randn(2, 3), ids=[4, 8])
+    with pytest.raises(ValueError, match="x: contains NaN"):
+        kd.add(torch.full((1, 3), float("nan")))
+    with pytest.raises(ValueError, match="k: expected a positive int"):
+        kd.search(torch.randn(1, 3), 0)
+    assert len(kd) == 5 and kd.ids.tolist() == [0, 1, 2, 3, 4]
+    assert KDTreeIndex(2).search(torch.zeros((2, 2)), 2).ids.tolist() == [[-1, -1], [-1, -1]]

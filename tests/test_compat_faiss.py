@@ -107,3 +107,23 @@ def test_knn_and_normalize_and_files(tmp_path):
 def test_bad_metric_is_named():
     with pytest.raises(ValueError, match=r"metric: expected faiss\.METRIC_L2"):
         gfaiss.IndexFlat(4, 7)
+
+
+@pytest.mark.parametrize("make", ["IndexIVFFlat", "IVF8,PQ4", "IndexLSH", "IndexBinaryFlat"])
+def test_write_then_read_gives_the_same_shim(tmp_path, make):
+    rng = np.random.default_rng(3)
+    if make == "IndexBinaryFlat":
+        index, data = gfaiss.IndexBinaryFlat(64), rng.integers(0, 256, (200, 8), dtype=np.uint8)
+    else:
+        data = rng.standard_normal((2000, 16), dtype=np.float32)
+        index = {
+            "IndexIVFFlat": lambda: gfaiss.IndexIVFFlat(None, 16, 8),
+            "IVF8,PQ4": lambda: gfaiss.index_factory(16, "IVF8,PQ4x4"),
+            "IndexLSH": lambda: gfaiss.IndexLSH(16, 32),
+        }[make]()
+    index.train(data)
+    index.add(data)
+    gfaiss.write_index(index, str(tmp_path / "i"))
+    again = gfaiss.read_index(str(tmp_path / "i"))
+    assert type(again) is type(index) and again.ntotal == index.ntotal
+    np.testing.assert_array_equal(again.search(data[:7], 5)[1], index.search(data[:7], 5)[1])

@@ -208,27 +208,50 @@ def normalize_L2(x: np.ndarray | torch.Tensor) -> None:
         x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12))
 
 
-def write_index(index: IndexFlat | IndexIDMap, path: str | os.PathLike) -> None:
-    """Save ``index`` in gpuann's file format (not faiss's)."""
-    inner = index.index if isinstance(index, IndexIDMap) else index
-    inner.index.save(path)
+def _native(index: Any) -> Any:
+    """The gpuann index behind a shim (``IndexIDMap`` wraps a shim that wraps it)."""
+    return index.index.index if isinstance(index, IndexIDMap) else index.index
 
 
-def read_index(path: str | os.PathLike) -> IndexFlat | IndexIDMap2:
-    """Load a file written by :func:`write_index`.
+def write_index(index: Any, path: str | os.PathLike) -> None:
+    """Save any index of this module in gpuann's file format (not faiss's)."""
+    _native(index).save(path)
 
-    An index whose ids are 0..ntotal-1 comes back as an ``IndexFlat``; one with other ids as
-    an ``IndexIDMap2`` over it, so ids are preserved either way.
+
+def read_index(path: str | os.PathLike) -> Any:
+    """Load a file written by :func:`write_index` (or by any gpuann index's ``save``).
+
+    A flat index whose ids are 0..ntotal-1 comes back as an ``IndexFlat``, one with other ids
+    as an ``IndexIDMap2`` over it (ids are preserved either way); IVF, binary and LSH indexes
+    come back as their shims here.
     """
-    flat = _load(path)
-    shell = IndexFlat.__new__(IndexFlat)
-    shell.metric_type = METRIC_L2 if flat.metric.value == "l2" else METRIC_INNER_PRODUCT
-    shell._index = flat
-    if torch.equal(flat.ids.cpu(), torch.arange(len(flat))):
-        return shell
-    wrapper = IndexIDMap2.__new__(IndexIDMap2)
-    wrapper.index, wrapper.metric_type = shell, shell.metric_type
-    return wrapper
+    loaded = _load(path)
+    kind = type(loaded).__name__
+    if kind == "FlatIndex":
+        shell = IndexFlat.__new__(IndexFlat)
+        shell.metric_type = METRIC_L2 if loaded.metric.value == "l2" else METRIC_INNER_PRODUCT
+        shell._index = loaded
+        if torch.equal(loaded.ids.cpu(), torch.arange(len(loaded))):
+            return shell
+        wrapper = IndexIDMap2.__new__(IndexIDMap2)
+        wrapper.index, wrapper.metric_type = shell, shell.metric_type
+        return wrapper
+    shells = {
+        "IVFFlatIndex": IndexIVFFlat,
+        "IVFPQIndex": IndexIVFPQ,
+        "BinaryFlatIndex": IndexBinaryFlat,
+        "LSHIndex": IndexLSH,
+    }
+    if kind not in shells:
+        raise ValueError(f"path: {str(path)!r} holds a {kind}, which has no faiss shim")
+    shell = shells[kind].__new__(shells[kind])
+    shell.index = loaded
+    if kind.startswith("IVF"):
+        shell.metric_type = METRIC_L2 if loaded.metric.value == "l2" else METRIC_INNER_PRODUCT
+    if kind == "LSHIndex":
+        shell.rotate_data = loaded._projection_kind != "identity"
+        shell.train_thresholds = loaded._train_thresholds
+    return shell
 
 
 # ---------------------------------------------------------------- IVF indexes (gpuann.ivf)
@@ -288,7 +311,7 @@ class _IndexIVF:
             raise NotImplementedError("params: only IVF search parameters (nprobe) are supported")
         return {"nprobe": int(params.nprobe)}
 
-    def search(self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None):  # noqa: E741
+    def search(self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None):
         """Returns ``(D, I)`` as faiss does (``-1`` ids and ±inf where fewer than ``k``)."""
         distances, ids = self.index.search(x, k, **self._search_kwargs(params))
         if D is not None:

@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "demo":
-        _ensure_env("", "demo")
+        _ensure_env("[demo,gpu]" if _has_nvidia_gpu() else "[demo]", "demo")
         return _run(_python(), "-m", "gpuann", "demo", *rest, check=False)
     _ensure_env("[test]", "test")
     for lint in (("check", "."), ("format", "--check", ".")):

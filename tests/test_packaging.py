@@ -13,7 +13,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 #: pip name -> conda-forge name where they differ.
-CONDA_NAME = {"torch": "pytorch-gpu", "faiss-gpu-cu12": "faiss-gpu"}
+CONDA_NAME = {"torch": "pytorch-gpu", "faiss-gpu-cu12": "faiss-gpu", "ray": "ray-data"}
 #: CPU-only pip packages that the CUDA conda environment replaces by their GPU builds.
 REPLACED_ON_GPU = {"faiss-cpu"}
 
@@ -29,8 +29,9 @@ def test_environment_yml_names_the_same_dependencies_as_pyproject():
     conda = {_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python", "pip"}
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "-e ." in pip_section, "environment.yml must install gpuann itself from the checkout"
+    conda |= {_name(d) for d in pip_section if not d.startswith("-")}
     wanted = {_name(d) for d in project["dependencies"]}
-    for extra in ("gpu", "test", "notebooks"):
+    for extra in ("gpu", "test", "notebooks", "demo"):
         wanted |= {_name(d) for d in project["optional-dependencies"][extra]}
     wanted = {CONDA_NAME.get(n, n) for n in wanted - REPLACED_ON_GPU}
     assert conda == wanted, (

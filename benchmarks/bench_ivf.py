@@ -137,8 +137,7 @@ def run(preset: str, device: str, threads: int, out: str | None) -> dict[str, An
     """Run ``preset`` on ``device``; write and return the results."""
     import torch
 
-    import gpuann
-    from gpuann.ivf.tuning import recall_at_k
+    from gpuann.eval import ground_truth, recall_at_k
 
     harness.set_threads(threads)
     cfg = PRESETS[preset]
@@ -146,7 +145,7 @@ def run(preset: str, device: str, threads: int, out: str | None) -> dict[str, An
     x = make_data(cfg["database"] + cfg["queries"], cfg["dim"])
     xb_np, xq_np = x[: cfg["database"]], x[cfg["database"] :]
     xb, xq = torch.from_numpy(xb_np).to(device), torch.from_numpy(xq_np).to(device)
-    truth = gpuann.knn(xq, xb, K).ids.cpu()
+    truth = ground_truth(xq, xb, K)
     print(f"{preset}: {cfg}", flush=True)
     built = _build(cfg, xb, device)
     import faiss
@@ -158,7 +157,7 @@ def run(preset: str, device: str, threads: int, out: str | None) -> dict[str, An
     for nprobe in cfg["nprobes"]:
         found = {name: fn(xq_np, xq, nprobe)[1] for name, (fn, _) in methods.items()}
         recall = {
-            name: recall_at_k(torch.as_tensor(ids).cpu(), truth) for name, ids in found.items()
+            name: recall_at_k(torch.as_tensor(ids), truth) for name, ids in found.items()
         }
         same = {}
         for name, (_, base) in methods.items():

@@ -37,6 +37,7 @@ import torch
 from gpuann._rwlock import ReadWriteLock
 from gpuann._validate import as_float_matrix, as_ids, check_k, resolve_device
 from gpuann._validate import check_finite as _require_finite
+from gpuann.display import Bytes, html_repr, text_repr
 from gpuann.result import SearchResult
 from gpuann.serialization import (
     IndexFileError,
@@ -111,11 +112,36 @@ class KDTreeIndex:
         """The stored ids, ascending (int64, a copy)."""
         return torch.from_numpy(self._ids.copy())
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of host memory held: the float64 points, the int64 ids and the tree's
+        permutation of the points (its nodes, a few dozen bytes per leaf, are not counted)."""
+        total = self._points.nbytes + self._ids.nbytes
+        if self._tree is not None:
+            total += self._tree.indices.nbytes
+            if not np.may_share_memory(self._tree.data, self._points):
+                total += self._tree.data.nbytes
+        return total
+
     def __len__(self) -> int:
         return len(self._ids)
 
+    def _display_fields(self) -> dict[str, Any]:
+        """What ``repr`` and Jupyter show (sizes only)."""
+        return {
+            "n": len(self),
+            "dim": self._dim,
+            "leafsize": self.leafsize,
+            "metric": "l2",
+            "device": self.device,
+            "memory": Bytes(self.nbytes),
+        }
+
     def __repr__(self) -> str:
-        return f"KDTreeIndex(n={len(self)}, dim={self._dim}, leafsize={self.leafsize})"
+        return text_repr(self)
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
 
     # ---------------------------------------------------------------- mutations
     def _points_of(self, x: Any, name: str, check_finite: bool) -> np.ndarray:

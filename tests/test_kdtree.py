@@ -87,7 +87,12 @@ def test_add_remove_padding_numpy(tmp_path):
     assert isinstance(loaded, KDTreeIndex) and torch.equal(loaded.ids, kd.ids)
     for a, b in zip(loaded.search(x[:4], 5), kd.search(x[:4], 5), strict=True):
         assert torch.equal(a, b)
-    assert kd.to("cpu") is kd and repr(kd) == "KDTreeIndex(n=48, dim=3, leafsize=16)"
+    assert kd.to("cpu") is kd
+    # float64 points, int64 ids and the tree's int64 permutation of the points
+    assert kd.nbytes == 48 * (3 * 8 + 8 + 8)
+    assert repr(kd) == (
+        "KDTreeIndex(n=48, dim=3, leafsize=16, metric='l2', device='cpu', memory='1.9 KiB')"
+    )
 
 
 def test_bad_inputs_leave_index_unchanged():

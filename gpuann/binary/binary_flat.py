@@ -18,6 +18,7 @@ from gpuann._validate import as_ids, check_k, resolve_device
 from gpuann.binary._store import IdSortedRows
 from gpuann.binary.codes import as_codes, code_bytes
 from gpuann.binary.hamming import hamming_topk
+from gpuann.display import Bytes, html_repr, text_repr
 from gpuann.result import SearchResult
 from gpuann.serialization import (
     IndexFileError,
@@ -108,8 +109,21 @@ class BinaryFlatIndex:
     def __len__(self) -> int:
         return self._rows.n
 
+    def _display_fields(self) -> dict[str, Any]:
+        """What ``repr`` and Jupyter show: Python ints and tensor metadata only (no sync)."""
+        return {
+            "n": len(self),
+            "nbits": self._nbits,
+            "metric": "hamming",
+            "device": self._device,
+            "memory": Bytes(self.nbytes),
+        }
+
     def __repr__(self) -> str:
-        return f"BinaryFlatIndex(n={len(self)}, nbits={self._nbits}, device={str(self._device)!r})"
+        return text_repr(self)
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
 
     # ---------------------------------------------------------------- mutations
     def _prepare(self, codes: Any, name: str) -> torch.Tensor:

@@ -29,6 +29,7 @@ from gpuann.binary.projection import (
 )
 from gpuann.binary.rescore import rescore_candidates
 from gpuann.budget import check_budget
+from gpuann.display import Bytes, html_repr, text_repr
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
 from gpuann.serialization import (
@@ -178,19 +179,34 @@ class LSHIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of device memory held by stored rows, spare capacity included."""
-        return self._rows.nbytes
+        """Bytes of device memory held: the stored rows (codes, ids, kept vectors and norms,
+        spare capacity included) and the projection matrix and thresholds."""
+        extra = (t for t in (self._matrix, self._thresholds) if t is not None)
+        return self._rows.nbytes + sum(t.numel() * t.element_size() for t in extra)
 
     def __len__(self) -> int:
         return self._rows.n
 
+    def _display_fields(self) -> dict[str, Any]:
+        """What ``repr`` and Jupyter show: Python ints and tensor metadata only (no sync)."""
+        return {
+            "n": len(self),
+            "dim": self._dim,
+            "nbits": self._nbits,
+            "metric": self._metric,
+            "projection": self._projection_kind,
+            "rescore": self.rescore,
+            "keep_vectors": self._keep_vectors,
+            "trained": self._is_trained,
+            "device": self._device,
+            "memory": Bytes(self.nbytes),
+        }
+
     def __repr__(self) -> str:
-        return (
-            f"LSHIndex(n={len(self)}, dim={self._dim}, nbits={self._nbits}, "
-            f"metric={self._metric.value!r}, projection={self._projection_kind!r}, "
-            f"rescore={self.rescore}, keep_vectors={self._keep_vectors}, "
-            f"device={str(self._device)!r})"
-        )
+        return text_repr(self)
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
 
     # ---------------------------------------------------------------- hashing
     def _vectors(self, x: Any, name: str, check_finite: bool) -> tuple[torch.Tensor, bool]:

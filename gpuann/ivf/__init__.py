@@ -6,13 +6,7 @@ Importing this package does not import faiss: faiss is imported when an index is
 from gpuann.ivf.factory import index_factory, parse_description
 from gpuann.ivf.ivf_flat import IVFFlatIndex
 from gpuann.ivf.ivf_pq import IVFPQIndex
-from gpuann.ivf.tuning import (
-    IVFParams,
-    NprobeTuning,
-    recall_at_k,
-    suggest_ivf_params,
-    tune_nprobe,
-)
+from gpuann.ivf.tuning import IVFParams, NprobeTuning, suggest_ivf_params, tune_nprobe
 
 __all__ = [
     "IVFFlatIndex",
@@ -21,7 +15,6 @@ __all__ = [
     "NprobeTuning",
     "index_factory",
     "parse_description",
-    "recall_at_k",
     "suggest_ivf_params",
     "tune_nprobe",
 ]

@@ -30,6 +30,7 @@ import torch
 from gpuann._rwlock import ReadWriteLock
 from gpuann._validate import as_float_matrix, as_ids, check_k, resolve_device
 from gpuann._validate import check_finite as _require_finite
+from gpuann.display import Bytes, html_repr, text_repr
 from gpuann.ivf import _faiss
 from gpuann.ivf._store import IdStore
 from gpuann.metrics import Metric, as_metric
@@ -68,6 +69,11 @@ def training_sample(n: int, size: int, seed: int) -> torch.Tensor:
         return torch.arange(n)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)[:size].sort().values
+
+
+def _tensor_bytes(*tensors: torch.Tensor | None) -> int:
+    """Bytes of the given tensors (None counts 0), from their metadata."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -192,19 +198,59 @@ class IVFIndexBase:
         """The underlying faiss index (for inspection; changing it bypasses gpuann's checks)."""
         return self._faiss_index
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index, from sizes alone (no tensor value is read, faiss is not
+        serialised).
+
+        ``ntotal · (code_size + 8)`` for faiss's inverted lists (codes and int64 ids; ``ntotal``
+        counts GPU tombstones, which faiss still holds), ``nlist · dim · 4`` for the trained
+        coarse centroids, what the subclass adds (PQ codebooks), and gpuann's own tensors: the
+        sorted ids, the full-precision vectors and norms kept for refinement, the tombstones.
+        faiss-gpu may pad its lists beyond these logical sizes.
+        """
+        ntotal = len(self._store) + self._tombstones.shape[0]
+        total = ntotal * (self._code_size() + 8)
+        if self.is_trained:
+            total += self._nlist * self._dim * 4 + self._trained_nbytes()
+        store = self._store
+        total += _tensor_bytes(store.ids, store.vectors, store.sqnorms, self._tombstones)
+        return total
+
+    def _code_size(self) -> int:
+        """Bytes of one vector's code in faiss's inverted lists."""
+        raise NotImplementedError
+
+    def _trained_nbytes(self) -> int:
+        """Bytes of trained state besides the coarse centroids (0 for IVF-Flat)."""
+        return 0
+
     def __len__(self) -> int:
         return len(self._store)
 
-    def __repr__(self) -> str:
-        extra = "".join(f", {k}={v!r}" for k, v in self._repr_fields().items())
-        return (
-            f"{type(self).__name__}(n={len(self)}, dim={self._dim}, nlist={self._nlist}{extra}, "
-            f"metric={self._metric.value!r}, nprobe={self._nprobe}, trained={self.is_trained}, "
-            f"device={str(self._device)!r})"
-        )
+    def _display_fields(self) -> dict[str, Any]:
+        """What ``repr`` and Jupyter show: Python ints and tensor metadata only (no sync)."""
+        return {
+            "n": len(self),
+            "dim": self._dim,
+            "nlist": self._nlist,
+            **self._specific_fields(),
+            "metric": self._metric,
+            "nprobe": self._nprobe,
+            "trained": self.is_trained,
+            "device": self._device,
+            "memory": Bytes(self.nbytes),
+        }
 
-    def _repr_fields(self) -> dict[str, Any]:
+    def _specific_fields(self) -> dict[str, Any]:
+        """The subclass's own display fields, shown after ``nlist``."""
         return {}
+
+    def __repr__(self) -> str:
+        return text_repr(self)
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
 
     # ---------------------------------------------------------------- checks
     def _check_nprobe(self, nprobe: Any, name: str) -> int:

@@ -76,6 +76,9 @@ class IVFFlatIndex(IVFIndexBase):
             keep_vectors=False,
         )
 
+    def _code_size(self) -> int:
+        return self._dim * 4  # float32 vectors, uncompressed
+
     def _new_faiss_index(self) -> Any:
         faiss = _faiss.import_faiss()
         metric = self._faiss_metric()

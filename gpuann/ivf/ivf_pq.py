@@ -112,8 +112,19 @@ class IVFPQIndex(IVFIndexBase):
     def _default_max_train(self) -> int:
         return MAX_POINTS_PER_LIST * max(self._nlist, 2**self._nbits)
 
-    def _repr_fields(self) -> dict[str, Any]:
+    def _specific_fields(self) -> dict[str, Any]:
         return {"m": self._m, "nbits": self._nbits, "refine": self._refine}
+
+    def _code_size(self) -> int:
+        return (self._m * self._nbits + 7) // 8  # faiss's ``pq.code_size``
+
+    def _trained_nbytes(self) -> int:
+        """PQ codebooks, ``m · 2**nbits · (dim / m)`` float32, and faiss's precomputed L2
+        term tables when it built them (CPU: ``nlist · m · 2**nbits`` float32; gpuann's GPU
+        copies are made without them)."""
+        codebooks = self._m * 2**self._nbits * (self._dim // self._m) * 4
+        table = getattr(self._faiss_index, "precomputed_table", None)
+        return codebooks + (int(table.size()) * 4 if table is not None else 0)
 
     def _new_faiss_index(self) -> Any:
         faiss = _faiss.import_faiss()

@@ -1,8 +1,9 @@
 """Choosing IVF parameters: ``nlist``/``m`` from the data's size, ``nprobe`` from a target recall.
 
 :func:`tune_nprobe` measures recall on a held-out sample of the user's own data, with ground
-truth from gpuann's exact search (:func:`gpuann.knn`), so the number it returns holds for the
-data the index will actually serve.
+truth from gpuann's exact search and recall as :func:`gpuann.eval.recall_at_k` counts it
+(ann-benchmarks' distance rule), so the number it returns holds for the data the index will
+actually serve and agrees with what :func:`gpuann.eval.sweep` reports.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
 from gpuann._validate import as_float_matrix, as_ids
-from gpuann.exact import knn
+from gpuann.eval.recall import DEFAULT_EPSILON, ground_truth, recall_at_k
 
-__all__ = ["IVFParams", "NprobeTuning", "recall_at_k", "suggest_ivf_params", "tune_nprobe"]
+__all__ = ["IVFParams", "NprobeTuning", "suggest_ivf_params", "tune_nprobe"]
 
 #: Sub-quantizer counts faiss-gpu's IVF-PQ supports (also fine on CPU).
 _GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
@@ -82,31 +82,6 @@ def suggest_ivf_params(n: int, dim: int) -> IVFParams:
     return IVFParams(nlist=nlist, m=m, nbits=nbits, nprobe=max(1, nlist // 16))
 
 
-def recall_at_k(found: Any, truth: Any) -> float:
-    """Fraction of the true neighbours found (recall@k, k = ``truth``'s width).
-
-    Parameters
-    ----------
-    found : int64 tensor or array, shape (Q, k')
-        Ids returned by an approximate search (``-1`` for none).
-    truth : int64 tensor or array, shape (Q, k)
-        Exact neighbour ids (``-1`` entries are not counted).
-
-    >>> recall_at_k(torch.tensor([[1, 2, 3]]), torch.tensor([[3, 4, 1]]))
-    0.6666666666666666
-    """
-    found, truth = torch.as_tensor(found).cpu(), torch.as_tensor(truth).cpu()
-    if found.ndim != 2 or truth.ndim != 2 or found.shape[0] != truth.shape[0]:
-        raise ValueError(
-            f"found, truth: expected (Q, k) matrices with the same Q, got {tuple(found.shape)} "
-            f"and {tuple(truth.shape)}"
-        )
-    valid = truth >= 0
-    hits = (truth.unsqueeze(2) == found.unsqueeze(1)).any(dim=2) & valid
-    total = int(valid.sum())
-    return float(hits.sum()) / total if total else 1.0
-
-
 @dataclasses.dataclass(frozen=True)
 class NprobeTuning:
     """What :func:`tune_nprobe` found.
@@ -137,6 +112,7 @@ def tune_nprobe(
     *,
     target_recall: float = 0.95,
     k: int = 10,
+    epsilon: float = DEFAULT_EPSILON,
     **search_kwargs: Any,
 ) -> NprobeTuning:
     """The smallest ``nprobe`` whose recall@k on held-out queries reaches ``target_recall``.
@@ -151,13 +127,18 @@ def tune_nprobe(
     queries : torch.Tensor or numpy.ndarray, shape (Q, dim)
         A held-out sample of your data (vectors *not* in the index), e.g. a few hundred.
     database : torch.Tensor or numpy.ndarray, shape (N, dim)
-        The vectors in the index; exact ground truth is computed over them with
-        :func:`gpuann.knn`.
+        The vectors in the index; exact ground truth is computed over them
+        (:func:`gpuann.eval.ground_truth`), and the true distances of the returned
+        neighbours are recomputed from them.
     database_ids : int64 tensor, array or list, shape (N,), optional
         Their ids in the index; default ``0..N-1`` (the automatic ids of a first ``add``).
     target_recall : float
-        In (0, 1].
+        In (0, 1]; recall@k as :func:`gpuann.eval.recall_at_k` measures it: a returned
+        neighbour counts when its true distance is within the k-th true distance +
+        ``epsilon``, so ties at the k-th distance count whichever of them is returned.
     k : int
+    epsilon : float
+        ε of that rule.
     **search_kwargs
         Passed to ``index.search`` (e.g. ``refine_factor``).
 
@@ -167,6 +148,7 @@ def tune_nprobe(
 
     Examples
     --------
+    >>> import torch
     >>> from gpuann.ivf import IVFFlatIndex
     >>> g = torch.Generator().manual_seed(0)
     >>> centers = torch.randn(20, 16, generator=g) * 4
@@ -185,18 +167,15 @@ def tune_nprobe(
     queries_t, _ = as_float_matrix(queries, "queries", dim=index.dim)
     database_t, _ = as_float_matrix(database, "database", dim=index.dim)
     ids = (
-        torch.arange(database_t.shape[0])
-        if database_ids is None
-        else as_ids(database_ids, database_t.shape[0], "database_ids")
+        None if database_ids is None else as_ids(database_ids, database_t.shape[0], "database_ids")
     )
-    rows = knn(queries_t, database_t, k, metric=index.metric).ids.cpu()
-    truth = torch.where(rows >= 0, ids.cpu()[rows.clamp(min=0)], rows)
+    truth = ground_truth(queries_t, database_t, k, index.metric, ids=ids)
     curve: dict[int, float] = {}
 
     def recall(nprobe: int) -> float:
         if nprobe not in curve:
-            found = index.search(queries_t, k, nprobe=nprobe, **search_kwargs).ids
-            curve[nprobe] = recall_at_k(found, truth)
+            found = index.search(queries_t, k, nprobe=nprobe, **search_kwargs)
+            curve[nprobe] = recall_at_k(found, truth, k, epsilon=epsilon)
         return curve[nprobe]
 
     lo, hi = 1, index.nlist

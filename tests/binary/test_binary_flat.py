@@ -83,7 +83,11 @@ def test_k_beyond_size_and_repr():
     index.add(torch.tensor([[1], [3]], dtype=torch.uint8))
     D, I = index.search(torch.tensor([[0]], dtype=torch.uint8), 4)
     assert I.tolist() == [[0, 1, -1, -1]] and D.tolist() == [[1, 2, 2**31 - 1, 2**31 - 1]]
-    assert repr(index) == "BinaryFlatIndex(n=2, nbits=8, device='cpu')"
+    # capacity grows to 1024 rows: 1 code byte padded to 4, plus an 8-byte id, per row
+    assert index.nbytes == 1024 * (4 + 8)
+    assert repr(index) == (
+        "BinaryFlatIndex(n=2, nbits=8, metric='hamming', device='cpu', memory='12.0 KiB')"
+    )
     assert index.to("cpu") is index
 
 

@@ -119,6 +119,8 @@ def test_seed_and_repr():
     a, b, c = (LSHIndex(8, 24, device="cpu", seed=s) for s in (1, 1, 2))
     assert torch.equal(a.encode(x), b.encode(x)) and not torch.equal(a.encode(x), c.encode(x))
     assert "LSHIndex(n=0, dim=8, nbits=24, metric='cosine'" in repr(a)
+    # nothing stored yet: only the float32 (dim x nbits) projection matrix
+    assert a.nbytes == 8 * 24 * 4 and repr(a).endswith("device='cpu', memory='768 B')")
 
 
 def test_hamming_only_results_and_removal():

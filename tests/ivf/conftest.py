@@ -32,9 +32,10 @@ def dataset():
 
 @pytest.fixture(scope="session")
 def ground_truth(dataset):
-    """Exact top-10 ids per metric, from gpuann's exact search."""
+    """Exact top-10 per metric (:class:`gpuann.eval.GroundTruth`), for
+    :func:`gpuann.eval.recall_at_k`."""
     xb, xq = dataset
-    return {m: gpuann.knn(xq, xb, 10, metric=m).ids for m in ("l2", "ip", "cosine")}
+    return {m: gpuann.eval.ground_truth(xq, xb, 10, m) for m in ("l2", "ip", "cosine")}
 
 
 @pytest.fixture(scope="session")

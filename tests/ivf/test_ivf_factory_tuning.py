@@ -8,6 +8,7 @@ import torch
 from ivf_helpers import NLIST, build
 
 import gpuann
+from gpuann.eval import ground_truth, recall_at_k
 from gpuann.ivf import parse_description
 
 
@@ -64,10 +65,13 @@ def test_suggest_ivf_params_errors():
         gpuann.suggest_ivf_params(0, 8)
 
 
-def test_recall_at_k():
-    assert gpuann.recall_at_k([[1, 2], [3, 4]], [[2, 1], [5, -1]]) == 2 / 3
-    with pytest.raises(ValueError, match="found, truth"):
-        gpuann.recall_at_k([[1, 2]], [[1], [2]])
+def test_one_recall_at_k():
+    """recall@k has one definition, gpuann.eval's; the IVF package exports none of its own."""
+    assert not hasattr(gpuann.ivf, "recall_at_k") and "recall_at_k" not in gpuann.ivf.__all__
+    assert "recall_at_k" not in gpuann.__all__
+    with pytest.raises(AttributeError):
+        gpuann.recall_at_k  # noqa: B018
+    assert gpuann.eval.recall_at_k is recall_at_k
 
 
 @pytest.mark.parametrize(("kind", "target"), [("flat", 0.95), ("pq_refine", 0.9)])
@@ -78,16 +82,37 @@ def test_tune_nprobe_reaches_the_target_on_held_out_data(dataset, kind, target):
     tuned = gpuann.tune_nprobe(index, xq[:100], xb, target_recall=target)
     assert tuned.reached and tuned.recall >= target
     assert 1 <= tuned.nprobe < NLIST
+    truth = ground_truth(xq[:100], xb, 10)
+    for nprobe, value in tuned.curve.items():  # the curve is gpuann.eval's recall@k
+        assert value == recall_at_k(index.search(xq[:100], 10, nprobe=nprobe), truth), nprobe
     if tuned.nprobe > 1:  # the smallest: one fewer probe misses the target
         below = tuned.curve.get(tuned.nprobe - 1)
         if below is None:
-            truth = gpuann.knn(xq[:100], xb, 10).ids
-            found = index.search(xq[:100], 10, nprobe=tuned.nprobe - 1).ids
-            below = gpuann.recall_at_k(found, truth)
+            below = recall_at_k(index.search(xq[:100], 10, nprobe=tuned.nprobe - 1), truth)
         assert below < target
-    check = gpuann.knn(xq[100:], xb, 10).ids
-    held_out = gpuann.recall_at_k(index.search(xq[100:], 10, nprobe=tuned.nprobe).ids, check)
+    check = ground_truth(xq[100:], xb, 10)
+    held_out = recall_at_k(index.search(xq[100:], 10, nprobe=tuned.nprobe), check)
     assert held_out >= target - 0.03, f"held-out recall {held_out:.3f}"
+
+
+class _TieIndex:
+    """Stands in for an IVF index whose every probe returns, for each query, the other one of
+    two equidistant points than exact search lists first (a tie at the k-th distance)."""
+
+    dim, metric, nlist = 1, gpuann.Metric.L2, 4
+
+    def search(self, queries, k, nprobe):
+        assert k == 2
+        ids = torch.tensor([[0, 2]]).repeat(queries.shape[0], 1)
+        return gpuann.SearchResult(torch.zeros(ids.shape), ids)
+
+
+def test_tune_nprobe_counts_ties_by_distance():
+    """Exact search lists ids 0 and 1 (1 and 2 are tied at distance 1); an index returning 0
+    and 2 has recall 1 by gpuann.eval's rule (id overlap would say 0.5)."""
+    database = torch.tensor([[0.0], [1.0], [-1.0], [5.0]])
+    tuned = gpuann.tune_nprobe(_TieIndex(), torch.zeros(3, 1), database, target_recall=1.0, k=2)
+    assert tuned.reached and tuned.nprobe == 1 and tuned.recall == 1.0
 
 
 def test_tune_nprobe_with_ids_and_unreachable_target(small):

@@ -10,6 +10,7 @@ import torch
 from ivf_helpers import build
 
 import gpuann
+from gpuann.eval import index_nbytes
 
 KINDS = ["flat", "pq", "pq_refine"]
 
@@ -256,12 +257,50 @@ def test_len_repr_properties_and_to(small):
     index = small_index(small, "pq_refine", "cosine")
     assert len(index) == 2000 and index.dim == 16 and index.nlist == 16 and index.is_trained
     assert index.metric is gpuann.Metric.COSINE and index.device == torch.device("cpu")
-    assert repr(index).startswith("IVFPQIndex(n=2000, dim=16, nlist=16, m=16, nbits=6, refine=True")
+    assert repr(index) == (
+        "IVFPQIndex(n=2000, dim=16, nlist=16, m=16, nbits=6, refine=True, metric='cosine', "
+        "nprobe=1, trained=True, device='cpu', memory='192.5 KiB')"
+    )
     assert index.to("cpu") is index
     index.nprobe = 4
     assert index.nprobe == 4
     with pytest.raises(ValueError, match="nprobe"):
         index.nprobe = 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_nbytes_counts_every_part(small, kind, metric):
+    """``nbytes`` follows the stated formula, and its faiss part is what faiss would write
+    (serialisation adds only a header, and leaves out the precomputed tables it rebuilds)."""
+    faiss = pytest.importorskip("faiss")
+    index = small_index(small, kind, metric)
+    n, dim, nlist = 2000, 16, 16
+    if kind == "flat":
+        code_size, trained = dim * 4, 0
+    else:
+        code_size = (index.m * index.nbits + 7) // 8
+        trained = index.m * 2**index.nbits * (dim // index.m) * 4
+    table = nlist * index.m * 2**index.nbits * 4 if kind != "flat" and metric == "l2" else 0
+    ours = n * 8 + (n * (dim * 4 + 4) if kind == "pq_refine" else 0)  # ids (+ refine vectors)
+    faiss_part = n * (code_size + 8) + nlist * dim * 4 + trained
+    assert index.nbytes == faiss_part + table + ours
+    serialised = faiss.serialize_index(index.faiss_index).nbytes
+    assert 0 < serialised - faiss_part < 1024, (serialised, faiss_part)
+    index.remove([0, 1])
+    assert index.nbytes == faiss_part + table + ours - 2 * (code_size + 8 + ours // n)
+    assert index_nbytes(index) == index.nbytes
+
+
+def test_nbytes_counts_tombstones_and_untrained_state(small):
+    index = gpuann.IVFFlatIndex(16, 16, device="cpu")
+    assert index.nbytes == 0 and "trained=False" in repr(index) and "memory='0 B'" in repr(index)
+    index = small_index(small)
+    index._use_tombstones = True  # the GPU path: faiss keeps the entries until compaction
+    before = index.nbytes
+    index.remove([5])
+    # one fewer id in gpuann's store (-8 B), one tombstone (+8 B); faiss still holds the entry
+    assert len(index) == 1999 and index.nbytes == before
 
 
 def test_concurrent_searches_and_adds(small):

@@ -1,4 +1,8 @@
-"""Recall@10 against exact ground truth on seeded clustered data, and parity with faiss."""
+"""Recall@10 against exact ground truth on seeded clustered data, and parity with faiss.
+
+Recall is :func:`gpuann.eval.recall_at_k` (ann-benchmarks' rule: a returned neighbour counts
+when its true distance is within the 10th true distance + 1e-3).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import pytest
 from faiss.contrib.evaluation import check_ref_knn_with_draws
 from ivf_helpers import NLIST, assert_same_results, build, faiss_twin, queries_for
 
+from gpuann.eval import recall_at_k
 from gpuann.ivf import _faiss
-from gpuann.ivf.tuning import recall_at_k
 
-#: (kind, nprobe, refine_factor, minimum recall@10), stated once for every metric.
+#: (kind, nprobe, refine_factor, minimum recall@10), stated once for every metric. Measured
+#: (l2 / ip / cosine): flat 0.984 / 0.971 / 0.973, pq_refine 0.973 / 0.953 / 0.959,
+#: pq 0.760 / 0.679 / 0.638.
 RECALL_FLOOR = [
     ("flat", NLIST // 8, None, 0.95),
     ("pq_refine", NLIST // 8, 4, 0.90),

@@ -5,15 +5,58 @@ Importing gpuann imports torch and numpy only: no faiss, no triton, no CUDA init
 
 from gpuann._version import __version__
 from gpuann.backends.dispatch import BackendUnavailableError, available_backends
-from gpuann.exact import knn
+from gpuann.exact import differentiable_distances, knn
+from gpuann.flat import FlatIndex
+from gpuann.memory_bank import MemoryBank
 from gpuann.metrics import Metric
 from gpuann.result import SearchResult
+from gpuann.selection import batched_topk
+from gpuann.serialization import IndexFileError, load
 
 __all__ = [
     "BackendUnavailableError",
+    "FlatIndex",
+    "IndexFileError",
+    "MemoryBank",
     "Metric",
     "SearchResult",
     "__version__",
     "available_backends",
+    "batched_topk",
+    "differentiable_distances",
     "knn",
+    "load",
 ]
+
+#: Exported lazily (module-level ``__getattr__``), so ``import gpuann`` never imports faiss.
+_LAZY = {
+    "BinaryFlatIndex": "gpuann.binary",
+    "batch_search": "gpuann.batch",
+    "ray_search": "gpuann.scale_out",
+    "self_join": "gpuann.batch",
+    "Embedder": "gpuann.embed",
+    "KDTreeIndex": "gpuann.kdtree",
+    "LSHIndex": "gpuann.binary",
+    "quantize_binary": "gpuann.binary",
+    "IVFFlatIndex": "gpuann.ivf.ivf_flat",
+    "IVFPQIndex": "gpuann.ivf.ivf_pq",
+    "index_factory": "gpuann.ivf.factory",
+    "suggest_ivf_params": "gpuann.ivf.tuning",
+    "tune_nprobe": "gpuann.ivf.tuning",
+}
+__all__ += sorted(_LAZY)
+#: Submodules imported on first access (``gpuann.eval`` imports pandas only when it needs it).
+_LAZY_MODULES = ("distributed", "eval")
+__all__ += _LAZY_MODULES
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"gpuann.{name}")
+    raise AttributeError(f"module 'gpuann' has no attribute {name!r}")

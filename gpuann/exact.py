@@ -2,7 +2,12 @@
 
 The whole search (backend choice, tiles, kernels) is one ``torch.library`` custom op,
 ``gpuann::exact_search``, so ``torch.compile(fullgraph=True)`` sees a single opaque node and
-never breaks the graph or unrolls the tile loop.
+never breaks the graph or unrolls the tile loop. Filters (excluded rows, allowed rows, labels)
+and a tie order are optional tensor arguments of the op.
+
+The op selects without autograd. ``differentiable_distances`` recomputes the distances of the
+selected pairs only (a gather, never a (Q, N) matrix) with autograd to the queries and, when
+they require grad, to the database vectors.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from gpuann._validate import check_finite as _require_finite
 from gpuann.backends.base import SearchRequest
 from gpuann.backends.dispatch import select_backend
 from gpuann.budget import check_budget
+from gpuann.filters import as_allow_ids, as_exclude_ids, row_mask
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
 
-__all__ = ["exact_search", "knn"]
+__all__ = ["differentiable_distances", "exact_search", "knn"]
 
 
 def _exact_search_impl(
@@ -31,6 +37,11 @@ def _exact_search_impl(
     metric: str,
     backend: str,
     memory_budget: int,
+    excluded_rows: torch.Tensor | None = None,
+    allowed_rows: torch.Tensor | None = None,
+    row_labels: torch.Tensor | None = None,
+    query_labels: torch.Tensor | None = None,
+    row_rank: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     request = SearchRequest(
         queries=queries,
@@ -40,6 +51,11 @@ def _exact_search_impl(
         database_sqnorms=database_sqnorms,
         column_scale=column_scale,
         memory_budget=check_budget(memory_budget or None, database.device),
+        excluded_rows=excluded_rows,
+        allowed_rows=allowed_rows,
+        row_labels=row_labels,
+        query_labels=query_labels,
+        row_rank=row_rank,
     )
     return select_backend(request, backend).search(request)
 
@@ -51,7 +67,19 @@ _exact_search_op = torch.library.custom_op(
 
 @_exact_search_op.register_fake
 def _exact_search_fake(
-    queries, database, database_sqnorms, column_scale, k, metric, backend, memory_budget
+    queries,
+    database,
+    database_sqnorms,
+    column_scale,
+    k,
+    metric,
+    backend,
+    memory_budget,
+    excluded_rows=None,
+    allowed_rows=None,
+    row_labels=None,
+    query_labels=None,
+    row_rank=None,
 ):
     shape = (queries.shape[0], k)
     return (
@@ -70,8 +98,15 @@ def exact_search(
     column_scale: torch.Tensor | None = None,
     backend: str = "auto",
     memory_budget: int | None = None,
+    excluded_rows: torch.Tensor | None = None,
+    allowed_rows: torch.Tensor | None = None,
+    row_labels: torch.Tensor | None = None,
+    query_labels: torch.Tensor | None = None,
+    row_rank: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact search on validated tensors (the layer under ``knn`` and the indexes).
+
+    Runs without autograd (inputs are detached); see :func:`differentiable_distances`.
 
     Parameters
     ----------
@@ -81,6 +116,15 @@ def exact_search(
     metric : Metric
         ``L2`` or ``IP`` (cosine callers normalise, or pass ``column_scale``).
     database_sqnorms, column_scale : torch.Tensor, optional, shape (N,), float32
+    excluded_rows : torch.Tensor, optional, shape (Q, m), int64
+        Rows never returned for each query; ``-1`` pads.
+    allowed_rows : torch.Tensor, optional, shape (N,), bool
+        Only these rows may be returned.
+    row_labels, query_labels : torch.Tensor, optional, shapes (N,) and (Q,), int64
+        A row is never returned for a query with the same (non-negative) label.
+    row_rank : torch.Tensor, optional, shape (N,), int64
+        Tie order, a permutation of ``range(N)``: among equal distances the lower rank wins
+        (default: the lower row).
 
     Returns
     -------
@@ -91,11 +135,101 @@ def exact_search(
         raise ValueError("exact_search takes L2 or IP; normalise for cosine first")
     if memory_budget is not None:
         check_budget(memory_budget, database.device)
-    args = (queries, database, database_sqnorms, column_scale, k, metric.value, backend)
+    args = (
+        queries.detach(),
+        database.detach(),
+        database_sqnorms,
+        column_scale,
+        k,
+        metric.value,
+        backend,
+        memory_budget or 0,
+        excluded_rows,
+        allowed_rows,
+        row_labels,
+        query_labels,
+        row_rank,
+    )
     if torch.compiler.is_compiling():
-        return _exact_search_op(*args, memory_budget or 0)
+        return _exact_search_op(*args)
     # Eager calls skip the op's dispatcher: its first call imports torch._dynamo (~1 s).
-    return _exact_search_impl(*args, memory_budget or 0)
+    with torch.no_grad():
+        return _exact_search_impl(*args)
+
+
+def _gather_rows_impl(database: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    return database[positions.clamp(min=0)]
+
+
+#: The selected rows of a database that gets no gradient (a bank or index buffer), gathered by
+#: an opaque op: the backward must use the rows as they were at search time, and torch
+#: 2.13's partitioner would otherwise re-read them from a buffer that a later ``push`` in
+#: the same compiled step overwrote (pytorch/pytorch#197039), giving wrong gradients.
+_gather_rows_op = torch.library.custom_op("gpuann::gather_rows", _gather_rows_impl, mutates_args=())
+
+
+@_gather_rows_op.register_fake
+def _gather_rows_fake(database, positions):
+    return database.new_empty((*positions.shape, database.shape[1]))
+
+
+def _gather_rows(database: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    if database.requires_grad or not torch.compiler.is_compiling():
+        return database[positions.clamp(min=0)]
+    return _gather_rows_op(database, positions)
+
+
+def differentiable_distances(
+    queries: torch.Tensor,
+    database: torch.Tensor,
+    positions: torch.Tensor,
+    metric: str | Metric = "l2",
+) -> torch.Tensor:
+    """Distances of selected (query, row) pairs, recomputed with autograd.
+
+    Costs O(Q·k·d): the selected rows are gathered, never a (Q, N) matrix. Gradients flow
+    to ``queries`` and, when it requires grad, to ``database`` (through the gather).
+
+    Parameters
+    ----------
+    queries : torch.Tensor, shape (Q, d), floating
+    database : torch.Tensor, shape (N, d), floating, on the queries' device
+    positions : torch.Tensor, shape (Q, k), int64
+        Rows of ``database`` (``-1``: missing, gets ±inf and no gradient).
+    metric : {"l2", "ip", "cosine"}
+        Squared L2 distance, inner product, or cosine similarity (vectors normalised here).
+
+    Returns
+    -------
+    torch.Tensor, shape (Q, k), the promoted dtype of the inputs and float32
+
+    Examples
+    --------
+    >>> q = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    >>> x = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    >>> d = differentiable_distances(q, x, torch.tensor([[0, -1]]))
+    >>> d
+    tensor([[1., inf]], grad_fn=<WhereBackward0>)
+    >>> d[:, 0].sum().backward(); q.grad
+    tensor([[2., 0.]])
+    """
+    metric = as_metric(metric)
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, database.dtype), torch.float32)
+    valid = positions >= 0
+    if database.shape[0] == 0:  # nothing to gather: every place is missing
+        return torch.full(
+            positions.shape, metric.missing_distance, dtype=dtype, device=positions.device
+        )
+    q = queries.to(dtype)
+    x = _gather_rows(database, positions).to(dtype)  # (Q, k, d)
+    if metric is Metric.COSINE:
+        q = torch.nn.functional.normalize(q, dim=-1)
+        x = torch.nn.functional.normalize(x, dim=-1)
+    if metric is Metric.L2:
+        values = (q[:, None, :] - x).square().sum(dim=-1)
+    else:
+        values = (q[:, None, :] * x).sum(dim=-1)
+    return torch.where(valid, values, torch.full_like(values, metric.missing_distance))
 
 
 def knn(
@@ -107,6 +241,9 @@ def knn(
     *,
     memory_budget: int | None = None,
     check_finite: bool = True,
+    exclude_ids: Any = None,
+    allow_ids: Any = None,
+    differentiable: bool = False,
 ) -> SearchResult:
     """The ``k`` nearest rows of ``database`` for each query, exactly.
 
@@ -128,6 +265,14 @@ def knn(
         on CUDA. No (Q × N) matrix is ever allocated.
     check_finite : bool
         Raise on NaN or infinity in the inputs (costs one reduction and host sync).
+    exclude_ids : int64 tensor, shape (Q, m) or (Q,), optional
+        Rows never returned for each query (e.g. the query itself); ``-1`` pads.
+    allow_ids : int64 tensor, shape (n,), optional
+        The only rows that may be returned. Filters apply inside the search: a query with
+        fewer than ``k`` eligible rows gets ``-1`` / ±inf in the remaining places.
+    differentiable : bool
+        Return distances recomputed for the selected pairs with autograd to ``queries`` and
+        ``database`` (see :func:`differentiable_distances`); tensor inputs only.
 
     Returns
     -------
@@ -152,10 +297,12 @@ def knn(
         queries, "queries", dim=database.shape[1], dim_source="the database's columns"
     )
     if check_finite and not torch.compiler.is_compiling():
-        _check_finite_blocks(database, "database")
-        _require_finite(queries, "queries")
+        with torch.no_grad():
+            _check_finite_blocks(database, "database")
+            _require_finite(queries, "queries")
     out_device = queries.device
     device = database.device
+    original_queries, original_database = queries, database
     if database.dtype == torch.float64:
         database = database.float()
     queries = queries.to(device)
@@ -163,6 +310,13 @@ def knn(
     if metric is Metric.COSINE:
         queries = torch.nn.functional.normalize(queries.float(), dim=1)
         column_scale = 1.0 / _row_norms(database).clamp_min(1e-12)
+    excluded_rows = allowed_rows = None
+    if exclude_ids is not None:
+        excluded_rows = as_exclude_ids(exclude_ids, queries.shape[0], device)
+    if allow_ids is not None:
+        allowed = as_allow_ids(allow_ids, device)
+        inside = (allowed >= 0) & (allowed < database.shape[0])
+        allowed_rows = row_mask(torch.where(inside, allowed, -1), database.shape[0])
     distances, ids = exact_search(
         queries,
         database,
@@ -171,7 +325,15 @@ def knn(
         column_scale=column_scale,
         backend=backend,
         memory_budget=memory_budget,
+        excluded_rows=excluded_rows,
+        allowed_rows=allowed_rows,
     )
+    if differentiable:
+        if was_numpy:
+            raise TypeError("differentiable=True: queries must be a torch.Tensor")
+        distances = differentiable_distances(
+            original_queries.to(device), original_database, ids, metric
+        )
     return _format_result(distances, ids, out_device, was_numpy)
 
 

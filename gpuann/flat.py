@@ -18,7 +18,9 @@ import torch
 from gpuann._rwlock import ReadWriteLock
 from gpuann._validate import as_float_matrix, as_ids, check_k, resolve_device, storage_dtype
 from gpuann._validate import check_finite as _require_finite
-from gpuann.exact import exact_search
+from gpuann.display import Bytes, html_repr, text_repr
+from gpuann.exact import differentiable_distances, exact_search
+from gpuann.filters import as_allow_ids, as_exclude_ids, lookup_rows, row_mask
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
 from gpuann.serialization import read_index_file, register_index_kind, write_index_file
@@ -110,11 +112,22 @@ class FlatIndex:
     def __len__(self) -> int:
         return self._n
 
+    def _display_fields(self) -> dict[str, Any]:
+        """What ``repr`` and Jupyter show: Python ints and tensor metadata only (no sync)."""
+        return {
+            "n": self._n,
+            "dim": self._dim,
+            "metric": self._metric,
+            "dtype": self._dtype,
+            "device": self._device,
+            "memory": Bytes(self.nbytes),
+        }
+
     def __repr__(self) -> str:
-        return (
-            f"FlatIndex(n={self._n}, dim={self._dim}, metric={self._metric.value!r}, "
-            f"dtype={str(self._dtype).removeprefix('torch.')}, device={str(self._device)!r})"
-        )
+        return text_repr(self)
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
 
     # ---------------------------------------------------------------- state
     def _empty_state(self, capacity: int):
@@ -317,6 +330,9 @@ class FlatIndex:
         backend: str = "auto",
         memory_budget: int | None = None,
         check_finite: bool = True,
+        exclude_ids: Any = None,
+        allow_ids: Any = None,
+        differentiable: bool = False,
     ) -> SearchResult:
         """The ``k`` nearest stored vectors of each query.
 
@@ -330,23 +346,43 @@ class FlatIndex:
             Overrides the index's budget for this search.
         check_finite : bool
             Raise on NaN or infinity in ``queries`` (one host sync).
+        exclude_ids : int64 tensor, shape (Q, m) or (Q,), optional
+            Ids never returned for each query (e.g. the query's own id); ``-1`` pads, ids
+            not in the index are ignored.
+        allow_ids : int64 tensor, shape (n,), optional
+            The only ids that may be returned (ids not in the index are ignored).
+        differentiable : bool
+            Return distances recomputed for the selected pairs with autograd to ``queries``
+            (the stored vectors are a copy and get no gradient); see
+            :func:`gpuann.exact.differentiable_distances`. Tensor queries only.
 
         Returns
         -------
         SearchResult
-            ``(distances, ids)`` of shape (Q, k); id ``-1`` with ±inf where the index holds
-            fewer than ``k`` vectors. Ties are ordered by lower id.
+            ``(distances, ids)`` of shape (Q, k); id ``-1`` with ±inf where fewer than ``k``
+            stored vectors are eligible. Ties are ordered by lower id. Filters apply inside
+            the search, with no host sync.
         """
         k = check_k(k)
         queries, was_numpy = as_float_matrix(queries, "queries", dim=self._dim)
         if check_finite and not torch.compiler.is_compiling():
             _require_finite(queries, "queries")
+        if differentiable and was_numpy:
+            raise TypeError("differentiable=True: queries must be a torch.Tensor")
         out_device = queries.device
-        queries = queries.to(self._device)
+        original_queries = queries = queries.to(self._device)
         if self._metric is Metric.COSINE:
             queries = torch.nn.functional.normalize(queries.float(), dim=1)
         with self._lock.read():
             n = self._n
+            stored_ids = self._ids[:n]
+            excluded_rows = allowed_rows = None
+            if exclude_ids is not None:
+                excluded = as_exclude_ids(exclude_ids, queries.shape[0], self._device)
+                excluded_rows = lookup_rows(stored_ids, excluded)
+            if allow_ids is not None:
+                allowed = as_allow_ids(allow_ids, self._device)
+                allowed_rows = row_mask(lookup_rows(stored_ids, allowed), n)
             distances, rows = exact_search(
                 queries,
                 self._data[:n],
@@ -355,8 +391,14 @@ class FlatIndex:
                 database_sqnorms=self._sqnorms[:n] if self._sqnorms is not None else None,
                 backend=backend,
                 memory_budget=memory_budget if memory_budget is not None else self.memory_budget,
+                excluded_rows=excluded_rows,
+                allowed_rows=allowed_rows,
             )
-            ids = torch.where(rows >= 0, self._ids[:n][rows.clamp(min=0)], rows) if n else rows
+            if differentiable:
+                distances = differentiable_distances(
+                    original_queries, self._data[:n], rows, self._metric
+                )
+            ids = torch.where(rows >= 0, stored_ids[rows.clamp(min=0)], rows) if n else rows
         if was_numpy:
             return SearchResult(distances.cpu().numpy(), ids.cpu().numpy())
         return SearchResult(distances.to(out_device), ids.to(out_device))

@@ -140,24 +140,31 @@ def merge_tile(
     LOG_K: tl.constexpr,
     BN: tl.constexpr,
     LOG_BN: tl.constexpr,
+    ORDERED: tl.constexpr = True,
 ):
-    """Merge a tile into a running top-k; positions in the tile exceed all in ``acc``.
+    """Merge a tile into a running top-k.
 
     Parameters
     ----------
     acc : int64 (R, K), ascending keys (``SENTINEL`` for empty slots)
     hi : int32 (R, BN), :func:`score_to_hi` of the tile's scores (``MISSING_HI`` for padding)
-    positions : int64 (BN,), the tile's positions, all above those in ``acc``
+    positions : int64 (BN,), the tile's positions (tie-break words), in [0, 2**32)
+    ORDERED : constexpr bool
+        The tile's positions are all above those in ``acc`` (a tile of a row-ordered scan).
 
     Returns
     -------
     int64 (R, K), ascending: the K smallest keys of ``acc`` and the tile.
 
     A tile in which no entry beats its row's current k-th key costs one comparison per entry:
-    an entry whose high word equals the k-th's loses the tie (its position is higher).
+    when ``ORDERED``, an entry whose high word equals the k-th's loses the tie (its position
+    is higher); otherwise whole keys are compared.
     """
-    kth_hi = (tl.max(acc, axis=1) >> 32).to(tl.int32)
-    hits = tl.sum((hi < kth_hi[:, None]).to(tl.int32))
+    kth = tl.max(acc, axis=1)
+    if ORDERED:
+        hits = tl.sum((hi < (kth >> 32).to(tl.int32)[:, None]).to(tl.int32))
+    else:
+        hits = tl.sum((pack(hi, positions) < kth[:, None]).to(tl.int32))
     if hits > 0:
         keys = pack(hi, positions)
         if BN >= K:

@@ -5,7 +5,9 @@ Program ``(m, s)`` takes queries ``[m·BM, (m+1)·BM)`` and database rows
 writes its ``K`` best keys (ascending) to ``partial[query, s, :]``. The (Q, N) distance matrix
 never exists. Scores are "smaller is nearer", as in the torch backend:
 ``‖x‖² − 2⟨q, x⟩`` for L2 (``‖q‖²`` is added to the winners by the merge) and
-``−⟨q, x⟩ · scale`` for inner product.
+``−⟨q, x⟩ · scale`` for inner product. Filters (rows excluded per query, an allowed-row mask,
+label exclusion) give ineligible entries the ``MISSING_HI`` word of padding, so they never
+enter the top-k and rows with fewer than K eligible entries end in ``SENTINEL``s.
 
 Precision: products are exact and accumulate in float32. float16/bfloat16 storage runs the
 tensor cores on the storage dtype; float32 queries against such storage are split into
@@ -55,6 +57,11 @@ def fused_knn_kernel(
     sqnorm_ptr,
     scale_ptr,
     partial_ptr,
+    exclude_ptr,
+    allowed_ptr,
+    row_label_ptr,
+    query_label_ptr,
+    rank_ptr,
     n_queries,
     n_rows,
     dim,
@@ -62,9 +69,15 @@ def fused_knn_kernel(
     n_splits,
     stride_q,
     stride_x,
+    n_exclude,
+    stride_exclude,
     L2: tl.constexpr,
     HAS_SQNORMS: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    HAS_EXCLUDE: tl.constexpr,
+    HAS_ALLOWED: tl.constexpr,
+    HAS_LABELS: tl.constexpr,
+    HAS_RANK: tl.constexpr,
     SPLIT_QUERIES: tl.constexpr,
     IEEE: tl.constexpr,
     SINGLE_D: tl.constexpr,
@@ -84,6 +97,13 @@ def fused_knn_kernel(
     x_ptr : (n_rows, dim), float32 / float16 / bfloat16, row stride ``stride_x``
     sqnorm_ptr : (n_rows,) float32 squared row norms (read when ``HAS_SQNORMS``; else computed)
     scale_ptr : (n_rows,) float32 factor of each inner product (read when ``HAS_SCALE``)
+    exclude_ptr : (n_queries, n_exclude) int64 rows skipped per query, ``-1`` pads, row stride
+        ``stride_exclude`` (read when ``HAS_EXCLUDE``)
+    allowed_ptr : (n_rows,) uint8, nonzero where a row may be returned (``HAS_ALLOWED``)
+    row_label_ptr, query_label_ptr : (n_rows,), (n_queries,) int64: a row is skipped for a
+        query with the same non-negative label (``HAS_LABELS``)
+    rank_ptr : (n_rows,) int64 tie order in [0, 2**32), packed instead of the row
+        (``HAS_RANK``; the launcher maps ranks back to rows)
     SINGLE_D : constexpr bool, ``dim <= BD``
     UPCAST : constexpr bool, dot in float32 (the interpreter's bfloat16 ``tl.dot`` is wrong)
     partial_ptr : (n_queries, n_splits, K) int64, written: ascending keys, ``SENTINEL``-padded
@@ -135,8 +155,24 @@ def fused_knn_kernel(
             score = -dot * tl.load(scale_ptr + rows, mask=mask_n, other=0.0)[None, :]
         else:
             score = -dot
-        hi = tl.where(mask_n[None, :], score_to_hi(score), MISSING_HI)
-        acc = merge_tile(acc, hi, rows, BM, K, LOG_K, BN, LOG_BN)
+        eligible = mask_n[None, :]
+        if HAS_ALLOWED:
+            allowed = tl.load(allowed_ptr + rows, mask=mask_n, other=0)
+            eligible = eligible & (allowed != 0)[None, :]
+        if HAS_LABELS:
+            row_label = tl.load(row_label_ptr + rows, mask=mask_n, other=-1)[None, :]
+            query_label = tl.load(query_label_ptr + offs_m, mask=mask_m, other=-1)[:, None]
+            eligible = eligible & ((row_label != query_label) | (row_label < 0))
+        if HAS_EXCLUDE:
+            for j in range(0, n_exclude):
+                skip = tl.load(exclude_ptr + offs_m * stride_exclude + j, mask=mask_m, other=-1)
+                eligible = eligible & (skip[:, None] != rows[None, :])
+        hi = tl.where(eligible, score_to_hi(score), MISSING_HI)
+        if HAS_RANK:
+            tie = tl.load(rank_ptr + rows, mask=mask_n, other=0)
+            acc = merge_tile(acc, hi, tie, BM, K, LOG_K, BN, LOG_BN, False)
+        else:
+            acc = merge_tile(acc, hi, rows, BM, K, LOG_K, BN, LOG_BN)
     offs_k = tl.arange(0, K)
     out = partial_ptr + (offs_m[:, None] * n_splits + pid_s) * K + offs_k[None, :]
     tl.store(out, acc, mask=mask_m[:, None])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from gpuann._triton import MAX_K, cdiv, interpreter_enabled, log2, next_power_of_2
@@ -34,6 +36,11 @@ def fused_knn(
     max_splits: int | None = None,
     splits: int | None = None,
     config: TileConfig | None = None,
+    excluded_rows: torch.Tensor | None = None,
+    allowed_rows: torch.Tensor | None = None,
+    row_labels: torch.Tensor | None = None,
+    query_labels: torch.Tensor | None = None,
+    row_rank: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-NN of ``queries`` in ``database`` with one fused kernel and a merge.
 
@@ -56,6 +63,17 @@ def fused_knn(
         Cap on / forced number of programs sharing one query block's database.
     config : TileConfig, optional
         Force a tile configuration.
+    excluded_rows : torch.Tensor, shape (Q, m), int64, optional
+        Rows skipped per query (``-1`` pads).
+    allowed_rows : torch.Tensor, shape (N,), bool, optional
+        Only these rows may be returned.
+    row_labels, query_labels : torch.Tensor, shapes (N,), (Q,), int64, optional
+        A row is skipped for a query with the same non-negative label.
+    row_rank : torch.Tensor, shape (N,), int64, optional
+        Tie order (a permutation of ``range(N)``): packed in place of the row.
+
+    Ineligible rows are never returned; queries with fewer than ``k`` eligible rows are
+    padded with ``-1`` / ``±inf``.
 
     Returns
     -------
@@ -88,6 +106,7 @@ def fused_knn(
     scale = column_scale.float().contiguous() if (not l2 and column_scale is not None) else None
     k_pad = next_power_of_2(k_found)
     interpreted = interpreter_enabled()
+    filters = _FilterArgs.of(excluded_rows, allowed_rows, row_labels, query_labels, row_rank, q)
     if k > k_found:
         distances = torch.full((n_queries, k), missing, device=device)
         positions = torch.full((n_queries, k), -1, dtype=torch.int64, device=device)
@@ -109,6 +128,11 @@ def fused_knn(
             sqnorms if sqnorms is not None else q,
             scale if scale is not None else q,
             partial,
+            filters.exclude,
+            filters.allowed,
+            filters.row_labels,
+            filters.query_labels,
+            filters.rank,
             n_queries,
             n_rows,
             dim,
@@ -116,9 +140,15 @@ def fused_knn(
             n_split,
             q.stride(0),
             database.stride(0),
+            filters.exclude.shape[1] if filters.has_exclude else 0,
+            filters.exclude.stride(0) if filters.has_exclude else 0,
             L2=l2,
             HAS_SQNORMS=sqnorms is not None,
             HAS_SCALE=scale is not None,
+            HAS_EXCLUDE=filters.has_exclude,
+            HAS_ALLOWED=filters.has_allowed,
+            HAS_LABELS=filters.has_labels,
+            HAS_RANK=filters.has_rank,
             SPLIT_QUERIES=split_queries,
             IEEE=ieee,
             SINGLE_D=dim <= cfg.block_d,
@@ -132,7 +162,7 @@ def fused_knn(
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
-        return merge_partial(
+        values, chosen = merge_partial(
             partial,
             k_found,
             FINISH_L2 if l2 else FINISH_NEGATE,
@@ -141,6 +171,9 @@ def fused_knn(
             values=distances,
             positions=positions,
         )
+        if filters.has_rank:  # the kernel packed ranks: back to rows
+            chosen = torch.where(chosen >= 0, filters.row_of_rank[chosen.clamp(min=0)], -1)
+        return values, chosen
 
     if config is None:
         key = (
@@ -151,6 +184,7 @@ def fused_knn(
             l2,
             sqnorms is not None,
             scale is not None,
+            filters.flags,
             shape_bucket(n_queries),
             shape_bucket(n_rows),
             dim,
@@ -163,3 +197,59 @@ def fused_knn(
             run,
         )
     return run(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FilterArgs:
+    """Kernel arguments of the optional filters (a placeholder pointer where absent)."""
+
+    exclude: torch.Tensor
+    allowed: torch.Tensor
+    row_labels: torch.Tensor
+    query_labels: torch.Tensor
+    rank: torch.Tensor
+    row_of_rank: torch.Tensor | None
+    flags: tuple[bool, bool, bool, bool]
+
+    @property
+    def has_exclude(self) -> bool:
+        return self.flags[0]
+
+    @property
+    def has_allowed(self) -> bool:
+        return self.flags[1]
+
+    @property
+    def has_labels(self) -> bool:
+        return self.flags[2]
+
+    @property
+    def has_rank(self) -> bool:
+        return self.flags[3]
+
+    @classmethod
+    def of(cls, excluded_rows, allowed_rows, row_labels, query_labels, row_rank, placeholder):
+        def prepared(t, dtype):
+            return placeholder if t is None else t.to(dtype).contiguous()
+
+        labels = row_labels is not None and query_labels is not None
+        row_of_rank = None
+        if row_rank is not None:
+            row_of_rank = torch.empty_like(row_rank)
+            row_of_rank.scatter_(
+                0, row_rank, torch.arange(row_rank.shape[0], device=row_rank.device)
+            )
+        return cls(
+            exclude=prepared(excluded_rows, torch.int64),
+            allowed=prepared(allowed_rows, torch.uint8),
+            row_labels=prepared(row_labels if labels else None, torch.int64),
+            query_labels=prepared(query_labels if labels else None, torch.int64),
+            rank=prepared(row_rank, torch.int64),
+            row_of_rank=row_of_rank,
+            flags=(
+                excluded_rows is not None,
+                allowed_rows is not None,
+                labels,
+                row_rank is not None,
+            ),
+        )

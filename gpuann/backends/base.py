@@ -32,6 +32,21 @@ class SearchRequest:
         Multiplies each row's inner product (``1 / ‖x‖`` for a cosine search over raw rows).
     memory_budget : int
         Bytes of working memory the search may use.
+    excluded_rows : torch.Tensor or None, shape (Q, m), int64
+        Per query, row positions that must not be returned; ``-1`` pads (any order, repeats
+        allowed).
+    allowed_rows : torch.Tensor or None, shape (N,), bool
+        Only rows marked True may be returned (an allow-list, or the occupied slots of a
+        fixed-size buffer).
+    row_labels, query_labels : torch.Tensor or None, shapes (N,) and (Q,), int64
+        Given together: a row is not returned for a query with the same label. Negative
+        labels mean "no label" and never match.
+    row_rank : torch.Tensor or None, shape (N,), int64
+        Tie-break order of the rows: among equal scores the lower rank wins. A permutation of
+        ``range(N)``. Default: the row itself (lower row wins).
+
+    Filters are applied inside the search: an ineligible row is never returned, and a query
+    with fewer than ``k`` eligible rows gets ``-1`` (with ±inf) in the remaining places.
     """
 
     queries: torch.Tensor
@@ -41,10 +56,24 @@ class SearchRequest:
     database_sqnorms: torch.Tensor | None
     column_scale: torch.Tensor | None
     memory_budget: int
+    excluded_rows: torch.Tensor | None = None
+    allowed_rows: torch.Tensor | None = None
+    row_labels: torch.Tensor | None = None
+    query_labels: torch.Tensor | None = None
+    row_rank: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
         return self.database.device
+
+    @property
+    def filtered(self) -> bool:
+        """True when some rows may be ineligible (any filter is set)."""
+        return (
+            self.excluded_rows is not None
+            or self.allowed_rows is not None
+            or (self.row_labels is not None and self.query_labels is not None)
+        )
 
 
 class ExactBackend(abc.ABC):

@@ -9,6 +9,13 @@ score: only the few entries that beat it are gathered and merged, so most scores
 comparison rather than a top-k pass. On CUDA the same filter would need a host sync per tile,
 so there every tile goes through ``topk_lex`` (this backend is CUDA's fallback; the Triton
 backend is its fast path).
+
+Filters (excluded rows per query, an allowed-row mask, label exclusion) and a per-row tie
+order (``row_rank``) are applied to each tile before selection: ineligible entries get the
+"missing" key, which ranks after every real score (NaN included), so they are never
+returned and short rows are padded with ``-1``. Such requests select on packed int64 keys
+(value, then rank) rather than on floats; the CPU filter still compares floats first and
+checks eligibility only for the few entries that pass it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch
 from gpuann.backends.base import ExactBackend, SearchRequest
 from gpuann.budget import plan_tiles
 from gpuann.metrics import Metric
-from gpuann.topk import merge_topk, topk_lex
+from gpuann.topk import merge_topk, ordered_key, topk_lex
 
 __all__ = ["TorchBackend", "torch_exact_search"]
 
@@ -30,6 +37,10 @@ _CPU_BYTES_PER_SCORE = 6
 _CUDA_BYTES_PER_SCORE = 28
 #: Columns per group in the CPU filter's first pass.
 _GROUP = 64
+#: High word of the key of an ineligible or missing entry: after every score, NaN included.
+_MISSING_HI = 0x7FFFFFFF
+#: Temporary bytes per score of a selection on packed keys (the key and its temporaries).
+_KEY_BYTES_PER_SCORE = 32
 
 
 class TorchBackend(ExactBackend):
@@ -69,6 +80,9 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
     if l2 and sqnorms is None:
         sqnorms = _row_sqnorms(database, plan.database_block)
     scale = request.column_scale
+    keyed = request.filtered or request.row_rank is not None
+    # Rows per keyed selection of a whole tile (the first tile on CPU, every tile on CUDA).
+    key_rows = max(1, request.memory_budget // (4 * _KEY_BYTES_PER_SCORE * plan.database_block))
     score_buffer = torch.empty(plan.query_block * plan.database_block, device=device)
     for q0 in range(0, n_queries, plan.query_block):
         q = queries[q0 : q0 + plan.query_block].float()
@@ -87,12 +101,22 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
                 if scale is not None:
                     scores.mul_(scale[r0 : r0 + x.shape[0]])
             if on_cpu and top_values.shape[1] == k_found:
-                top_values, top_positions = _merge_filtered(top_values, top_positions, scores, r0)
+                top_values, top_positions = _merge_filtered(
+                    top_values, top_positions, scores, r0, request, q0
+                )
+            elif keyed:
+                ok = _eligible_tile(request, q0, q.shape[0], r0, x.shape[0])
+                values, cols = _topk_keyed(scores, ok, r0, request.row_rank, k_found, key_rows)
+                top_values, top_positions = _merge_keyed(
+                    top_values, top_positions, values, cols, k_found, request.row_rank
+                )
             else:
                 values, cols = topk_lex(scores, k_found)
                 top_values, top_positions = merge_topk(
                     top_values, top_positions, values, cols + r0, k_found
                 )
+        if keyed:  # ineligible rows left in the lists become padding
+            top_values = top_values.masked_fill(top_positions < 0, float("inf"))
         if l2:
             query_sqnorms = (q * q).sum(dim=1, keepdim=True)
             top_values = (top_values + query_sqnorms).clamp_(min=0.0)
@@ -112,31 +136,180 @@ def _row_sqnorms(database: torch.Tensor, block: int) -> torch.Tensor:
     return out
 
 
+def _eligible_tile(
+    request: SearchRequest, q0: int, n_q: int, r0: int, n_x: int
+) -> torch.Tensor | None:
+    """Bool (n_q, n_x): which entries of the tile at (q0, r0) may be returned (None: all)."""
+    if not request.filtered:
+        return None
+    device = request.device
+    ok = torch.ones((n_q, n_x + 1), dtype=torch.bool, device=device)
+    if request.excluded_rows is not None:
+        excluded = request.excluded_rows[q0 : q0 + n_q]
+        local = excluded - r0
+        inside = (excluded >= 0) & (local >= 0) & (local < n_x)
+        # Excluded rows outside the tile land in the spare last column (same value written).
+        ok.scatter_(1, torch.where(inside, local, n_x), False)
+    ok = ok[:, :n_x]
+    if request.allowed_rows is not None:
+        ok &= request.allowed_rows[r0 : r0 + n_x][None, :]
+    if request.row_labels is not None and request.query_labels is not None:
+        row_labels = request.row_labels[r0 : r0 + n_x][None, :]
+        query_labels = request.query_labels[q0 : q0 + n_q][:, None]
+        ok &= (row_labels != query_labels) | (row_labels < 0)
+    return ok
+
+
+def _eligible_pairs(
+    request: SearchRequest, query_rows: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """Bool (n,): whether database row ``positions[i]`` may be returned for query
+    ``query_rows[i]`` (absolute indices)."""
+    ok = torch.ones_like(positions, dtype=torch.bool)
+    if request.excluded_rows is not None:
+        ok &= ~(request.excluded_rows[query_rows] == positions[:, None]).any(dim=1)
+    if request.allowed_rows is not None:
+        ok &= request.allowed_rows[positions]
+    if request.row_labels is not None and request.query_labels is not None:
+        row_labels = request.row_labels[positions]
+        ok &= (row_labels != request.query_labels[query_rows]) | (row_labels < 0)
+    return ok
+
+
+def _keys(values: torch.Tensor, positions: torch.Tensor, rank: torch.Tensor | None) -> torch.Tensor:
+    """Int64 keys ordered by (value, tie order); missing entries (position -1) last."""
+    valid = positions >= 0
+    tie = positions.clamp(min=0) if rank is None else rank[positions.clamp(min=0)]
+    hi = ordered_key(values).masked_fill_(~valid, _MISSING_HI)
+    return (hi << 32) | tie.masked_fill(~valid, 0)
+
+
+def _topk_keyed(
+    scores: torch.Tensor,
+    ok: torch.Tensor | None,
+    r0: int,
+    rank: torch.Tensor | None,
+    k: int,
+    max_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best eligible entries of each row of a tile, by (score, tie order).
+
+    Returns values (R, min(k, W)) and absolute positions, ``-1`` where ineligible.
+
+    On CPU a float ``topk`` (ineligible entries as NaN) picks the set first; only rows where
+    that set is ambiguous (a NaN selected, or a tie across the k-th place) are selected again
+    on packed keys. Elsewhere every row is selected on packed keys (no host sync).
+    """
+    n_rows, width = scores.shape
+    kk = min(k, width)
+    if scores.device.type == "cpu" and kk < width:
+        masked = scores if ok is None else scores.masked_fill(~ok, float("nan"))
+        values, cols = torch.topk(masked, kk + 1, dim=1, largest=False, sorted=True)
+        ambiguous = torch.isnan(values[:, kk - 1]) | (values[:, kk - 1] == values[:, kk])
+        values, cols = values[:, :kk], cols[:, :kk] + r0
+        rows = ambiguous.nonzero().flatten()
+        if rows.numel():
+            sub_ok = None if ok is None else ok[rows]
+            exact = _topk_keyed_exact(scores[rows], sub_ok, r0, rank, kk, max_rows)
+            values = values.index_copy(0, rows, exact[0])
+            cols = cols.index_copy(0, rows, exact[1])
+        order = torch.argsort(_keys(values, cols, rank), dim=1)
+        return values.gather(1, order), cols.gather(1, order)
+    return _topk_keyed_exact(scores, ok, r0, rank, k, max_rows)
+
+
+def _topk_keyed_exact(
+    scores: torch.Tensor,
+    ok: torch.Tensor | None,
+    r0: int,
+    rank: torch.Tensor | None,
+    k: int,
+    max_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_topk_keyed` on packed keys of every entry."""
+    n_rows, width = scores.shape
+    kk = min(k, width)
+    positions = torch.arange(r0, r0 + width, device=scores.device).expand(n_rows, width)
+    values = torch.empty((n_rows, kk), device=scores.device)
+    chosen = torch.empty((n_rows, kk), dtype=torch.int64, device=scores.device)
+    for s0 in range(0, n_rows, max_rows):  # bounded temporaries: keys are 8 bytes a score
+        part = slice(s0, s0 + max_rows)
+        pos = positions[part] if ok is None else positions[part].masked_fill(~ok[part], -1)
+        _, order = torch.topk(_keys(scores[part], pos, rank), kk, dim=1, largest=False)
+        values[part] = scores[part].gather(1, order)
+        chosen[part] = pos.gather(1, order)
+    return values, chosen
+
+
+def _merge_keyed(
+    run_values: torch.Tensor,
+    run_positions: torch.Tensor,
+    new_values: torch.Tensor,
+    new_positions: torch.Tensor,
+    k: int,
+    rank: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best of two candidate lists by (value, tie order), position -1 last."""
+    values = torch.cat([run_values, new_values], dim=1)
+    positions = torch.cat([run_positions, new_positions], dim=1)
+    kk = min(k, values.shape[1])
+    _, order = torch.topk(_keys(values, positions, rank), kk, dim=1, largest=False)
+    return values.gather(1, order), positions.gather(1, order)
+
+
 def _merge_filtered(
-    top_values: torch.Tensor, top_positions: torch.Tensor, scores: torch.Tensor, r0: int
+    top_values: torch.Tensor,
+    top_positions: torch.Tensor,
+    scores: torch.Tensor,
+    r0: int,
+    request: SearchRequest,
+    q0: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge the entries of ``scores`` that beat each row's current k-th best (CPU path).
 
-    An entry equal to the k-th best loses the tie: every running entry has a lower row.
+    Without a tie order an entry equal to the k-th best loses the tie (every running entry
+    has a lower row); with ``row_rank`` equal entries are candidates too. A row whose k-th
+    place is empty (-1) or NaN takes every eligible entry (every non-NaN one) as a
+    candidate. Eligibility is checked only for candidates.
     """
-    threshold = top_values[:, -1:]
+    rank = request.row_rank
+    kth = top_values[:, -1:]
+    special = (top_positions[:, -1:] < 0) | torch.isnan(kth)
+    # Nothing compares true against NaN: special rows get their candidates below.
+    threshold = kth.masked_fill(special, float("nan"))
+    beats = torch.Tensor.__lt__ if rank is None else torch.Tensor.__le__
     n_rows, width = scores.shape
     if width % _GROUP == 0:
         # A min over groups of columns is one cheap pass; only groups whose min beats the
         # threshold are looked at element by element.
         groups = scores.view(n_rows, width // _GROUP, _GROUP)
-        group_rows, group_ids = torch.nonzero(groups.amin(dim=2) < threshold, as_tuple=True)
-        hits = groups[group_rows, group_ids] < threshold[group_rows]
+        group_rows, group_ids = torch.nonzero(beats(groups.amin(dim=2), threshold), as_tuple=True)
+        hits = beats(groups[group_rows, group_ids], threshold[group_rows])
         hit_groups, hit_cols = torch.nonzero(hits, as_tuple=True)
         rows = group_rows[hit_groups]
         cols = group_ids[hit_groups] * _GROUP + hit_cols
     else:
-        rows, cols = torch.nonzero(scores < threshold, as_tuple=True)
+        rows, cols = torch.nonzero(beats(scores, threshold), as_tuple=True)
+    if bool(special.any()):
+        special_rows = special.flatten().nonzero().flatten()
+        sub = scores[special_rows]
+        if rank is None:
+            take = ~torch.isnan(sub) | (top_positions[special_rows, -1:] < 0)
+        else:  # with a tie order even a NaN may beat a NaN k-th: the merge decides
+            take = torch.ones_like(sub, dtype=torch.bool)
+        sub_rows, sub_cols = torch.nonzero(take, as_tuple=True)
+        rows = torch.cat([rows, special_rows[sub_rows]])
+        cols = torch.cat([cols, sub_cols])
+        order = torch.argsort(rows * width + cols)  # row-major, as nonzero gives
+        rows, cols = rows[order], cols[order]
+    if request.filtered and rows.numel():
+        keep = _eligible_pairs(request, rows + q0, cols + r0)
+        rows, cols = rows[keep], cols[keep]
     if rows.numel() == 0:
         return top_values, top_positions
     counts = torch.bincount(rows, minlength=scores.shape[0])
     active = counts.nonzero().flatten()
-    rank = torch.cumsum(counts > 0, dim=0) - 1  # row -> index among active rows
+    rank_of_row = torch.cumsum(counts > 0, dim=0) - 1  # row -> index among active rows
     start = torch.cumsum(counts, dim=0) - counts  # first survivor of each row
     slot = torch.arange(rows.numel(), device=rows.device) - start[rows]
     width = int(counts.max())
@@ -144,10 +317,15 @@ def _merge_filtered(
     cand_positions = torch.full(
         (active.numel(), width), -1, dtype=torch.int64, device=scores.device
     )
-    cand_values[rank[rows], slot] = scores[rows, cols]
-    cand_positions[rank[rows], slot] = cols + r0
-    merged_values, merged_positions = merge_topk(
-        top_values[active], top_positions[active], cand_values, cand_positions, top_values.shape[1]
+    cand_values[rank_of_row[rows], slot] = scores[rows, cols]
+    cand_positions[rank_of_row[rows], slot] = cols + r0
+    merged_values, merged_positions = _merge_keyed(
+        top_values[active],
+        top_positions[active],
+        cand_values,
+        cand_positions,
+        top_values.shape[1],
+        rank,
     )
     top_values = top_values.index_copy(0, active, merged_values)
     top_positions = top_positions.index_copy(0, active, merged_positions)

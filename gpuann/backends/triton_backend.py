@@ -4,7 +4,8 @@ The fast path on CUDA. Each program scores a block of queries against database t
 ``tl.dot`` (float32 accumulation) and keeps its running top-k as packed int64 keys in
 registers, so the (Q, N) distance matrix never exists; when queries are few, the database is
 split across programs and the partial lists are merged by a second small kernel. Results are
-those of the torch backend: same scores, ties to the lower row, NaN last.
+those of the torch backend: same scores, ties to the lower row, NaN last. Filters and a
+per-row tie order run inside the kernel (see ``gpuann._kernels.fused_knn``).
 
 k up to ``gpuann._triton.MAX_K`` (2048) runs fused. Larger k runs the torch backend's tiled
 ``mm`` + tie-aware top-k + merge on the same device: correct for any k up to N, with no
@@ -104,9 +105,11 @@ def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
     per_query = next_power_of_2(min(k, max(database.shape[0], 1))) * 8  # one split's list
     allowance = max(request.memory_budget // 2, per_query)
     chunk = max(1, min(queries.shape[0], allowance // per_query))
+    labels = request.row_labels is not None and request.query_labels is not None
     results = []
     for q0 in range(0, max(queries.shape[0], 1), chunk):
         q = queries[q0 : q0 + chunk]
+        part = slice(q0, q0 + chunk)
         results.append(
             fused_knn(
                 q,
@@ -116,6 +119,13 @@ def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
                 request.database_sqnorms if l2 else None,
                 None if l2 else request.column_scale,
                 max_splits=max(1, allowance // (per_query * max(q.shape[0], 1))),
+                excluded_rows=(
+                    request.excluded_rows[part] if request.excluded_rows is not None else None
+                ),
+                allowed_rows=request.allowed_rows,
+                row_labels=request.row_labels if labels else None,
+                query_labels=request.query_labels[part] if labels else None,
+                row_rank=request.row_rank,
             )
         )
     if len(results) == 1:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import torch
 
 from gpuann.backends.base import ExactBackend, SearchRequest
-from gpuann.budget import plan_tiles
+from gpuann.budget import TilePlan, plan_tiles
 from gpuann.metrics import Metric
 from gpuann.topk import merge_topk, ordered_key, topk_lex
 
-__all__ = ["TorchBackend", "torch_exact_search"]
+__all__ = ["TileScorer", "TorchBackend", "plan_torch_tiles", "torch_exact_search"]
 
 #: Database rows per tile: cache-sized on CPU, larger on GPU.
 _CPU_DATABASE_BLOCK = 4096
@@ -41,6 +41,90 @@ _GROUP = 64
 _MISSING_HI = 0x7FFFFFFF
 #: Temporary bytes per score of a selection on packed keys (the key and its temporaries).
 _KEY_BYTES_PER_SCORE = 32
+#: Scores per CPU tile: small query blocks get taller database tiles (fewer, larger ops).
+_CPU_TILE_SCORES = 1 << 22
+_CPU_MAX_DATABASE_BLOCK = 1 << 20
+#: Query blocks at least this tall fold ‖x‖² into the matrix product as one more column
+#: instead of a broadcast bias, which costs a write and a re-read of the whole score tile.
+_AUGMENT_MIN_QUERIES = 32
+
+
+def plan_torch_tiles(
+    n_queries: int, n_database: int, dim: int, k: int, memory_budget: int, device: torch.device
+) -> TilePlan:
+    """The tiles this backend uses (out-of-core streaming reuses them, to give equal bits).
+
+    >>> plan_torch_tiles(100, 10**6, 128, 10, 256 << 20, torch.device("cpu")).database_block
+    41920
+    """
+    if device.type == "cpu":
+        shape = (n_queries, n_database, dim, k, memory_budget, _CPU_BYTES_PER_SCORE)
+        plan = plan_tiles(*shape, _CPU_DATABASE_BLOCK)
+        # Few queries: taller database tiles mean fewer, larger ops — unless the budget would
+        # then take queries out of the block.
+        rows = _CPU_TILE_SCORES // max(1, plan.query_block)
+        taller = min(_CPU_MAX_DATABASE_BLOCK, rows) // _GROUP * _GROUP
+        if taller > plan.database_block:
+            tall = plan_tiles(*shape, taller)
+            plan = tall if tall.query_block >= plan.query_block else plan
+        return plan
+    return plan_tiles(
+        n_queries, n_database, dim, k, memory_budget, _CUDA_BYTES_PER_SCORE, _CUDA_DATABASE_BLOCK
+    )
+
+
+class TileScorer:
+    """Float32 "smaller is nearer" scores of one block of queries against database tiles.
+
+    L2: ``‖x‖² − 2⟨q, x⟩`` (``‖q‖²`` is added to the winners by :meth:`finish`); inner
+    product: ``−⟨q, x⟩ · scale``. Blocks of at least ``_AUGMENT_MIN_QUERIES`` queries compute
+    L2 scores as one product of ``[−2q, 1]`` with ``[x, ‖x‖²]``.
+
+    Parameters
+    ----------
+    queries : torch.Tensor, shape (B, d), floating
+    l2 : bool
+    max_rows : int
+        The tallest database tile that will be scored.
+    """
+
+    def __init__(self, queries: torch.Tensor, l2: bool, max_rows: int) -> None:
+        q = queries.float()
+        self.l2 = l2
+        self.augment = l2 and q.shape[0] >= _AUGMENT_MIN_QUERIES
+        self.query_sqnorms = (q * q).sum(dim=1, keepdim=True) if l2 else None
+        if self.augment:
+            ones = torch.ones((q.shape[0], 1), device=q.device)
+            self.q = torch.cat([q * -2.0, ones], dim=1)
+            self._rows = torch.empty((max_rows, q.shape[1] + 1), device=q.device)
+        else:
+            self.q = q if l2 else -q
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        sqnorms: torch.Tensor | None,
+        scale: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores (B, n) of a database tile ``x`` (n, d) into ``out``; ``sqnorms`` (n,) for
+        L2, ``scale`` (n,) or None for inner product."""
+        if self.augment:
+            rows = self._rows[: x.shape[0]]
+            rows[:, :-1].copy_(x)
+            rows[:, -1].copy_(sqnorms)
+            return torch.mm(self.q, rows.T, out=out)
+        x = x if x.dtype == torch.float32 else x.float()
+        if self.l2:
+            return torch.addmm(sqnorms, self.q, x.T, alpha=-2.0, out=out)
+        torch.mm(self.q, x.T, out=out)
+        return out if scale is None else out.mul_(scale)
+
+    def finish(self, top_values: torch.Tensor) -> torch.Tensor:
+        """Scores of the winners → distances (squared L2, clamped at 0) or similarities."""
+        if self.l2:
+            return (top_values + self.query_sqnorms).clamp_(min=0.0)
+        return -top_values
 
 
 class TorchBackend(ExactBackend):
@@ -61,15 +145,7 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
     n_queries, n_database, dim = queries.shape[0], database.shape[0], database.shape[1]
     device = database.device
     on_cpu = device.type == "cpu"
-    plan = plan_tiles(
-        n_queries,
-        n_database,
-        dim,
-        k,
-        request.memory_budget,
-        bytes_per_score=_CPU_BYTES_PER_SCORE if on_cpu else _CUDA_BYTES_PER_SCORE,
-        preferred_database_block=_CPU_DATABASE_BLOCK if on_cpu else _CUDA_DATABASE_BLOCK,
-    )
+    plan = plan_torch_tiles(n_queries, n_database, dim, k, request.memory_budget, device)
     k_found = min(k, n_database)
     distances = torch.full((n_queries, k), request.metric.missing_distance, device=device)
     positions = torch.full((n_queries, k), -1, dtype=torch.int64, device=device)
@@ -85,21 +161,20 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
     key_rows = max(1, request.memory_budget // (4 * _KEY_BYTES_PER_SCORE * plan.database_block))
     score_buffer = torch.empty(plan.query_block * plan.database_block, device=device)
     for q0 in range(0, n_queries, plan.query_block):
-        q = queries[q0 : q0 + plan.query_block].float()
-        if not l2:
-            q = -q  # nearest = smallest -<q, x>
+        q = queries[q0 : q0 + plan.query_block]
+        scorer = TileScorer(q, l2, plan.database_block)
         top_values = torch.empty((q.shape[0], 0), device=device)
         top_positions = torch.empty((q.shape[0], 0), dtype=torch.int64, device=device)
         for r0 in range(0, n_database, plan.database_block):
             x = database[r0 : r0 + plan.database_block]
-            x = x if x.dtype == torch.float32 else x.float()
+            tile = slice(r0, r0 + x.shape[0])
             scores = score_buffer[: q.shape[0] * x.shape[0]].view(q.shape[0], x.shape[0])
-            if l2:
-                torch.addmm(sqnorms[r0 : r0 + x.shape[0]], q, x.T, alpha=-2.0, out=scores)
-            else:
-                torch.mm(q, x.T, out=scores)
-                if scale is not None:
-                    scores.mul_(scale[r0 : r0 + x.shape[0]])
+            scorer(
+                x,
+                sqnorms[tile] if l2 else None,
+                scale[tile] if scale is not None else None,
+                out=scores,
+            )
             if on_cpu and top_values.shape[1] == k_found:
                 top_values, top_positions = _merge_filtered(
                     top_values, top_positions, scores, r0, request, q0
@@ -117,12 +192,7 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
                 )
         if keyed:  # ineligible rows left in the lists become padding
             top_values = top_values.masked_fill(top_positions < 0, float("inf"))
-        if l2:
-            query_sqnorms = (q * q).sum(dim=1, keepdim=True)
-            top_values = (top_values + query_sqnorms).clamp_(min=0.0)
-        else:
-            top_values = -top_values
-        distances[q0 : q0 + q.shape[0], :k_found] = top_values
+        distances[q0 : q0 + q.shape[0], :k_found] = scorer.finish(top_values)
         positions[q0 : q0 + q.shape[0], :k_found] = top_positions
     return distances, positions
 

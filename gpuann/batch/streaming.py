@@ -34,15 +34,9 @@ import torch
 
 from gpuann._validate import check_finite as _require_finite
 
-# The in-memory torch backend's tile constants: the plan must be the one ``knn`` uses.
-from gpuann.backends.torch_backend import (
-    _CPU_BYTES_PER_SCORE,
-    _CPU_DATABASE_BLOCK,
-    _CUDA_BYTES_PER_SCORE,
-    _CUDA_DATABASE_BLOCK,
-)
+# The in-memory torch backend's tiles and scoring: the bits must be the ones ``knn`` gives.
+from gpuann.backends.torch_backend import TileScorer, plan_torch_tiles
 from gpuann.batch.inputs import MatrixSource
-from gpuann.budget import plan_tiles
 from gpuann.metrics import Metric
 from gpuann.topk import merge_topk, topk_lex
 
@@ -71,18 +65,9 @@ def plan_stream(
     """The tiles the in-memory torch backend would use for the same search.
 
     >>> plan_stream(100, 10_000, 64, 10, torch.device("cpu"), 256 << 20)
-    StreamPlan(query_tile=100, database_tile=4096)
+    StreamPlan(query_tile=100, database_tile=10000)
     """
-    on_cpu = device.type == "cpu"
-    plan = plan_tiles(
-        n_queries,
-        n_database,
-        dim,
-        k,
-        memory_budget,
-        bytes_per_score=_CPU_BYTES_PER_SCORE if on_cpu else _CUDA_BYTES_PER_SCORE,
-        preferred_database_block=_CPU_DATABASE_BLOCK if on_cpu else _CUDA_DATABASE_BLOCK,
-    )
+    plan = plan_torch_tiles(n_queries, n_database, dim, k, memory_budget, device)
     return StreamPlan(plan.query_block, plan.database_block)
 
 
@@ -302,9 +287,9 @@ class StreamingExactSearch:
         on_cpu = device.type == "cpu"
         blocks = []  # per query tile: [first row in chunk, scoring rows, top values, top rows]
         for q0 in range(0, n_queries, self.plan.query_tile):
-            q = queries[q0 : q0 + self.plan.query_tile].float()
-            empty = torch.empty((q.shape[0], 0), device=device)
-            blocks.append([q0, q if l2 else -q, empty, empty.long()])
+            scorer = TileScorer(queries[q0 : q0 + self.plan.query_tile], l2, tile)
+            empty = torch.empty((scorer.q.shape[0], 0), device=device)
+            blocks.append([q0, scorer, empty, empty.long()])
         score_buffer = torch.empty(self.plan.query_tile * tile, device=device)
         for start, rows in self._chunks():
             if self.check_finite and start >= self._checked_rows:
@@ -312,23 +297,17 @@ class StreamingExactSearch:
                 self._checked_rows = start + rows.shape[0]
             for r in range(0, rows.shape[0], tile):
                 x = rows[r : r + tile]
-                x = x if x.dtype == torch.float32 else x.float()
                 r0 = start + r
-                if l2:
-                    column_terms = (x * x).sum(dim=1)
-                elif metric is Metric.COSINE:
-                    column_terms = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)
-                else:
-                    column_terms = None
+                xf = x if x.dtype == torch.float32 else x.float()
+                sqnorms = (xf * xf).sum(dim=1) if l2 else None
+                scale = None
+                if metric is Metric.COSINE:
+                    scale = 1.0 / torch.linalg.vector_norm(xf, dim=1).clamp_min(1e-12)
                 for block in blocks:
-                    q0, q, top_values, top_rows = block
-                    scores = score_buffer[: q.shape[0] * x.shape[0]].view(q.shape[0], x.shape[0])
-                    if l2:
-                        torch.addmm(column_terms, q, x.T, alpha=-2.0, out=scores)
-                    else:
-                        torch.mm(q, x.T, out=scores)
-                        if column_terms is not None:
-                            scores.mul_(column_terms)
+                    q0, scorer, top_values, top_rows = block
+                    n_q = scorer.q.shape[0]
+                    scores = score_buffer[: n_q * x.shape[0]].view(n_q, x.shape[0])
+                    scorer(x, sqnorms, scale, out=scores)
                     if exclude_self:
                         _mask_self(scores, first_row + q0, r0)
                     if on_cpu and top_values.shape[1] == k_found:
@@ -338,17 +317,15 @@ class StreamingExactSearch:
                         block[2], block[3] = merge_topk(
                             top_values, top_rows, values, cols + r0, k_found
                         )
-        for q0, q, top_values, top_rows in blocks:
-            if l2:
-                top_values = (top_values + (q * q).sum(dim=1, keepdim=True)).clamp_(min=0.0)
-            else:
-                top_values = -top_values
+        for q0, scorer, top_values, top_rows in blocks:
+            n_q = scorer.q.shape[0]
+            top_values = scorer.finish(top_values)
             if exclude_self:
-                own = torch.arange(q0, q0 + q.shape[0], device=device)[:, None] + first_row
+                own = torch.arange(q0, q0 + n_q, device=device)[:, None] + first_row
                 mine = top_rows == own
                 top_rows = top_rows.masked_fill(mine, -1)
                 top_values = top_values.masked_fill(mine, metric.missing_distance)
-            stop = q0 + q.shape[0]
+            stop = q0 + n_q
             distances[q0:stop, :k_found] = top_values.cpu().numpy()
             ids[q0:stop, :k_found] = top_rows.cpu().numpy()
         return distances, ids

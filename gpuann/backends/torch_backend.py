@@ -77,8 +77,11 @@ class TileScorer:
     """Float32 "smaller is nearer" scores of one block of queries against database tiles.
 
     L2: ``‖x‖² − 2⟨q, x⟩`` (``‖q‖²`` is added to the winners by :meth:`finish`); inner
-    product: ``−⟨q, x⟩ · scale``. Blocks of at least ``_AUGMENT_MIN_QUERIES`` queries compute
-    L2 scores as one product of ``[−2q, 1]`` with ``[x, ‖x‖²]``.
+    product: ``−⟨q, x⟩ · scale``. For L2, a block of at least ``_AUGMENT_MIN_QUERIES`` queries
+    computes the scores as one product of ``[−2q, 1]`` with ``[x, ‖x‖²]`` (no broadcast bias
+    written into and re-read from the whole tile) when that copy of the tile is cheaper than the
+    bias: the tile is converted anyway (16-bit storage), or the block has more queries than
+    ``x`` has columns.
 
     Parameters
     ----------
@@ -91,14 +94,14 @@ class TileScorer:
     def __init__(self, queries: torch.Tensor, l2: bool, max_rows: int) -> None:
         q = queries.float()
         self.l2 = l2
-        self.augment = l2 and q.shape[0] >= _AUGMENT_MIN_QUERIES
         self.query_sqnorms = (q * q).sum(dim=1, keepdim=True) if l2 else None
-        if self.augment:
+        self.q = q if l2 else -q
+        self._augmented = None
+        if l2 and q.shape[0] >= _AUGMENT_MIN_QUERIES:
             ones = torch.ones((q.shape[0], 1), device=q.device)
-            self.q = torch.cat([q * -2.0, ones], dim=1)
+            self._augmented = torch.cat([q * -2.0, ones], dim=1)
             self._rows = torch.empty((max_rows, q.shape[1] + 1), device=q.device)
-        else:
-            self.q = q if l2 else -q
+        self._augment_float32 = q.shape[0] > q.shape[1]
 
     def __call__(
         self,
@@ -109,11 +112,11 @@ class TileScorer:
     ) -> torch.Tensor:
         """Scores (B, n) of a database tile ``x`` (n, d) into ``out``; ``sqnorms`` (n,) for
         L2, ``scale`` (n,) or None for inner product."""
-        if self.augment:
+        if self._augmented is not None and (x.dtype != torch.float32 or self._augment_float32):
             rows = self._rows[: x.shape[0]]
             rows[:, :-1].copy_(x)
             rows[:, -1].copy_(sqnorms)
-            return torch.mm(self.q, rows.T, out=out)
+            return torch.mm(self._augmented, rows.T, out=out)
         x = x if x.dtype == torch.float32 else x.float()
         if self.l2:
             return torch.addmm(sqnorms, self.q, x.T, alpha=-2.0, out=out)

@@ -156,9 +156,7 @@ def run(preset: str, device: str, threads: int, out: str | None) -> dict[str, An
     rows = []
     for nprobe in cfg["nprobes"]:
         found = {name: fn(xq_np, xq, nprobe)[1] for name, (fn, _) in methods.items()}
-        recall = {
-            name: recall_at_k(torch.as_tensor(ids), truth) for name, ids in found.items()
-        }
+        recall = {name: recall_at_k(torch.as_tensor(ids), truth) for name, ids in found.items()}
         same = {}
         for name, (_, base) in methods.items():
             if base is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from gpuann._atomic import atomic_write
 from gpuann._version import __version__
 
 __all__ = [
@@ -104,41 +104,12 @@ def write_index_file(
         },
         sort_keys=True,
     ).encode()
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise FileNotFoundError(f"path: folder {str(directory)!r} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)))
-            f.write(header)
-            f.write(_CRC.pack(zlib.crc32(header)))
-            for blob in blobs:
-                f.write(memoryview(blob))
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as f:
+        f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)))
+        f.write(header)
+        f.write(_CRC.pack(zlib.crc32(header)))
+        for blob in blobs:
+            f.write(memoryview(blob))
 
 
 def read_index_file(path: str | os.PathLike) -> tuple[str, dict, dict[str, torch.Tensor]]:

@@ -19,13 +19,13 @@ Format (JSON)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from gpuann._atomic import atomic_write
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -79,31 +79,8 @@ def write_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
     """Atomically replace the checkpoint at ``path`` (temp file, fsync, ``os.replace``)."""
     path = Path(path)
     data = json.dumps(checkpoint.to_json(), sort_keys=True, indent=1).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms that cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint | None:

@@ -55,7 +55,65 @@ def _metric_name(metric_type: int) -> str:
         ) from None
 
 
-class IndexFlat:
+class _Shim:
+    """What every shim shares; the gpuann index behind it is :attr:`index`."""
+
+    index: Any
+    #: faiss's flat, binary and LSH indexes renumber the survivors after ``remove_ids``.
+    _renumbers_on_remove = True
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.index)
+
+    @property
+    def is_trained(self) -> bool:
+        return getattr(self.index, "is_trained", True)
+
+    def train(self, x: Any) -> None:
+        """Nothing to train (kept for faiss compatibility)."""
+
+    def add(self, x: Any) -> None:
+        """Add with ids ``ntotal, ntotal + 1, …`` as faiss does."""
+        self.index.add(x)
+
+    def _search_kwargs(self, params: Any) -> dict[str, Any]:
+        if params is not None:
+            raise NotImplementedError("search params are not supported by the gpuann faiss shim")
+        return {}
+
+    def search(self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None):
+        """Returns ``(D, I)`` as faiss does (``-1`` ids where fewer than ``k`` results)."""
+        distances, ids = self.index.search(x, k, **self._search_kwargs(params))
+        if D is not None:
+            D[...] = distances
+        if I is not None:
+            I[...] = ids
+        return distances, ids
+
+    def reset(self) -> None:
+        self.index.reset()
+
+    def remove_ids(self, ids: Any) -> int:
+        """Remove by id (unknown ids are ignored) and, like faiss's flat indexes, renumber the
+        remaining entries 0..ntotal-1 (IVF shims keep ids)."""
+        removed = self.index.remove(np.asarray(ids, dtype=np.int64).reshape(-1), strict=False)
+        if self._renumbers_on_remove:
+            self.index._renumber()
+        return removed
+
+    def reconstruct(self, key: int) -> np.ndarray:
+        return self.index.reconstruct(np.array([key], dtype=np.int64))[0]
+
+    def reconstruct_n(self, i0: int = 0, ni: int = -1) -> np.ndarray:
+        ni = self.ntotal - i0 if ni < 0 else ni
+        return self.index.reconstruct(np.arange(i0, i0 + ni, dtype=np.int64))
+
+    def __repr__(self) -> str:
+        return f"<gpuann.compat.faiss.{type(self).__name__} wrapping {self.index!r}>"
+
+
+class IndexFlat(_Shim):
     """faiss ``IndexFlat``: exact search, ids are insertion positions.
 
     Parameters
@@ -70,60 +128,11 @@ class IndexFlat:
 
     def __init__(self, d: int, metric: int = METRIC_L2, device: str | torch.device | None = None):
         self.metric_type = metric
-        self._index = FlatIndex(d, _metric_name(metric), device=device)
+        self.index = FlatIndex(d, _metric_name(metric), device=device)
 
     @property
     def d(self) -> int:
-        return self._index.dim
-
-    @property
-    def ntotal(self) -> int:
-        return len(self._index)
-
-    @property
-    def is_trained(self) -> bool:
-        return True
-
-    @property
-    def index(self) -> FlatIndex:
-        """The underlying :class:`gpuann.FlatIndex`."""
-        return self._index
-
-    def train(self, x: Any) -> None:
-        """Nothing to train (kept for faiss compatibility)."""
-
-    def add(self, x: Any) -> None:
-        self._index.add(x)
-
-    def search(self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None):
-        """Returns ``(D, I)`` as faiss does (``-1`` ids and ±inf beyond ``ntotal``)."""
-        if params is not None:
-            raise NotImplementedError("search params are not supported by the gpuann faiss shim")
-        distances, ids = self._index.search(x, k)
-        if D is not None:
-            D[...] = distances
-        if I is not None:
-            I[...] = ids
-        return distances, ids
-
-    def reset(self) -> None:
-        self._index.reset()
-
-    def remove_ids(self, ids: Any) -> int:
-        """Remove and renumber the remaining vectors 0..ntotal-1, as faiss's IndexFlat does."""
-        removed = self._index.remove(np.asarray(ids, dtype=np.int64).reshape(-1), strict=False)
-        self._index._renumber()
-        return removed
-
-    def reconstruct(self, key: int) -> np.ndarray:
-        return self._index.reconstruct(np.array([key], dtype=np.int64))[0]
-
-    def reconstruct_n(self, i0: int = 0, ni: int = -1) -> np.ndarray:
-        ni = self.ntotal - i0 if ni < 0 else ni
-        return self._index.reconstruct(np.arange(i0, i0 + ni, dtype=np.int64))
-
-    def __repr__(self) -> str:
-        return f"<gpuann.compat.faiss.{type(self).__name__} wrapping {self._index!r}>"
+        return self.index.dim
 
 
 class IndexFlatL2(IndexFlat):
@@ -230,7 +239,7 @@ def read_index(path: str | os.PathLike) -> Any:
     if kind == "FlatIndex":
         shell = IndexFlat.__new__(IndexFlat)
         shell.metric_type = METRIC_L2 if loaded.metric.value == "l2" else METRIC_INNER_PRODUCT
-        shell._index = loaded
+        shell.index = loaded
         if torch.equal(loaded.ids.cpu(), torch.arange(len(loaded))):
             return shell
         wrapper = IndexIDMap2.__new__(IndexIDMap2)
@@ -258,11 +267,11 @@ def read_index(path: str | os.PathLike) -> Any:
 __all__ += ["IndexIVFFlat", "IndexIVFPQ", "index_factory"]
 
 
-class _IndexIVF:
+class _IndexIVF(_Shim):
     """What faiss's ``IndexIVF`` shims share (the gpuann index is :attr:`index`)."""
 
-    index: Any
     metric_type: int
+    _renumbers_on_remove = False
 
     @staticmethod
     def _check_quantizer(quantizer: Any, d: int) -> None:
@@ -278,14 +287,6 @@ class _IndexIVF:
         return self.index.nlist
 
     @property
-    def ntotal(self) -> int:
-        return len(self.index)
-
-    @property
-    def is_trained(self) -> bool:
-        return self.index.is_trained
-
-    @property
     def nprobe(self) -> int:
         """Lists visited per query (faiss's default is 1; so is this shim's)."""
         return self.index.nprobe
@@ -297,10 +298,6 @@ class _IndexIVF:
     def train(self, x: Any) -> None:
         self.index.train(x)
 
-    def add(self, x: Any) -> None:
-        """Add with ids ``ntotal, ntotal + 1, …`` as faiss does (when only ``add`` is used)."""
-        self.index.add(x)
-
     def add_with_ids(self, x: Any, ids: Any) -> None:
         self.index.add(x, ids=ids)
 
@@ -311,28 +308,9 @@ class _IndexIVF:
             raise NotImplementedError("params: only IVF search parameters (nprobe) are supported")
         return {"nprobe": int(params.nprobe)}
 
-    def search(self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None):
-        """Returns ``(D, I)`` as faiss does (``-1`` ids and ±inf where fewer than ``k``)."""
-        distances, ids = self.index.search(x, k, **self._search_kwargs(params))
-        if D is not None:
-            D[...] = distances
-        if I is not None:
-            I[...] = ids
-        return distances, ids
-
-    def remove_ids(self, ids: Any) -> int:
-        """Remove by id (unknown ids are ignored, other ids kept), as faiss's IVF does."""
-        return self.index.remove(np.asarray(ids, dtype=np.int64).reshape(-1), strict=False)
-
-    def reconstruct(self, key: int) -> np.ndarray:
-        return self.index.reconstruct(np.array([key], dtype=np.int64))[0]
-
     def reset(self) -> None:
         """Remove every vector; the training is kept, as in faiss."""
         self.index.remove(self.index.ids, strict=False)
-
-    def __repr__(self) -> str:
-        return f"<gpuann.compat.faiss.{type(self).__name__} wrapping {self.index!r}>"
 
 
 class IndexIVFFlat(_IndexIVF):
@@ -419,44 +397,7 @@ def index_factory(
 __all__ += ["IndexBinaryFlat", "IndexLSH"]
 
 
-class _CodesIndex:
-    """What the binary-code shims share (the gpuann index is :attr:`index`)."""
-
-    index: Any
-
-    @property
-    def ntotal(self) -> int:
-        return len(self.index)
-
-    @property
-    def is_trained(self) -> bool:
-        return getattr(self.index, "is_trained", True)
-
-    def search(self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None):
-        """Returns ``(D, I)`` as faiss does (``-1`` ids beyond ``ntotal``)."""
-        if params is not None:
-            raise NotImplementedError("search params are not supported by the gpuann faiss shim")
-        distances, ids = self.index.search(x, k)
-        if D is not None:
-            D[...] = distances
-        if I is not None:
-            I[...] = ids
-        return distances, ids
-
-    def reset(self) -> None:
-        self.index.reset()
-
-    def remove_ids(self, ids: Any) -> int:
-        """Remove and renumber the remaining entries 0..ntotal-1, as faiss does."""
-        removed = self.index.remove(np.asarray(ids, dtype=np.int64).reshape(-1), strict=False)
-        self.index._renumber()
-        return removed
-
-    def __repr__(self) -> str:
-        return f"<gpuann.compat.faiss.{type(self).__name__} wrapping {self.index!r}>"
-
-
-class IndexBinaryFlat(_CodesIndex):
+class IndexBinaryFlat(_Shim):
     """faiss ``IndexBinaryFlat``: exact Hamming search over uint8 codes of ``d`` bits.
 
     Distances are int32 Hamming distances, as in faiss (``2**31 - 1`` beyond ``ntotal``).
@@ -475,21 +416,8 @@ class IndexBinaryFlat(_CodesIndex):
     def code_size(self) -> int:
         return self.index.nbits // 8
 
-    def train(self, x: Any) -> None:
-        """Nothing to train (kept for faiss compatibility)."""
 
-    def add(self, x: Any) -> None:
-        self.index.add(x)
-
-    def reconstruct(self, key: int) -> np.ndarray:
-        return self.index.reconstruct(np.array([key], dtype=np.int64))[0]
-
-    def reconstruct_n(self, i0: int = 0, ni: int = -1) -> np.ndarray:
-        ni = self.ntotal - i0 if ni < 0 else ni
-        return self.index.reconstruct(np.arange(i0, i0 + ni, dtype=np.int64))
-
-
-class IndexLSH(_CodesIndex):
+class IndexLSH(_Shim):
     """faiss ``IndexLSH``: sign bits of a random rotation (or of the first ``nbits``
     coordinates), optionally against trained median thresholds; Hamming search.
 
@@ -541,6 +469,3 @@ class IndexLSH(_CodesIndex):
         """Learn the thresholds (``train_thresholds=True``); otherwise nothing to train."""
         if self.train_thresholds:
             self.index.train(x)
-
-    def add(self, x: Any) -> None:
-        self.index.add(x)

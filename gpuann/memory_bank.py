@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from gpuann._validate import as_float_matrix, check_k, resolve_device, storage_dtype
+from gpuann.display import Bytes, html_repr, text_repr
 from gpuann.exact import differentiable_distances, exact_search
 from gpuann.filters import as_allow_ids, as_exclude_ids, as_labels, lookup_rows, rank_of, row_mask
 from gpuann.metrics import Metric, as_metric
@@ -117,11 +118,27 @@ class MemoryBank(torch.nn.Module):
         """Number of stored embeddings (one host sync)."""
         return int(self.filled.sum())
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of device memory held by the buffers."""
+        return sum(b.nbytes for b in self.buffers())
+
+    def _display_fields(self) -> dict[str, Any]:
+        """What Jupyter shows: no fill level, since counting it would sync the device."""
+        return {
+            "capacity": self.capacity,
+            "dim": self.dim,
+            "metric": self.metric,
+            "dtype": self.dtype,
+            "device": self.device,
+            "memory": Bytes(self.nbytes),
+        }
+
     def extra_repr(self) -> str:
-        return (
-            f"capacity={self.capacity}, dim={self.dim}, metric={self.metric.value!r}, "
-            f"dtype={self.dtype}, device={self.device}"
-        )
+        return text_repr(self).removeprefix(f"{type(self).__name__}(").removesuffix(")")
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
 
     # ---------------------------------------------------------------- checkpoints
     def get_extra_state(self) -> dict[str, Any]:

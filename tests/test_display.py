@@ -227,3 +227,16 @@ def test_tensor_fields_are_refused():
 )
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+def test_memory_bank_displays_without_reading_a_tensor_value(no_value_reads):
+    bank = gpuann.MemoryBank(64, 8, device="cpu", metric="l2")
+    bank.push(torch.randn(10, 8))
+    nbytes = bank.nbytes
+    no_value_reads()
+    text, page = repr(bank), bank._repr_html_()
+    assert text == (
+        f"MemoryBank(capacity=64, dim=8, metric='l2', dtype=float32, device='cpu', "
+        f"memory='{format_bytes(nbytes)}')"
+    )
+    assert "<code>64</code>" in page and nbytes == 64 * 8 * 4 + 64 * (8 + 8 + 1 + 4) + 8

@@ -23,7 +23,7 @@ from gpuann.exact import differentiable_distances, exact_search
 from gpuann.filters import as_allow_ids, as_exclude_ids, lookup_rows, row_mask
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
-from gpuann.serialization import read_index_file, register_index_kind, write_index_file
+from gpuann.serialization import load, register_index_kind, write_index_file
 
 __all__ = ["FlatIndex"]
 
@@ -441,10 +441,7 @@ class FlatIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> FlatIndex:
         """Load a ``FlatIndex`` saved with :meth:`save`."""
-        kind, meta, arrays = read_index_file(path)
-        if kind != "FlatIndex":
-            raise ValueError(f"path: {str(path)!r} holds a {kind}, not a FlatIndex")
-        return _load_flat(meta, arrays, device)
+        return load(path, device, kind="FlatIndex")
 
 
 def _load_flat(meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> FlatIndex:

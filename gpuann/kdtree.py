@@ -41,7 +41,7 @@ from gpuann.display import Bytes, html_repr, text_repr
 from gpuann.result import SearchResult
 from gpuann.serialization import (
     IndexFileError,
-    read_index_file,
+    load,
     register_index_kind,
     write_index_file,
 )
@@ -292,10 +292,7 @@ class KDTreeIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> KDTreeIndex:
         """Load a ``KDTreeIndex`` saved with :meth:`save` (``device`` is accepted and ignored)."""
-        kind, meta, arrays = read_index_file(path)
-        if kind != "KDTreeIndex":
-            raise ValueError(f"path: {str(path)!r} holds a {kind}, not a KDTreeIndex")
-        return _load_kdtree(meta, arrays, device)
+        return load(path, device, kind="KDTreeIndex")
 
 
 def _load_kdtree(meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> KDTreeIndex:

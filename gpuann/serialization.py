@@ -175,7 +175,9 @@ def read_index_file(path: str | os.PathLike) -> tuple[str, dict, dict[str, torch
     return header["kind"], header["meta"], arrays
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> Any:
+def load(
+    path: str | os.PathLike, device: str | torch.device | None = None, *, kind: str | None = None
+) -> Any:
     """Load an index saved by any gpuann index's ``save``.
 
     Parameters
@@ -183,13 +185,19 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> A
     path : str or os.PathLike
     device : str or torch.device, optional
         Where to put the index; default CUDA when available, else CPU.
+    kind : str, optional
+        The index class expected (``"FlatIndex"``…); another kind in the file raises
+        ``ValueError``. Each index class's ``load`` passes its own.
 
     Raises
     ------
     IndexFileError
         The file is not a gpuann index, has an unsupported version, or is truncated or corrupt.
     """
-    kind, meta, arrays = read_index_file(path)
+    found, meta, arrays = read_index_file(path)
+    if kind is not None and found != kind:
+        raise ValueError(f"path: {str(path)!r} holds a {found}, not a {kind}")
+    kind = found
     loader = _LOADERS.get(kind)
     if loader is None:
         _import_index_modules()

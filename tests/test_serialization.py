@@ -119,3 +119,15 @@ def test_fixture_for_the_current_version_exists():
     assert (FIXTURES / f"flat_v{FORMAT_VERSION}.gpuann").is_file()
     kind, meta, arrays = read_index_file(FIXTURES / f"flat_v{FORMAT_VERSION}.gpuann")
     assert kind == "FlatIndex" and set(arrays) == {"vectors", "ids"}
+
+
+@pytest.mark.parametrize(
+    "cls", ["FlatIndex", "KDTreeIndex", "LSHIndex", "BinaryFlatIndex", "IVFFlatIndex", "IVFPQIndex"]
+)
+def test_each_class_load_refuses_another_kind(tmp_path, cls):
+    path = _saved(tmp_path)  # a FlatIndex
+    if cls == "FlatIndex":
+        assert isinstance(gpuann.FlatIndex.load(path), gpuann.FlatIndex)
+        return
+    with pytest.raises(ValueError, match=f"holds a FlatIndex, not a {cls}"):
+        getattr(gpuann, cls).load(path)

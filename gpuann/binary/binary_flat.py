@@ -22,7 +22,7 @@ from gpuann.display import Bytes, html_repr, text_repr
 from gpuann.result import SearchResult
 from gpuann.serialization import (
     IndexFileError,
-    read_index_file,
+    load,
     register_index_kind,
     write_index_file,
 )
@@ -245,10 +245,7 @@ class BinaryFlatIndex:
         cls, path: str | os.PathLike, device: str | torch.device | None = None
     ) -> BinaryFlatIndex:
         """Load a ``BinaryFlatIndex`` saved with :meth:`save`."""
-        kind, meta, arrays = read_index_file(path)
-        if kind != "BinaryFlatIndex":
-            raise ValueError(f"path: {str(path)!r} holds a {kind}, not a BinaryFlatIndex")
-        return _load_binary_flat(meta, arrays, device)
+        return load(path, device, kind="BinaryFlatIndex")
 
 
 def check_sorted_ids(ids: torch.Tensor, n: int) -> None:

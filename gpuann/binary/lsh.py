@@ -34,7 +34,7 @@ from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
 from gpuann.serialization import (
     IndexFileError,
-    read_index_file,
+    load,
     register_index_kind,
     write_index_file,
 )
@@ -447,10 +447,7 @@ class LSHIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> LSHIndex:
         """Load an ``LSHIndex`` saved with :meth:`save`."""
-        kind, meta, arrays = read_index_file(path)
-        if kind != "LSHIndex":
-            raise ValueError(f"path: {str(path)!r} holds a {kind}, not an LSHIndex")
-        return _load_lsh(meta, arrays, device)
+        return load(path, device, kind="LSHIndex")
 
 
 def _load_lsh(meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> LSHIndex:

@@ -583,10 +583,6 @@ class IVFIndexBase:
     @classmethod
     def load(cls, path: Any, device: str | torch.device | None = None) -> IVFIndexBase:
         """Load an index of this class saved with :meth:`save`."""
-        from gpuann.ivf._persist import load_ivf
-        from gpuann.serialization import read_index_file
+        from gpuann.serialization import load
 
-        kind, meta, arrays = read_index_file(path)
-        if kind != cls._kind:
-            raise ValueError(f"path: {str(path)!r} holds a {kind}, not a {cls._kind}")
-        return load_ivf(cls, meta, arrays, device)
+        return load(path, device, kind=cls._kind)

@@ -11,7 +11,7 @@ Run from the repository root, as a module (``benchmarks`` is a package)::
 Three methods run on the same seeded data, at the same thread count, in the same run:
 
 ``gpuann``
-    ``gpuann.flat.FlatIndex(d, metric, device).search(q, k)`` with the default backend choice
+    ``gpuann.flat.FlatIndex(d, metric=metric, device).search(q, k)`` with the default backend choice
     (torch on CPU; Triton on CUDA once that backend exists) and the default memory budget.
 ``faiss``
     faiss ``IndexFlatL2`` / ``IndexFlatIP`` ``.search`` (faiss-cpu, on the CPU, always).
@@ -225,7 +225,7 @@ def _searcher(
         from gpuann.budget import check_budget
         from gpuann.flat import FlatIndex
 
-        index = FlatIndex(case.dim, case.metric, device=device, memory_budget=job["budget"])
+        index = FlatIndex(case.dim, metric=case.metric, device=device, memory_budget=job["budget"])
         index.add(torch.from_numpy(database))
         facts = {
             "device": str(index.device),

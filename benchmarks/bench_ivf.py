@@ -13,7 +13,8 @@ timed round-robin (:func:`benchmarks.harness.time_interleaved`):
     ``index.faiss_index.search(numpy queries, k, params=SearchParametersIVF(nprobe))``, the
     faiss call a faiss user makes (on CUDA: torch tensors through ``faiss.contrib.torch_utils``).
 ``gpuann IVF-Flat`` / ``gpuann IVF-PQ``
-    ``index.search(torch queries, k, nprobe)``: validation, finite check, faiss, tie ordering.
+    ``index.search(torch queries, k, nprobe=nprobe)``: validation, finite check, faiss, tie
+    ordering.
     ``overhead`` is its median time over faiss's on the same index, minus one.
 ``faiss IVF-PQ+RFlat`` / ``gpuann IVF-PQ+refine``
     faiss ``IndexRefineFlat`` (``k_factor`` 4) over the same IVF-PQ index, and gpuann's
@@ -79,10 +80,11 @@ def _build(cfg: dict[str, Any], xb: Any, device: str) -> dict[str, Any]:
     built, seconds = {}, {}
     for name, make in [
         ("IVF-Flat", lambda: gpuann.IVFFlatIndex(cfg["dim"], cfg["nlist"], device=device)),
-        ("IVF-PQ", lambda: gpuann.IVFPQIndex(cfg["dim"], cfg["nlist"], cfg["m"], cfg["nbits"],
-                                             device=device)),
+        ("IVF-PQ", lambda: gpuann.IVFPQIndex(cfg["dim"], cfg["nlist"], cfg["m"],
+                                             nbits=cfg["nbits"], device=device)),
         ("IVF-PQ+refine", lambda: gpuann.IVFPQIndex(cfg["dim"], cfg["nlist"], cfg["m"],
-                                                    cfg["nbits"], device=device, refine=True)),
+                                                    nbits=cfg["nbits"], device=device,
+                                                    refine=True)),
     ]:  # fmt: skip
         start = time.perf_counter()
         index = make()
@@ -108,7 +110,7 @@ def _methods(indexes: dict[str, Any], xb_np: np.ndarray, device: str) -> dict[st
         return search
 
     def gpuann_search(index, **kw):
-        return lambda q_np, q_t, nprobe: index.search(q_t, K, nprobe, **kw)
+        return lambda q_np, q_t, nprobe: index.search(q_t, K, nprobe=nprobe, **kw)
 
     pqr = indexes["IVF-PQ+refine"]
     refine = faiss.IndexRefineFlat(faiss.index_gpu_to_cpu(pqr.faiss_index)

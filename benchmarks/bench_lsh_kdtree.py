@@ -1,4 +1,4 @@
-"""LSH (± rescoring) vs IVF-PQ vs exact at equal recall, and KD-tree vs exact across d and N.
+"""LSH (± re-ranking) vs IVF-PQ vs exact at equal recall, and KD-tree vs exact across d and N.
 
 Run from the repository root, as a module::
 
@@ -8,8 +8,9 @@ Run from the repository root, as a module::
 
 Part 1 (approximate search, clustered seeded data, recall@10 against exact ground truth):
 
-``exact``   ``gpuann.FlatIndex(d, "l2").search``.
-``lsh``     ``gpuann.LSHIndex(d, nbits, "l2", rescore=R)`` for nbits × R (R = 0: Hamming only).
+``exact``   ``gpuann.FlatIndex(d, metric="l2").search``.
+``lsh``     ``gpuann.LSHIndex(d, nbits, metric="l2", refine=F > 0)``, ``search(refine_factor=F)``
+            for nbits × F (F = 0: Hamming only; else F·k candidates re-ranked exactly).
 ``ivfpq``   ``gpuann.IVFPQIndex(d, nlist, m=d/4, nbits=8, refine=True)`` for nprobe ×
             refine_factor (build includes k-means training through faiss).
 
@@ -46,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "q": 500,
             "dim": 64,
             "nbits": [32, 64, 128, 256, 512],
-            "rescore": [0, 50, 200, 1000],
+            "lsh_refine_factor": [0, 5, 20, 100],  # × K=10: 50, 200, 1000 candidates
             "nlist": 256,
             "nprobe": [1, 2, 4, 8, 16, 32],
             "refine_factor": [1, 4, 16],
@@ -61,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "q": 50,
             "dim": 32,
             "nbits": [32, 128],
-            "rescore": [0, 100],
+            "lsh_refine_factor": [0, 10],
             "nlist": 16,
             "nprobe": [2, 8],
             "refine_factor": [1, 8],
@@ -113,25 +114,29 @@ def run_lsh(cfg: dict[str, Any], device: str, repeats: int) -> list[dict[str, An
     x, q = clustered(0, cfg["n"], cfg["q"], cfg["dim"])
     x, q = x.to(device), q.to(device)
     rows = []
-    exact = gpuann.FlatIndex(cfg["dim"], "l2", device=device)
+    exact = gpuann.FlatIndex(cfg["dim"], metric="l2", device=device)
     exact.add(x)
     truth = exact.search(q, K).ids
     t = _timed(lambda: exact.search(q, K), device, repeats)
     rows.append({"method": "exact", "config": "FlatIndex", "recall": 1.0, "search_s": t})
     for nbits in cfg["nbits"]:
-        start = time.perf_counter()
-        index = gpuann.LSHIndex(cfg["dim"], nbits, "l2", device=device, keep_vectors=True)
-        index.add(x)
-        build = time.perf_counter() - start
-        for rescore in cfg["rescore"]:
-            result = index.search(q, K, rescore=rescore)
-            t = _timed(lambda r=rescore, i=index: i.search(q, K, rescore=r), device, repeats)
+        builds = {}
+        for refine in sorted({f > 0 for f in cfg["lsh_refine_factor"]}):
+            start = time.perf_counter()
+            index = gpuann.LSHIndex(cfg["dim"], nbits, metric="l2", device=device, refine=refine)
+            index.add(x)
+            builds[refine] = index, time.perf_counter() - start
+        for factor in cfg["lsh_refine_factor"]:
+            index, build = builds[factor > 0]
+            options = {"refine_factor": factor} if factor else {}
+            result = index.search(q, K, **options)
+            t = _timed(lambda o=options, i=index: i.search(q, K, **o), device, repeats)
             rows.append(
                 {
-                    "method": "lsh" if rescore == 0 else "lsh+rescore",
+                    "method": "lsh" if factor == 0 else "lsh+refine",
                     "nbits": nbits,
-                    "rescore": rescore,
-                    "config": f"nbits={nbits}, rescore={rescore}",
+                    "refine_factor": factor,
+                    "config": f"nbits={nbits}, refine_factor={factor}",
                     "recall": _recall(result.ids, truth),
                     "search_s": t,
                     "build_s": build,
@@ -170,7 +175,7 @@ def equal_recall_table(rows: list[dict[str, Any]], targets: list[float]) -> list
     """For each target and method, the fastest configuration reaching the target recall."""
     table = []
     for target in targets:
-        for method in ("exact", "lsh", "lsh+rescore", "ivfpq"):
+        for method in ("exact", "lsh", "lsh+refine", "ivfpq"):
             ok = [r for r in rows if r["method"] == method and r["recall"] >= target]
             best = min(ok, key=lambda r: r["search_s"]) if ok else None
             table.append(
@@ -221,10 +226,10 @@ def run_kdtree(cfg: dict[str, Any], device: str, repeats: int) -> list[dict[str,
             g = torch.Generator().manual_seed(dim * 7 + n)
             x, q = torch.rand(n, dim, generator=g), torch.rand(cfg["q"], dim, generator=g)
             start = time.perf_counter()
-            tree = gpuann.KDTreeIndex(dim)
+            tree = gpuann.KDTreeIndex(dim, device=device)
             tree.add(x)
             build = time.perf_counter() - start
-            flat = gpuann.FlatIndex(dim, "l2", device=device)
+            flat = gpuann.FlatIndex(dim, metric="l2", device=device)
             flat.add(x.to(device))
             qd = q.to(device)
             truth = _float64_knn(x, q[:_CHECKED_QUERIES])
@@ -264,9 +269,9 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lsh = [r for r in rows if r["method"].startswith("lsh")]
-    for rescore in sorted({r["rescore"] for r in lsh}):
-        pts = sorted((r["nbits"], r["recall"]) for r in lsh if r["rescore"] == rescore)
-        label = "Hamming only" if rescore == 0 else f"rescore top {rescore}"
+    for factor in sorted({r["refine_factor"] for r in lsh}):
+        pts = sorted((r["nbits"], r["recall"]) for r in lsh if r["refine_factor"] == factor)
+        label = "Hamming only" if factor == 0 else f"re-rank top {factor * K}"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("nbits (code bits per vector)")

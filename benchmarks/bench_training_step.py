@@ -50,7 +50,7 @@ def make_bank(n: int, dim: int, device: str, seed: int):
     x = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
     labels = torch.randint(0, 100, (n,), generator=g).to(device)
     bank = gpuann.MemoryBank(n, dim, device=device, metric="cosine")
-    bank.push(x, labels=labels)
+    bank.add(x, labels=labels)
     return bank, x, labels
 
 

@@ -7,7 +7,7 @@ other, so that hard negatives matter). Each step:
 2. mines, for each anchor, the ``hard_k`` most similar *other-class* embeddings of past steps
    with ``MemoryBank.search(..., exclude_labels=labels, differentiable=True)``;
 3. takes an InfoNCE loss over [positive view, in-batch other-class views, bank negatives];
-4. pushes the batch's second views into the bank (a ring buffer: the oldest are overwritten).
+4. adds the batch's second views into the bank (a ring buffer: the oldest are overwritten).
 
 Run ``python examples/hard_negatives.py`` (CPU, a few seconds): it prints the loss falling and
 the kNN accuracy of the final embeddings, measured with the bank.
@@ -78,7 +78,7 @@ def train(
 
     with torch.no_grad():  # fill the bank once, so every step sees as many negatives
         for start in range(0, capacity, batch):
-            bank.push(embed(x[start : start + batch]), labels=y[start : start + batch])
+            bank.add(embed(x[start : start + batch]), labels=y[start : start + batch])
     losses, window = [], []
     for step in range(steps):
         idx = torch.randint(0, x.shape[0], (batch,), device=device)
@@ -88,7 +88,7 @@ def train(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        bank.push(positive, labels=y[idx])
+        bank.add(positive, labels=y[idx])
         window.append(float(loss.detach()))
         if (step + 1) % log_every == 0:
             losses.append(sum(window) / len(window))
@@ -96,7 +96,7 @@ def train(
             print(f"step {step + 1:4d}  loss {losses[-1]:.4f}")
     with torch.no_grad():
         _, neighbours = bank.search(embed(test_x), 10)
-        sorted_ids, slot_of = bank.ids.sort()  # ring slots are not in id order
+        sorted_ids, slot_of = bank.slot_ids.sort()  # ring slots are not in id order
         votes = bank.labels[slot_of[torch.searchsorted(sorted_ids, neighbours)]]
         predicted = votes.mode(dim=1).values
         accuracy = (predicted == test_y).float().mean()

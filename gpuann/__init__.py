@@ -4,9 +4,13 @@ Importing gpuann imports torch and numpy only: no faiss, no triton, no CUDA init
 """
 
 from gpuann._version import __version__
+from gpuann.backends import explain, register_backend
 from gpuann.backends.dispatch import BackendUnavailableError, available_backends
-from gpuann.exact import differentiable_distances, knn
+from gpuann.differentiable import differentiable_distances
+from gpuann.errors import NotTrainedError, UnknownIdError
+from gpuann.exact import knn
 from gpuann.flat import FlatIndex
+from gpuann.index import Index, Searchable
 from gpuann.memory_bank import MemoryBank
 from gpuann.metrics import Metric
 from gpuann.result import SearchResult
@@ -16,16 +20,22 @@ from gpuann.serialization import IndexFileError, load
 __all__ = [
     "BackendUnavailableError",
     "FlatIndex",
+    "Index",
     "IndexFileError",
     "MemoryBank",
     "Metric",
+    "NotTrainedError",
     "SearchResult",
+    "Searchable",
+    "UnknownIdError",
     "__version__",
     "available_backends",
     "batched_topk",
     "differentiable_distances",
+    "explain",
     "knn",
     "load",
+    "register_backend",
 ]
 
 #: Exported lazily (module-level ``__getattr__``), so ``import gpuann`` never imports faiss.
@@ -38,8 +48,14 @@ _LAZY = {
     "KDTreeIndex": "gpuann.kdtree",
     "LSHIndex": "gpuann.binary",
     "quantize_binary": "gpuann.binary",
+    "HNSWIndex": "gpuann.hnsw",
+    "OPQ": "gpuann.transforms",
+    "PCA": "gpuann.transforms",
+    "Transform": "gpuann.transforms",
+    "TransformedIndex": "gpuann.transformed",
     "IVFFlatIndex": "gpuann.ivf.ivf_flat",
     "IVFPQIndex": "gpuann.ivf.ivf_pq",
+    "IVFSQIndex": "gpuann.ivf.ivf_sq",
     "index_factory": "gpuann.ivf.factory",
     "suggest_ivf_params": "gpuann.ivf.tuning",
     "tune_nprobe": "gpuann.ivf.tuning",

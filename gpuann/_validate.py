@@ -7,6 +7,7 @@ deep inside a matrix multiply.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,17 +15,50 @@ import numpy as np
 import torch
 
 __all__ = [
+    "FLOAT_DTYPES",
     "STORAGE_DTYPES",
     "as_float_matrix",
     "as_ids",
+    "as_new_ids",
     "check_finite",
     "check_k",
+    "check_result_size",
+    "non_negative_int",
+    "positive_int",
     "resolve_device",
     "storage_dtype",
 ]
 
+#: The float storage dtypes of every index (scores accumulate in float32).
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_FLOAT_DTYPES = (*STORAGE_DTYPES, torch.float64)
+#: The float dtypes accepted as input (float64 is cast to float32 on the device).
+FLOAT_DTYPES = (*STORAGE_DTYPES, torch.float64)
+_FLOAT_DTYPES = FLOAT_DTYPES
+_INT64_MAX = 2**63 - 1
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an int, which must be positive (numpy integers accepted, bools refused).
+
+    >>> positive_int(np.int64(3), "nlist")
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(value: Any, name: str) -> int:
+    """``value`` as an int, which must be ``>= 0`` (numpy integers accepted, bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"{name}: expected a non-negative int, got {type(value).__name__} {value!r}"
+        )
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    return int(value)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -105,6 +139,33 @@ def check_finite(x: torch.Tensor, name: str, row_offset: int = 0) -> None:
         )
 
 
+def _device_memory(device: torch.device) -> int:
+    """Total memory of ``device`` in bytes (physical RAM for the CPU)."""
+    if device.type == "cuda":
+        from gpuann._device import device_properties
+
+        return int(device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 40
+
+
+def check_result_size(n_queries: int, k: int, device: torch.device, per_result: int = 12) -> None:
+    """Raise naming ``k`` when a (n_queries, k) result could not fit in ``device``'s memory.
+
+    A k of 10**12 is the caller's mistake, and should say so, not surface as a failed
+    allocation or a memory-budget error deep inside a search.
+    """
+    need = n_queries * k * per_result
+    have = _device_memory(device)
+    if need > have:
+        raise ValueError(
+            f"k: {k} results for each of {n_queries} queries need {need / 2**30:.1f} GiB for the "
+            f"results alone, more than the {have / 2**30:.1f} GiB of {device}"
+        )
+
+
 def check_k(k: Any) -> int:
     """``k`` must be a positive integer."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -128,11 +189,13 @@ def as_ids(
     if isinstance(ids, np.ndarray):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{name}: expected integer ids, got dtype {ids.dtype}")
+        if ids.dtype.kind == "u" and ids.size and ids.max() > _INT64_MAX:
+            raise OverflowError(f"{name}: ids above 2**63 - 1 do not fit int64 ({ids.max()})")
         ids = torch.from_numpy(ids.astype(np.int64, copy=False))
     elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
-        ids = torch.as_tensor(list(ids)) if len(ids) else torch.empty(0, dtype=torch.int64)
+        ids = _int_list_tensor(list(ids), name)
     elif isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-        ids = torch.tensor([int(ids)], dtype=torch.int64)
+        ids = _int_list_tensor([ids], name)
     elif not isinstance(ids, torch.Tensor):
         raise TypeError(
             f"{name}: expected a tensor, array or list of ints, got {type(ids).__name__}"
@@ -143,10 +206,41 @@ def as_ids(
         raise ValueError(f"{name}: expected a 1-D tensor of ids, got shape {tuple(ids.shape)}")
     if n >= 0 and ids.shape[0] != n:
         raise ValueError(f"{name}: expected {n} ids (one per vector), got {ids.shape[0]}")
+    if ids.dtype == torch.uint64 and ids.numel() and int(ids.max()) > _INT64_MAX:
+        raise OverflowError(f"{name}: ids above 2**63 - 1 do not fit int64")
     ids = ids.to(device=device, dtype=torch.int64)
     if unique and ids.numel() > 1:
         sorted_ids = ids.sort().values
         dup = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
         if dup.numel():
             raise ValueError(f"{name}: duplicate ids {dup.unique()[:5].tolist()}")
+    return ids
+
+
+def _int_list_tensor(values: list, name: str) -> torch.Tensor:
+    """A list of Python/numpy ints as int64, naming ``name`` when one does not fit."""
+    if not values:
+        return torch.empty(0, dtype=torch.int64)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}: expected integer ids, got {type(v).__name__} {v!r}")
+        if not -(2**63) <= int(v) <= _INT64_MAX:
+            raise OverflowError(f"{name}: id {int(v)} does not fit int64")
+    return torch.tensor([int(v) for v in values], dtype=torch.int64)
+
+
+def as_new_ids(
+    ids: Any, n: int, name: str = "ids", device: torch.device | None = None
+) -> torch.Tensor:
+    """Ids for ``n`` new vectors: :func:`as_ids`, unique, and non-negative.
+
+    ``-1`` marks a missing result everywhere in gpuann (as in faiss), so no stored id may be
+    negative.
+    """
+    ids = as_ids(ids, n, name, device=device, unique=True)
+    if ids.numel() and int(ids.min()) < 0:
+        bad = ids[ids < 0][:5].tolist()
+        raise ValueError(
+            f"{name}: expected non-negative ids (-1 marks a missing result), got {bad}"
+        )
     return ids

@@ -7,10 +7,20 @@ A search never allocates a (queries × database) matrix: it works on tiles of
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
+import numpy as np
 import torch
 
-__all__ = ["DEFAULT_CPU_BUDGET", "TilePlan", "default_budget", "plan_tiles"]
+__all__ = [
+    "BUDGET_REFRESH_SECONDS",
+    "DEFAULT_CPU_BUDGET",
+    "TilePlan",
+    "check_budget",
+    "default_budget",
+    "plan_tiles",
+]
 
 MiB = 1 << 20
 DEFAULT_CPU_BUDGET = 256 * MiB
@@ -20,25 +30,43 @@ MAX_CUDA_BUDGET = 2048 * MiB
 MIN_BUDGET = 1 * MiB
 
 
+#: Seconds a CUDA device's default budget is reused before free memory is read again.
+BUDGET_REFRESH_SECONDS = 1.0
+_cuda_budgets: dict[int, tuple[float, int]] = {}
+_cuda_budgets_lock = threading.Lock()
+
+
 def default_budget(device: torch.device) -> int:
     """The default working-memory budget of a search on ``device``, in bytes.
 
-    256 MiB on the CPU; on CUDA a quarter of the free memory, at most 2 GiB.
+    256 MiB on the CPU; on CUDA a quarter of the free memory, at most 2 GiB. The free memory
+    (``cudaMemGetInfo``) is read at most once per ``BUDGET_REFRESH_SECONDS`` per device, not
+    on every search.
     """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(max(MIN_BUDGET * 16, min(MAX_CUDA_BUDGET, free // 4)))
-    return DEFAULT_CPU_BUDGET
+    if device.type != "cuda":
+        return DEFAULT_CPU_BUDGET
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    now = time.monotonic()
+    with _cuda_budgets_lock:
+        cached = _cuda_budgets.get(index)
+        if cached is not None and now - cached[0] < BUDGET_REFRESH_SECONDS:
+            return cached[1]
+    free, _ = torch.cuda.mem_get_info(index)
+    budget = int(max(MIN_BUDGET * 16, min(MAX_CUDA_BUDGET, free // 4)))
+    with _cuda_budgets_lock:
+        _cuda_budgets[index] = (now, budget)
+    return budget
 
 
 def check_budget(memory_budget: int | None, device: torch.device) -> int:
     """Validate a user budget (bytes) or pick the default."""
     if memory_budget is None:
         return default_budget(device)
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer)):
         raise TypeError(
             f"memory_budget: expected an int (bytes), got {type(memory_budget).__name__}"
         )
+    memory_budget = int(memory_budget)
     if memory_budget < MIN_BUDGET:
         raise ValueError(
             f"memory_budget: expected at least {MIN_BUDGET} bytes (1 MiB), got {memory_budget}"

@@ -30,7 +30,7 @@ to an uninterrupted run's."""
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-k", type=int, required=True, help="neighbours per query")
+    parser.add_argument("-k", type=_positive, required=True, help="neighbours per query")
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="folder receiving ids.npy and distances.npy"
     )
@@ -43,7 +43,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=_positive,
         default=None,
         metavar="N",
         help="queries per chunk (default: sized from free memory)",
@@ -51,11 +51,22 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument(
         "--memory-budget-mib",
-        type=int,
+        type=_positive,
         default=None,
         metavar="MIB",
         help="working memory of a score tile, MiB (default: as gpuann.knn)",
     )
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a positive int (0 or negatives are errors, never "the default")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,9 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         default="float32",
         help="flat: storage dtype",
     )
-    build.add_argument("--nlist", type=int, default=None, help="ivf: lists (default: suggested)")
-    build.add_argument("--m", type=int, default=None, help="ivf-pq: sub-quantizers")
-    build.add_argument("--nbits", type=int, default=None, help="ivf-pq: bits per code")
+    build.add_argument(
+        "--nlist", type=_positive, default=None, help="ivf: lists (default: suggested)"
+    )
+    build.add_argument("--m", type=_positive, default=None, help="ivf-pq: sub-quantizers")
+    build.add_argument("--nbits", type=_positive, default=None, help="ivf-pq: bits per code")
     build.add_argument("--refine", action="store_true", help="ivf-pq: re-rank exactly")
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
@@ -136,7 +149,9 @@ def _job_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "resume": args.resume,
         "overwrite": args.overwrite,
         "device": args.device,
-        "memory_budget": args.memory_budget_mib * MiB if args.memory_budget_mib else None,
+        "memory_budget": args.memory_budget_mib * MiB
+        if args.memory_budget_mib is not None
+        else None,
     }
 
 
@@ -209,7 +224,9 @@ def _build(args: argparse.Namespace) -> None:
     if args.index_type == "flat":
         from gpuann.flat import FlatIndex
 
-        index: Any = FlatIndex(dim, args.metric, args.device, getattr(torch, args.dtype))
+        index: Any = FlatIndex(
+            dim, metric=args.metric, device=args.device, dtype=getattr(torch, args.dtype)
+        )
         for r0 in range(0, n, 65536):  # a block at a time: no float32 copy of a whole memmap
             index.add(source.rows(r0, min(n, r0 + 65536)))
     else:
@@ -217,11 +234,12 @@ def _build(args: argparse.Namespace) -> None:
         from gpuann.ivf.tuning import suggest_ivf_params
 
         suggested = suggest_ivf_params(n, dim)
-        nlist = args.nlist or suggested.nlist
+        nlist = args.nlist if args.nlist is not None else suggested.nlist
         if args.index_type == "ivf-flat":
             description = f"IVF{nlist},Flat"
         else:
-            m, nbits = args.m or suggested.m, args.nbits or suggested.nbits
+            m = args.m if args.m is not None else suggested.m
+            nbits = args.nbits if args.nbits is not None else suggested.nbits
             description = f"IVF{nlist},PQ{m}x{nbits}" + (",RFlat" if args.refine else "")
         index = index_factory(dim, description, metric=args.metric, device=args.device)
         vectors = torch.from_numpy(np.array(source.data, dtype=np.float32))

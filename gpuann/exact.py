@@ -12,6 +12,7 @@ they require grad, to the database vectors.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -19,13 +20,14 @@ import torch
 from gpuann._validate import as_float_matrix, check_k
 from gpuann._validate import check_finite as _require_finite
 from gpuann.backends.base import SearchRequest
-from gpuann.backends.dispatch import select_backend
+from gpuann.backends.dispatch import register_request, select_backend
 from gpuann.budget import check_budget
+from gpuann.differentiable import differentiable_distances
 from gpuann.filters import as_allow_ids, as_exclude_ids, row_mask
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
 
-__all__ = ["differentiable_distances", "exact_search", "knn"]
+__all__ = ["exact_search", "knn"]
 
 
 def _exact_search_impl(
@@ -106,7 +108,7 @@ def exact_search(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact search on validated tensors (the layer under ``knn`` and the indexes).
 
-    Runs without autograd (inputs are detached); see :func:`differentiable_distances`.
+    Runs without autograd (inputs are detached); see :func:`gpuann.differentiable_distances`.
 
     Parameters
     ----------
@@ -157,81 +159,6 @@ def exact_search(
         return _exact_search_impl(*args)
 
 
-def _gather_rows_impl(database: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    return database[positions.clamp(min=0)]
-
-
-#: The selected rows of a database that gets no gradient (a bank or index buffer), gathered by
-#: an opaque op: the backward must use the rows as they were at search time, and torch
-#: 2.13's partitioner would otherwise re-read them from a buffer that a later ``push`` in
-#: the same compiled step overwrote (pytorch/pytorch#197039), giving wrong gradients.
-_gather_rows_op = torch.library.custom_op("gpuann::gather_rows", _gather_rows_impl, mutates_args=())
-
-
-@_gather_rows_op.register_fake
-def _gather_rows_fake(database, positions):
-    return database.new_empty((*positions.shape, database.shape[1]))
-
-
-def _gather_rows(database: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    if database.requires_grad or not torch.compiler.is_compiling():
-        return database[positions.clamp(min=0)]
-    return _gather_rows_op(database, positions)
-
-
-def differentiable_distances(
-    queries: torch.Tensor,
-    database: torch.Tensor,
-    positions: torch.Tensor,
-    metric: str | Metric = "l2",
-) -> torch.Tensor:
-    """Distances of selected (query, row) pairs, recomputed with autograd.
-
-    Costs O(Q·k·d): the selected rows are gathered, never a (Q, N) matrix. Gradients flow
-    to ``queries`` and, when it requires grad, to ``database`` (through the gather).
-
-    Parameters
-    ----------
-    queries : torch.Tensor, shape (Q, d), floating
-    database : torch.Tensor, shape (N, d), floating, on the queries' device
-    positions : torch.Tensor, shape (Q, k), int64
-        Rows of ``database`` (``-1``: missing, gets ±inf and no gradient).
-    metric : {"l2", "ip", "cosine"}
-        Squared L2 distance, inner product, or cosine similarity (vectors normalised here).
-
-    Returns
-    -------
-    torch.Tensor, shape (Q, k), the promoted dtype of the inputs and float32
-
-    Examples
-    --------
-    >>> q = torch.tensor([[1.0, 0.0]], requires_grad=True)
-    >>> x = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
-    >>> d = differentiable_distances(q, x, torch.tensor([[0, -1]]))
-    >>> d
-    tensor([[1., inf]], grad_fn=<WhereBackward0>)
-    >>> d[:, 0].sum().backward(); q.grad
-    tensor([[2., 0.]])
-    """
-    metric = as_metric(metric)
-    dtype = torch.promote_types(torch.promote_types(queries.dtype, database.dtype), torch.float32)
-    valid = positions >= 0
-    if database.shape[0] == 0:  # nothing to gather: every place is missing
-        return torch.full(
-            positions.shape, metric.missing_distance, dtype=dtype, device=positions.device
-        )
-    q = queries.to(dtype)
-    x = _gather_rows(database, positions).to(dtype)  # (Q, k, d)
-    if metric is Metric.COSINE:
-        q = torch.nn.functional.normalize(q, dim=-1)
-        x = torch.nn.functional.normalize(x, dim=-1)
-    if metric is Metric.L2:
-        values = (q[:, None, :] - x).square().sum(dim=-1)
-    else:
-        values = (q[:, None, :] * x).sum(dim=-1)
-    return torch.where(valid, values, torch.full_like(values, metric.missing_distance))
-
-
 def knn(
     queries: Any,
     database: Any,
@@ -272,7 +199,7 @@ def knn(
         fewer than ``k`` eligible rows gets ``-1`` / ±inf in the remaining places.
     differentiable : bool
         Return distances recomputed for the selected pairs with autograd to ``queries`` and
-        ``database`` (see :func:`differentiable_distances`); tensor inputs only.
+        ``database`` (see :func:`gpuann.differentiable_distances`); tensor inputs only.
 
     Returns
     -------
@@ -290,6 +217,55 @@ def knn(
     >>> D
     tensor([[0.0200, 0.8200]])
     """
+    prepared = _prepare(
+        queries, database, k, metric, memory_budget, check_finite, exclude_ids, allow_ids
+    )
+    request = prepared.request
+    distances, ids = exact_search(
+        request.queries,
+        request.database,
+        request.k,
+        request.metric,
+        column_scale=request.column_scale,
+        backend=backend,
+        memory_budget=memory_budget,
+        excluded_rows=request.excluded_rows,
+        allowed_rows=request.allowed_rows,
+    )
+    metric, device = prepared.metric, request.device
+    was_numpy = prepared.was_numpy
+    if differentiable:
+        if was_numpy:
+            raise TypeError("differentiable=True: queries must be a torch.Tensor")
+        distances = differentiable_distances(
+            prepared.original_queries.to(device), prepared.original_database, ids, metric
+        )
+    return _format_result(distances, ids, prepared.out_device, was_numpy)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """What ``knn`` makes of its arguments: the backend request and how to answer."""
+
+    request: SearchRequest
+    metric: Metric
+    original_queries: torch.Tensor
+    original_database: torch.Tensor
+    out_device: torch.device
+    was_numpy: bool
+
+
+def _prepare(
+    queries: Any,
+    database: Any,
+    k: int,
+    metric: str | Metric,
+    memory_budget: int | None,
+    check_finite: bool,
+    exclude_ids: Any,
+    allow_ids: Any,
+) -> _Prepared:
+    """Validate ``knn``'s arguments into the request its backends run."""
     metric = as_metric(metric)
     k = check_k(k)
     database, _ = as_float_matrix(database, "database")
@@ -298,7 +274,7 @@ def knn(
     )
     if check_finite and not torch.compiler.is_compiling():
         with torch.no_grad():
-            _check_finite_blocks(database, "database")
+            _check_finite_rows(database, "database")
             _require_finite(queries, "queries")
     out_device = queries.device
     device = database.device
@@ -317,24 +293,38 @@ def knn(
         allowed = as_allow_ids(allow_ids, device)
         inside = (allowed >= 0) & (allowed < database.shape[0])
         allowed_rows = row_mask(torch.where(inside, allowed, -1), database.shape[0])
-    distances, ids = exact_search(
-        queries,
-        database,
-        k,
-        Metric.L2 if metric is Metric.L2 else Metric.IP,
+    request = SearchRequest(
+        queries=queries,
+        database=database,
+        k=k,
+        metric=Metric.L2 if metric is Metric.L2 else Metric.IP,
+        database_sqnorms=None,
         column_scale=column_scale,
-        backend=backend,
-        memory_budget=memory_budget,
+        memory_budget=memory_budget or 0,  # 0: the default, resolved by the search
         excluded_rows=excluded_rows,
         allowed_rows=allowed_rows,
     )
-    if differentiable:
-        if was_numpy:
-            raise TypeError("differentiable=True: queries must be a torch.Tensor")
-        distances = differentiable_distances(
-            original_queries.to(device), original_database, ids, metric
-        )
-    return _format_result(distances, ids, out_device, was_numpy)
+    return _Prepared(request, metric, original_queries, original_database, out_device, was_numpy)
+
+
+def _explain_request(
+    queries: Any,
+    database: Any,
+    k: int,
+    metric: str | Metric = "l2",
+    *,
+    memory_budget: int | None = None,
+    exclude_ids: Any = None,
+    allow_ids: Any = None,
+) -> SearchRequest:
+    """The request ``knn`` would send its backend (for ``gpuann.backends.explain``)."""
+    request = _prepare(
+        queries, database, k, metric, memory_budget, False, exclude_ids, allow_ids
+    ).request
+    return dataclasses.replace(request, memory_budget=check_budget(memory_budget, request.device))
+
+
+register_request("exact_search", _explain_request)
 
 
 def _format_result(
@@ -353,6 +343,20 @@ def _row_norms(x: torch.Tensor, block: int = 65536) -> torch.Tensor:
     return out
 
 
-def _check_finite_blocks(x: torch.Tensor, name: str, block: int = 65536) -> None:
+def _check_finite_rows(x: torch.Tensor, name: str, block: int = 65536) -> None:
+    """Raise when ``x`` holds NaN or infinity, naming rows; one host sync whatever its size.
+
+    Blocks keep the temporaries small; their minima and maxima (NaN propagates through both)
+    are folded on the device and read once. Only a failing check looks for the rows.
+    """
+    if x.numel() == 0:
+        return
+    low = high = None
+    for r0 in range(0, x.shape[0], block):
+        lo, hi = torch.aminmax(x[r0 : r0 + block])
+        low = lo if low is None else torch.minimum(low, lo)
+        high = hi if high is None else torch.maximum(high, hi)
+    if bool(torch.isfinite(torch.stack([low, high])).all()):
+        return
     for r0 in range(0, x.shape[0], block):
         _require_finite(x[r0 : r0 + block], name, row_offset=r0)

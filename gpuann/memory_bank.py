@@ -1,76 +1,100 @@
 """``MemoryBank``: a fixed-capacity ring buffer of embeddings on the device, searched exactly.
 
 The queue of past embeddings that contrastive learning (MoCo-style) and hard-negative mining
-keep. Every tensor is allocated once, at its final size: ``push`` writes in place at a write
-pointer kept as a device tensor, and ``search`` scans the whole buffer with an occupancy mask.
-No operation syncs with the host or has a shape that depends on data, so a training step
-that pushes and searches can be captured in a CUDA graph or compiled with
-``torch.compile(fullgraph=True)``.
+keep. It is an :class:`~gpuann.index.Index` whose storage policy is a ring: every tensor is
+allocated once, at its final size; ``add`` writes in place at a write pointer kept as a
+device tensor, overwriting the oldest entries, and ``search`` scans the whole buffer with an
+occupancy mask. With automatic ids and ``check_finite=False`` no operation syncs with the
+host or has a shape that depends on data, so a training step that adds and searches can be
+captured in a CUDA graph; under ``torch.compile(fullgraph=True)`` the value checks and the
+lock are skipped, so the same step compiles without a graph break.
 
-For a set that grows and shrinks without a capacity, use ``FlatIndex``: ``add`` (amortised
-capacity doubling), ``remove`` (compaction in place) and ``update`` (in place) never rebuild
-it, but its searches have shapes that follow its size and ``add`` reads the largest id back to
-the host, so it is not for CUDA graphs; a ``MemoryBank`` is.
+For a set that grows and shrinks without a capacity, use ``FlatIndex``: its searches have
+shapes that follow its size and ``add`` reads the largest id back to the host, so it is not
+for CUDA graphs; a ``MemoryBank`` is.
 
 Ties: among equal distances the lower id wins. Ring slots are not in id order once the
 buffer wraps around (nor with user ids), so a search passes the rank of each slot's id as the
 tie order (``SearchRequest.row_rank``) rather than relying on the slot number. With automatic
 ids that rank is the slot's age, ``(slot - count) mod capacity``, and an id's slot is
 ``id mod capacity``: no sort. Once ids have been given, each search sorts the ids once.
+
+Concurrency: ``add``, ``remove``, ``update`` and ``reset`` hold the index's write lock,
+``search`` its read lock, so a search never sees a half-written batch (the lock orders the
+work queued on the device, which runs in that order on one stream).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import numpy as np
 import torch
 
-from gpuann._validate import as_float_matrix, check_k, resolve_device, storage_dtype
-from gpuann.display import Bytes, html_repr, text_repr
-from gpuann.exact import differentiable_distances, exact_search
-from gpuann.filters import as_allow_ids, as_exclude_ids, as_labels, lookup_rows, rank_of, row_mask
-from gpuann.metrics import Metric, as_metric
+from gpuann._ring import RingState
+from gpuann._validate import as_ids, as_new_ids, positive_int, storage_dtype
+from gpuann.differentiable import differentiable_distances
+from gpuann.display import Bytes, text_repr
+from gpuann.exact import exact_search
+from gpuann.filters import as_allow_ids, as_exclude_ids, as_labels, row_mask
+from gpuann.index import Index
+from gpuann.metrics import Metric
 from gpuann.result import SearchResult
 
 __all__ = ["MemoryBank"]
 
 
-class MemoryBank(torch.nn.Module):
+class MemoryBank(RingState, torch.nn.Module, Index):
     """A ring buffer of the last ``capacity`` embeddings, with labels and ids, searched exactly.
 
     A ``torch.nn.Module`` whose state is buffers: assign it to a model's attribute and it
-    moves with ``.to()`` and checkpoints with ``state_dict()`` / ``load_state_dict()``.
+    moves with ``.to()`` (in place, as modules do) and checkpoints with ``state_dict()`` /
+    ``load_state_dict()``; ``save`` / ``gpuann.load`` also work.
 
     Parameters
     ----------
     capacity : int
-        Number of embeddings kept; a push beyond it overwrites the oldest.
+        Number of embeddings kept; an ``add`` beyond it overwrites the oldest.
     dim : int
         Embedding dimension.
+    metric : {"cosine", "ip", "l2"}
+        For cosine, embeddings are normalised when added.
     device : str or torch.device, optional
         Default: CUDA when available, else CPU.
     dtype : torch.dtype
         Storage dtype (float32, float16 or bfloat16); scores accumulate in float32.
-    metric : {"cosine", "ip", "l2"}
-        For cosine, embeddings are normalised when pushed.
     memory_budget : int, optional
         Bytes of working memory per search (see :func:`gpuann.knn`).
 
+    Attributes
+    ----------
+    embeddings : torch.Tensor, shape (capacity, dim), ``dtype``
+        The ring's slots (buffer).
+    labels, slot_ids : torch.Tensor, shape (capacity,), int64
+        Each slot's label and id, ``-1`` where empty (buffers).
+    filled : torch.Tensor, shape (capacity,), bool
+        Which slots hold an embedding (buffer).
+    count : torch.Tensor, shape (), int64
+        Embeddings ever added: the write pointer is ``count % capacity`` (buffer).
+
     Examples
     --------
-    >>> bank = MemoryBank(4, 2, device="cpu", metric="l2")
+    >>> bank = MemoryBank(4, 2, metric="l2", device="cpu")
     >>> x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
-    >>> bank.push(x, labels=torch.tensor([0, 1, 1]))
-    >>> bank.push(torch.tensor([[3.0, 0.0], [4.0, 0.0]]))  # wraps around: id 0 is overwritten
-    >>> len(bank), bank.search(torch.tensor([[0.9, 0.0]]), 2).ids
-    (4, tensor([[1, 2]]))
+    >>> bank.add(x, labels=torch.tensor([0, 1, 1]))
+    >>> bank.add(torch.tensor([[3.0, 0.0], [4.0, 0.0]]))  # wraps around: id 0 is overwritten
+    >>> len(bank), bank.ids, bank.search(torch.tensor([[0.9, 0.0]]), 2).ids
+    (4, tensor([1, 2, 3, 4]), tensor([[1, 2]]))
     >>> bank.search(torch.tensor([[0.9, 0.0]]), 2, exclude_labels=torch.tensor([1])).ids
     tensor([[3, 4]])
     """
 
+    _config_keys = ("capacity", "dim", "metric", "dtype", "memory_budget")
+
     embeddings: torch.Tensor
     labels: torch.Tensor
-    ids: torch.Tensor
+    slot_ids: torch.Tensor
     filled: torch.Tensor
     count: torch.Tensor
 
@@ -78,45 +102,66 @@ class MemoryBank(torch.nn.Module):
         self,
         capacity: int,
         dim: int,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-        metric: str | Metric = "cosine",
         *,
+        metric: str | Metric = "cosine",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str = torch.float32,
         memory_budget: int | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("capacity", capacity), ("dim", dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        self.capacity, self.dim = capacity, dim
-        self.metric = as_metric(metric)
-        self.memory_budget = memory_budget
-        device, dtype = resolve_device(device), storage_dtype(dtype)
-        self.register_buffer("embeddings", torch.zeros((capacity, dim), dtype=dtype, device=device))
-        self.register_buffer("labels", torch.full((capacity,), -1, device=device))
-        self.register_buffer("ids", torch.full((capacity,), -1, device=device))
-        self.register_buffer("filled", torch.zeros(capacity, dtype=torch.bool, device=device))
-        #: Embeddings ever pushed: the write pointer is ``count % capacity``, and automatic
-        #: ids continue from it.
+        torch.nn.Module.__init__(self)
+        self.capacity = positive_int(capacity, "capacity")
+        Index.__init__(
+            self,
+            dim,
+            metric=metric,
+            device=device,
+            dtype=storage_dtype(dtype),
+            memory_budget=memory_budget,
+        )
+        self._rows = None  # the ring is the storage: the base's row store is not used
+        device, shape = self._device, (self.capacity,)
+        self.register_buffer(
+            "embeddings", torch.zeros((*shape, self._dim), dtype=self._dtype, device=device)
+        )
+        self.register_buffer("labels", torch.full(shape, -1, device=device))
+        self.register_buffer("slot_ids", torch.full(shape, -1, device=device))
+        self.register_buffer("filled", torch.zeros(shape, dtype=torch.bool, device=device))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64, device=device))
-        sqnorms = torch.zeros(capacity, device=device) if self.metric is Metric.L2 else None
+        #: One past the largest id ever stored: automatic ids start here (a device scalar, so
+        #: adding never syncs; equal to ``count`` while no ids were given).
+        self.register_buffer("next_id", torch.zeros((), dtype=torch.int64, device=device))
+        sqnorms = torch.zeros(shape, device=device) if self._metric is Metric.L2 else None
         self.register_buffer("sqnorms", sqnorms)
-        #: Whether a push ever gave ids (then slots are found by sorting the ids).
+        #: Whether ids were ever given (then slots are found by sorting the ids).
         self._given_ids = False
+        #: Whether id 2**63 - 1 was given: no automatic id can follow it.
+        self._ids_exhausted = False
 
-    @property
-    def device(self) -> torch.device:
-        """Where the buffer lives and searches run."""
-        return self.embeddings.device
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> MemoryBank:
+        """``.to()``, ``.cuda()``… move the buffers in place; keep ``device``/``dtype`` in step."""
+        super()._apply(fn, *args, **kwargs)
+        self._device, self._dtype = self.embeddings.device, self.embeddings.dtype
+        return self
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """Storage dtype."""
-        return self.embeddings.dtype
+    def _writing(self) -> contextlib.AbstractContextManager:
+        """The write lock, skipped under ``torch.compile`` tracing (as the read lock is)."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return self._lock.write()
 
+    # ---------------------------------------------------------------- properties
     def __len__(self) -> int:
         """Number of stored embeddings (one host sync)."""
         return int(self.filled.sum())
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """The stored ids, ascending (int64, a copy, on the bank's device; one host sync).
+
+        The id of each ring slot, ``-1`` where empty, is the ``slot_ids`` buffer.
+        """
+        with self._lock.read():
+            return self.slot_ids[self.filled].sort().values
 
     @property
     def nbytes(self) -> int:
@@ -127,118 +172,198 @@ class MemoryBank(torch.nn.Module):
         """What Jupyter shows: no fill level, since counting it would sync the device."""
         return {
             "capacity": self.capacity,
-            "dim": self.dim,
-            "metric": self.metric,
-            "dtype": self.dtype,
-            "device": self.device,
+            "dim": self._dim,
+            "metric": self._metric,
+            "dtype": self._dtype,
+            "device": self._device,
             "memory": Bytes(self.nbytes),
         }
 
     def extra_repr(self) -> str:
         return text_repr(self).removeprefix(f"{type(self).__name__}(").removesuffix(")")
 
-    def _repr_html_(self) -> str:
-        return html_repr(self)
-
-    # ---------------------------------------------------------------- checkpoints
-    def get_extra_state(self) -> dict[str, Any]:
-        return {
-            "capacity": self.capacity,
-            "dim": self.dim,
-            "metric": self.metric.value,
-            "given_ids": self._given_ids,
-        }
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        mine = {k: v for k, v in self.get_extra_state().items() if k != "given_ids"}
-        theirs = {k: v for k, v in state.items() if k != "given_ids"}
-        if theirs != mine:
-            raise ValueError(
-                f"load_state_dict: checkpoint of a MemoryBank {theirs}, this is {mine}"
-            )
-        self._given_ids = bool(state.get("given_ids", True))
-
     # ---------------------------------------------------------------- writing
-    def reset(self) -> None:
-        """Forget every embedding (automatic ids restart at 0); no reallocation."""
-        self.filled.zero_()
-        self.ids.fill_(-1)
-        self.labels.fill_(-1)
-        self.count.zero_()
-        self._given_ids = False
-
     @torch.no_grad()
-    def push(self, embeddings: torch.Tensor, labels: Any = None, ids: Any = None) -> None:
+    def add(
+        self,
+        x: Any,
+        ids: Any = None,
+        *,
+        labels: Any = None,
+        check_finite: bool = True,
+        replace: bool = False,
+    ) -> None:
         """Enqueue a batch, overwriting the oldest entries in place.
 
         Parameters
         ----------
-        embeddings : torch.Tensor, shape (B, dim), floating
+        x : torch.Tensor or numpy.ndarray, shape (B, dim), floating
             Detached and copied; any ``B``: a batch that wraps around the end is split, and of
             a batch larger than the capacity only the last ``capacity`` rows are kept.
+        ids : int64 tensor, array or list, shape (B,), optional
+            Unique, non-negative and not already stored (checked: one host sync). Default:
+            consecutive ids after the largest id ever stored, as every index numbers them,
+            with no host sync; once ids have been given, automatic ids are checked against
+            the stored ones and int64's range too (one sync).
         labels : int64 tensor, shape (B,), optional
             For ``search(exclude_labels=...)``; negative (the default, -1) means none.
-        ids : int64 tensor, shape (B,), optional
-            Non-negative, distinct within the batch. An id already stored is replaced (its
-            older copy is dropped). Default: consecutive ids continuing the push counter
-            (the number of embeddings ever pushed). Do not mix given and automatic ids.
+        check_finite : bool
+            Raise on NaN/inf or values beyond the storage dtype's range (one host sync; pass
+            False inside a CUDA graph; skipped under ``torch.compile``).
+        replace : bool
+            With ``ids``: an id already stored is dropped from its slot and stored anew
+            (the newest entry) instead of raising. ``update`` replaces in place.
 
-        No host sync: the write pointer is a device tensor, shapes depend on ``B`` only.
-        Values are not checked for NaN (that would sync).
+        On any error the bank is left unchanged.
         """
-        x, _ = as_float_matrix(embeddings, "embeddings", dim=self.dim, dim_source="the bank's dim")
-        device, n = self.device, x.shape[0]
+        x, _, _ = self._prepare(x, "x", check_finite)
+        device, n = self._device, x.shape[0]
         if labels is not None:
             labels = as_labels(labels, n, "labels", device)
         if ids is not None:
-            ids = as_labels(ids, n, "ids", device)
+            ids = as_new_ids(ids, n, device=device)
         if n == 0:
             return
         keep = min(n, self.capacity)  # of a batch larger than the bank, the last rows survive
         offsets = torch.arange(n - keep, n, device=device)
-        slots = (self.count + offsets) % self.capacity
-        x = x.detach()[n - keep :].to(device)
-        if self.metric is Metric.COSINE:
-            x = torch.nn.functional.normalize(x.float(), dim=1)
-        x = x.to(self.dtype)
-        if ids is None:
-            new_ids = self.count + offsets
-        else:
-            new_ids = ids[n - keep :]
-            self._given_ids = True
-            stale = row_mask(self._slots_of(new_ids), self.capacity)
-            self.filled &= ~stale  # an id pushed again replaces its older copy
-        self.embeddings.index_copy_(0, slots, x)
-        self.ids.index_copy_(0, slots, new_ids)
-        new_labels = labels[n - keep :] if labels is not None else torch.full_like(new_ids, -1)
-        self.labels.index_copy_(0, slots, new_labels)
-        self.filled.index_fill_(0, slots, True)
-        if self.sqnorms is not None:
-            xf = x.float()
-            self.sqnorms.index_copy_(0, slots, (xf * xf).sum(dim=1))
-        self.count.add_(n)
+        x = x.detach()[n - keep :]
+        with self._writing():
+            if ids is None:
+                if self._given_ids and (
+                    self._ids_exhausted or int(self.next_id) + n - 1 > 2**63 - 1
+                ):
+                    raise OverflowError(
+                        f"ids: automatic ids would pass 2**63 - 1 (next id {int(self.next_id)}, "
+                        f"{n} vectors); pass ids explicitly"
+                    )
+                new_ids = self.next_id + offsets
+                if self._given_ids:
+                    self._refuse_stored(new_ids, "automatic ids")
+                self.next_id.add_(n)
+            else:
+                new_ids = ids[n - keep :]
+                stale = self._slots_of(new_ids)
+                if not replace:
+                    self._refuse_stored(new_ids, "ids", stale)
+                self._given_ids = True
+                self.filled &= ~row_mask(stale, self.capacity)  # replaced: drop older copies
+                top = int(ids.max())  # ids were checked on the host already: no new sync
+                self._ids_exhausted = self._ids_exhausted or top == 2**63 - 1
+                self.next_id.fill_(max(int(self.next_id), min(top + 1, 2**63 - 1)))
+            slots = (self.count + offsets) % self.capacity
+            self.embeddings.index_copy_(0, slots, x)
+            self.slot_ids.index_copy_(0, slots, new_ids)
+            new_labels = labels[n - keep :] if labels is not None else torch.full_like(new_ids, -1)
+            self.labels.index_copy_(0, slots, new_labels)
+            self.filled.index_fill_(0, slots, True)
+            if self.sqnorms is not None:
+                xf = x.float()
+                self.sqnorms.index_copy_(0, slots, (xf * xf).sum(dim=1))
+            self.count.add_(n)
 
-    # ---------------------------------------------------------------- id lookups
-    def _slots_of(self, ids: torch.Tensor) -> torch.Tensor:
-        """Slot of each id (any shape), ``-1`` where it is not stored."""
-        if not self._given_ids:  # automatic ids: id i can only be in slot i mod capacity
-            slots = ids.remainder(self.capacity)
-            found = (ids >= 0) & (self.ids[slots] == ids) & self.filled[slots]
-            return torch.where(found, slots, -1)
-        sorted_ids, order, _ = rank_of(torch.where(self.filled, self.ids, -1))
-        return lookup_rows(sorted_ids, ids, order)
+    @torch.no_grad()
+    def remove(self, ids: Any, *, strict: bool = True) -> int:
+        """Empty the slots of ``ids`` and return how many were removed (one host sync).
 
-    def _tie_rank(self) -> torch.Tensor:
-        """Rank of each slot's id (empty slots anywhere: they are never returned)."""
-        if not self._given_ids:  # ids grow with age: the oldest slot is ``count mod capacity``
-            slots = torch.arange(self.capacity, device=self.device)
-            return (slots - self.count).remainder(self.capacity)
-        return rank_of(self.ids)[2]
+        Parameters
+        ----------
+        ids : int64 tensor, array or list
+            Repeated ids count once.
+        strict : bool
+            True (default): an id not stored raises :class:`~gpuann.UnknownIdError` and
+            nothing is removed; False: unknown ids are ignored.
+        """
+        ids = as_ids(ids, -1, device=self._device, unique=False).unique()
+        with self._writing():
+            slots = self._require(ids) if strict else self._slots_of(ids)
+            slots = slots[slots >= 0]
+            self.filled[slots] = False
+            self.slot_ids[slots] = -1
+            self.labels[slots] = -1
+            return int(slots.numel())
+
+    @torch.no_grad()
+    def update(self, ids: Any, x: Any, *, check_finite: bool = True) -> None:
+        """Replace the embeddings of stored ids in place (their slots, labels and ages kept).
+
+        Parameters
+        ----------
+        ids : int64 tensor, array or list, shape (n,), unique
+        x : torch.Tensor or numpy.ndarray, shape (n, dim)
+        """
+        x, _, _ = self._prepare(x, "x", check_finite)
+        ids = as_ids(ids, x.shape[0], device=self._device)
+        with self._writing():
+            slots = self._require(ids)
+            self.embeddings[slots] = x
+            if self.sqnorms is not None:
+                xf = x.float()
+                self.sqnorms[slots] = (xf * xf).sum(dim=1)
+
+    def reset(self) -> None:
+        """Forget every embedding (automatic ids restart at 0); no reallocation."""
+        with self._writing():
+            self.filled.zero_()
+            self.slot_ids.fill_(-1)
+            self.labels.fill_(-1)
+            self.count.zero_()
+            self.next_id.zero_()
+            self._given_ids = False
+            self._ids_exhausted = False
+
+    def renumber(self) -> None:
+        """Not supported: a ring's automatic ids follow the add counter."""
+        raise NotImplementedError("MemoryBank.renumber: a ring's ids follow its add counter")
+
+    def merge_from(self, other: MemoryBank) -> None:
+        """Add every embedding of ``other`` (oldest first, with ids and labels) and empty it.
+
+        ``other`` must have this bank's ``dim``, ``metric`` and ``dtype`` and share no id with
+        it; on any error neither bank changes.
+        """
+        if not isinstance(other, MemoryBank):
+            raise TypeError(f"other: expected a MemoryBank, got {type(other).__name__}")
+        if other is self:
+            raise ValueError("other: cannot merge a bank into itself")
+        mine = (self._dim, self._metric, self._dtype)
+        if (other._dim, other._metric, other._dtype) != mine:
+            raise ValueError("other: dim, metric and dtype must match this bank's")
+        with other._lock.read():
+            slots = other.filled.nonzero().flatten()
+            slots = slots[torch.argsort(other._tie_rank()[slots])]
+            x, ids = other.embeddings[slots], other.slot_ids[slots]
+            labels = other.labels[slots]
+        with self._lock.read():
+            clash = ids[self._slots_of(ids.to(self._device)).to(ids.device) >= 0]
+        if clash.numel():
+            raise ValueError(
+                f"other: {clash.numel()} id(s) already in this bank: {clash[:10].tolist()}"
+            )
+        self.add(x, ids=ids, labels=labels, check_finite=False)
+        other.reset()
+
+    def reconstruct(self, ids: Any) -> Any:
+        """The stored embeddings of ``ids`` (normalised for cosine; one host sync).
+
+        Parameters
+        ----------
+        ids : int64 tensor, array or list, shape (n,); repeats allowed
+
+        Returns
+        -------
+        torch.Tensor, shape (n, dim), ``dtype``, on the bank's device; a float32 numpy array
+        when ``ids`` is one.
+        """
+        as_numpy = isinstance(ids, np.ndarray)
+        ids = as_ids(ids, -1, device=self._device, unique=False)
+        with self._lock.read():
+            out = self.embeddings[self._require(ids)]
+        return out.float().cpu().numpy() if as_numpy else out
 
     # ---------------------------------------------------------------- searching
     def search(
         self,
-        queries: torch.Tensor,
+        queries: Any,
         k: int,
         *,
         exclude_labels: Any = None,
@@ -247,12 +372,13 @@ class MemoryBank(torch.nn.Module):
         differentiable: bool = False,
         backend: str = "auto",
         memory_budget: int | None = None,
+        check_finite: bool = True,
     ) -> SearchResult:
         """The ``k`` nearest stored embeddings of each query.
 
         Parameters
         ----------
-        queries : torch.Tensor, shape (Q, dim), floating
+        queries : torch.Tensor or numpy.ndarray, shape (Q, dim), floating
         k : int
         exclude_labels : int64 tensor, shape (Q,), optional
             The label of each query: stored items with the same (non-negative) label are
@@ -263,40 +389,62 @@ class MemoryBank(torch.nn.Module):
             The only ids that may be returned.
         differentiable : bool
             Distances carry autograd to ``queries`` (recomputed for the selected pairs; the
-            stored embeddings are detached copies).
+            stored embeddings are detached copies). Tensor queries only.
         backend : {"auto", "triton", "torch"}
         memory_budget : int, optional
+        check_finite : bool
+            Raise on NaN or infinity in ``queries`` (one host sync; pass False inside a CUDA
+            graph; skipped under ``torch.compile``).
 
         Returns
         -------
         SearchResult
-            ``(distances, ids)``, each (Q, k), on the bank's device: squared L2 ascending or
-            similarity descending, ties by lower id, ``-1`` / ±inf where fewer than ``k``
-            stored items are eligible. The search always scans all ``capacity`` slots (a
-            static shape), skipping empty ones.
+            ``(distances, ids)``, each (Q, k): squared L2 ascending or similarity
+            descending, ties by lower id, ``-1`` / ±inf where fewer than ``k`` stored items
+            are eligible; numpy when ``queries`` is numpy, else on the queries' device. The
+            search always scans all ``capacity`` slots (a static shape), skipping empty ones.
         """
-        k = check_k(k)
-        queries, _ = as_float_matrix(queries, "queries", dim=self.dim, dim_source="the bank's dim")
-        original = queries = queries.to(self.device)
-        if self.metric is Metric.COSINE:
-            queries = torch.nn.functional.normalize(queries.float(), dim=1)
+        if differentiable and not isinstance(queries, torch.Tensor):
+            raise TypeError("differentiable=True: queries must be a torch.Tensor")
+        return self._run_search(
+            queries,
+            k,
+            check_finite=check_finite,
+            exclude_labels=exclude_labels,
+            exclude_ids=exclude_ids,
+            allow_ids=allow_ids,
+            differentiable=queries if differentiable else None,
+            backend=backend,
+            memory_budget=memory_budget,
+        )
+
+    def _search(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        *,
+        exclude_labels: Any,
+        exclude_ids: Any,
+        allow_ids: Any,
+        differentiable: torch.Tensor | None,
+        backend: str,
+        memory_budget: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        device, q = self._device, queries.shape[0]
         allowed = self.filled
         if allow_ids is not None:
-            allow = self._slots_of(as_allow_ids(allow_ids, self.device))
+            allow = self._slots_of(as_allow_ids(allow_ids, device))
             allowed = allowed & row_mask(allow, self.capacity)
         excluded_rows = query_labels = None
         if exclude_ids is not None:
-            excluded = as_exclude_ids(exclude_ids, queries.shape[0], self.device)
-            excluded_rows = self._slots_of(excluded)
+            excluded_rows = self._slots_of(as_exclude_ids(exclude_ids, q, device))
         if exclude_labels is not None:
-            query_labels = as_labels(
-                exclude_labels, queries.shape[0], "exclude_labels", self.device
-            )
+            query_labels = as_labels(exclude_labels, q, "exclude_labels", device)
         distances, rows = exact_search(
             queries,
             self.embeddings,
             k,
-            Metric.L2 if self.metric is Metric.L2 else Metric.IP,
+            Metric.L2 if self._metric is Metric.L2 else Metric.IP,
             database_sqnorms=self.sqnorms,
             backend=backend,
             memory_budget=memory_budget if memory_budget is not None else self.memory_budget,
@@ -306,7 +454,8 @@ class MemoryBank(torch.nn.Module):
             query_labels=query_labels,
             row_rank=self._tie_rank(),
         )
-        if differentiable:
-            distances = differentiable_distances(original, self.embeddings, rows, self.metric)
-        ids = torch.where(rows >= 0, self.ids[rows.clamp(min=0)], -1)
-        return SearchResult(distances, ids)
+        if differentiable is not None:
+            distances = differentiable_distances(
+                differentiable.to(device), self.embeddings, rows, self._metric
+            )
+        return distances, torch.where(rows >= 0, self.slot_ids[rows.clamp(min=0)], -1)

@@ -1,7 +1,9 @@
 """Triton ``@triton.jit`` kernels of gpuann, shipped as ``gpuann._kernels``.
 
 Only jit code lives here: tile sizes, allocation, grids and dispatch are in ``gpuann._triton``.
-Importing a module of this package imports triton; ``import gpuann`` never does.
+Importing a module of this package imports triton; ``import gpuann`` never does. Every kernel
+is compiled for sm_90 and sm_80 at its launchers' default configurations by
+``tests/kernels/test_aot_compile.py`` (no GPU needed; see ``gpuann._triton.aot``).
 
 Modules
 -------
@@ -9,6 +11,8 @@ bitonic
     Packed (score, position) int64 keys and a min/max bitonic network to select on them.
 fused_knn
     Distance tiles with ``tl.dot`` and a running top-k per query, never the (Q, N) matrix.
+hamming
+    Hamming-distance top-k over packed binary codes (popcount of XORed int32 words).
 topk
     Batched top-k of a float matrix, and the merge of partial top-k lists.
 """

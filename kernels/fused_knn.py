@@ -164,6 +164,9 @@ def fused_knn_kernel(
             query_label = tl.load(query_label_ptr + offs_m, mask=mask_m, other=-1)[:, None]
             eligible = eligible & ((row_label != query_label) | (row_label < 0))
         if HAS_EXCLUDE:
+            # Full (BM, BN) shape before the loop: a loop-carried value may not change shape
+            # (without labels ``eligible`` is still (1, BN) here; only the GPU compiler sees it).
+            eligible = tl.broadcast_to(eligible, (BM, BN))
             for j in range(0, n_exclude):
                 skip = tl.load(exclude_ptr + offs_m * stride_exclude + j, mask=mask_m, other=-1)
                 eligible = eligible & (skip[:, None] != rows[None, :])

@@ -16,6 +16,10 @@ database, and streams it in tiles of ``BLOCK_N`` rows:
 Slots ``K <= j < K_PAD`` of the accumulator hold negative keys that are never replaced; the
 launcher drops them. Unfilled slots keep sentinel keys (distance ``0x7FFFFFFF``) that the
 launcher turns into id ``-1``.
+
+``K`` is a runtime argument that is never specialised (``do_not_specialize``): one compilation
+per ``K_PAD`` serves every k up to it. Row offsets are int64 from the split's first row on, so
+``pid_s * rows_per_split`` and the rows above 2**31 do not wrap for ``2**31 <= N < 2**32``.
 """
 
 import triton
@@ -43,7 +47,7 @@ def _popcount32(x, USE_POPC: tl.constexpr):
         return (u & 0x3F).to(tl.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])
 def hamming_topk_kernel(
     q_ptr,
     db_ptr,
@@ -56,7 +60,7 @@ def hamming_topk_kernel(
     stride_db,
     stride_out_split,
     stride_out_q,
-    K: tl.constexpr,
+    K,
     K_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -82,7 +86,7 @@ def hamming_topk_kernel(
     acc = tl.where(slots < K, sentinel, -1 - slots.to(tl.int64))
     acc = tl.broadcast_to(acc[None, :], (BLOCK_Q, K_PAD))
     thr = tl.max(acc, axis=1)
-    start = pid_s * rows_per_split
+    start = pid_s.to(tl.int64) * rows_per_split  # int64: no wrap for N >= 2**31
     stop = tl.minimum(start + rows_per_split, n_database)
     for n0 in range(start, stop, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -105,5 +109,6 @@ def hamming_topk_kernel(
             thr = tl.max(acc, axis=1)
             best = tl.min(keys, axis=1)
             improving = tl.max((best < thr).to(tl.int32), axis=0) > 0
-    out = out_ptr + pid_s * stride_out_split + offs_q.to(tl.int64)[:, None] * stride_out_q
+    out = out_ptr + pid_s.to(tl.int64) * stride_out_split
+    out = out + offs_q.to(tl.int64)[:, None] * stride_out_q
     tl.store(out + slots[None, :], acc, mask=q_mask[:, None])

@@ -72,3 +72,21 @@ def test_cuda_peak_allocation_stays_under_the_budget():
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
     assert peak <= budget + 20_000 * 10 * 12 * 2 + (8 << 20), f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_default_cuda_budget_reads_free_memory_once_per_refresh(monkeypatch):
+    import gpuann.budget as budget_module
+
+    calls, clock = [], [100.0]
+    monkeypatch.setattr(budget_module, "_cuda_budgets", {})
+    monkeypatch.setattr(budget_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(
+        torch.cuda, "mem_get_info", lambda index: calls.append(index) or (8 << 30, 16 << 30)
+    )
+    device = torch.device("cuda", 3)
+    assert budget_module.default_budget(device) == budget_module.MAX_CUDA_BUDGET
+    assert budget_module.default_budget(device) == budget_module.MAX_CUDA_BUDGET
+    assert calls == [3]  # cached: no cudaMemGetInfo per search
+    clock[0] += budget_module.BUDGET_REFRESH_SECONDS
+    budget_module.default_budget(device)
+    assert calls == [3, 3]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 
@@ -126,3 +128,43 @@ def test_help_reads_well(capsys):
         assert part in text
     out = subprocess.run([sys.executable, "-m", "gpuann", "--help"], capture_output=True, text=True)
     assert all(c in out.stdout for c in ("search", "self-join", "build", "demo"))
+
+
+def _no_space(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_search_on_a_full_disk_is_one_error_line(files, capsys, monkeypatch):
+    tmp, _, _ = files
+    monkeypatch.setattr(os, "posix_fallocate", _no_space, raising=False)
+    args = ("search", "--database", tmp / "db.npy", "--queries", tmp / "q.npy", "-k", 3)
+    assert _cli(*args, "--out", tmp / "res", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpuann search: error: ") and err.count("\n") == 1
+    assert "out: cannot create" in err and "No space left" in err
+    assert os.listdir(tmp / "res") == []
+
+
+def test_search_on_a_full_tmpfs_exits_2_instead_of_sigbus(tmp_path):
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a full disk) needs root")
+    np.save(tmp_path / "db.npy", _data(300, 8, seed=1))
+    np.save(tmp_path / "q.npy", _data(30_000, 8, seed=2))  # 3.6 MB of results
+    full = tmp_path / "full"
+    full.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        command = [sys.executable, "-m", "gpuann", "search", "--database", tmp_path / "db.npy"]
+        command += ["--queries", tmp_path / "q.npy", "-k", "10", "--out", full / "res"]
+        done = subprocess.run(
+            [str(c) for c in [*command, "--no-progress"]], capture_output=True, text=True
+        )
+        assert done.returncode == 2, f"exit {done.returncode}: {done.stderr[-2000:]}"
+        assert done.stderr.startswith("gpuann search: error: ")
+        assert "out: cannot create" in done.stderr and "No space left" in done.stderr
+    finally:
+        if subprocess.run(["umount", str(full)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(full)], check=True)

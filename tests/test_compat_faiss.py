@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
+import torch
 
+import gpuann
 import gpuann.compat.faiss as gfaiss
 
 real_faiss = pytest.importorskip("faiss")
@@ -95,13 +99,17 @@ def test_knn_and_normalize_and_files(tmp_path):
     flat = gfaiss.IndexFlatL2(5)
     flat.add(xb)
     gfaiss.write_index(flat, str(tmp_path / "f"))
-    again = gfaiss.read_index(str(tmp_path / "f"))
-    assert isinstance(again, gfaiss.IndexFlat)
+    again = gfaiss.read_index(str(tmp_path / "f"), gfaiss.IO_FLAG_MMAP)
+    assert type(again) is gfaiss.IndexFlatL2
     np.testing.assert_array_equal(again.search(xq, 3)[1], I)
-    id_map = gfaiss.IndexIDMap(gfaiss.IndexFlatL2(5))
-    id_map.add_with_ids(xb, np.arange(200) * 2)
-    gfaiss.write_index(id_map, str(tmp_path / "m"))
-    assert isinstance(gfaiss.read_index(str(tmp_path / "m")), gfaiss.IndexIDMap2)
+    for ids, cls in [(np.arange(200), gfaiss.IndexIDMap), (np.arange(200) * 2, gfaiss.IndexIDMap2)]:
+        id_map = cls(gfaiss.IndexFlatL2(5))
+        id_map.add_with_ids(xb, ids)
+        gfaiss.write_index(id_map, tmp_path / "m")
+        back = gfaiss.read_index(tmp_path / "m")
+        assert type(back) is cls  # ids 0..n-1 included: still an IndexIDMap
+        back.remove_ids(np.array([0]))
+        np.testing.assert_array_equal(gfaiss.vector_to_array(back.id_map), ids[1:])
 
 
 def test_bad_metric_is_named():
@@ -123,7 +131,138 @@ def test_write_then_read_gives_the_same_shim(tmp_path, make):
         }[make]()
     index.train(data)
     index.add(data)
-    gfaiss.write_index(index, str(tmp_path / "i"))
-    again = gfaiss.read_index(str(tmp_path / "i"))
-    assert type(again) is type(index) and again.ntotal == index.ntotal
-    np.testing.assert_array_equal(again.search(data[:7], 5)[1], index.search(data[:7], 5)[1])
+    for again in (
+        gfaiss.read_index(_written(index, tmp_path / "i")),
+        gfaiss.deserialize_index(gfaiss.serialize_index(index)),
+        pickle.loads(pickle.dumps(index)),
+        gfaiss.clone_index(index),
+    ):
+        assert type(again) is type(index) and again.ntotal == index.ntotal
+        np.testing.assert_array_equal(again.search(data[:7], 5)[1], index.search(data[:7], 5)[1])
+
+
+def _written(index, path):
+    gfaiss.write_index(index, path)
+    return path
+
+
+def test_without_faiss_files_are_gpuanns(tmp_path, monkeypatch):
+    """With no faiss-cpu, write_index writes gpuann's safe format and read_index reads it."""
+    import gpuann.compat.faiss.io as shim_io
+
+    monkeypatch.setattr(shim_io, "_real_faiss", lambda: None)
+    data = np.random.default_rng(4).standard_normal((50, 4), dtype=np.float32)
+    flat, id_map = gfaiss.IndexFlatIP(4), gfaiss.IndexIDMap(gfaiss.IndexFlatIP(4))
+    flat.add(data)
+    id_map.add_with_ids(data, np.arange(50) + 100)
+    gfaiss.write_index(flat, tmp_path / "flat")
+    gfaiss.write_index(id_map, tmp_path / "map")
+    assert gpuann.load(tmp_path / "flat").metric.value == "ip"  # a native file
+    assert type(gfaiss.read_index(tmp_path / "flat")) is gfaiss.IndexFlatIP
+    back = gfaiss.read_index(tmp_path / "map")
+    assert isinstance(back, gfaiss.IndexIDMap)
+    np.testing.assert_array_equal(back.search(data[:3], 2)[1], id_map.search(data[:3], 2)[1])
+    with pytest.raises(RuntimeError, match="faiss"):
+        gfaiss.read_index(_real_file(tmp_path / "real", data))
+
+
+def _real_file(path, data):
+    index = real_faiss.IndexFlatL2(4)
+    index.add(data)
+    real_faiss.write_index(index, str(path))
+    return path
+
+
+def test_native_files_read_by_the_shim(tmp_path):
+    """gpuann.save keeps gpuann's format; the shim's read_index reads it too."""
+    data = torch.randn(30, 6, generator=torch.Generator().manual_seed(0))
+    native = gpuann.FlatIndex(6, device="cpu")
+    native.add(data, ids=torch.arange(30) * 3)
+    native.save(tmp_path / "n")
+    shimmed = gfaiss.read_index(tmp_path / "n")
+    assert type(shimmed) is gfaiss.IndexIDMap2
+    np.testing.assert_array_equal(shimmed.reconstruct(9), data[3].numpy())
+
+
+def test_errors_are_faiss_and_gpuann_classes(tmp_path):
+    index = gfaiss.IndexFlatL2(4)
+    index.add(np.eye(4, dtype=np.float32))
+    with pytest.raises(AssertionError):
+        index.search(np.eye(4, dtype=np.float32), 0)
+    with pytest.raises(ValueError):  # the same error, as gpuann's kind
+        index.search(np.eye(3, dtype=np.float32), 1)
+    with pytest.raises(KeyError):
+        index.reconstruct(10)
+    with pytest.raises(gpuann.UnknownIdError):
+        index.reconstruct(10)
+    with pytest.raises(FileNotFoundError):
+        gfaiss.read_index(tmp_path / "nothing")
+    (tmp_path / "bad").write_bytes(b"GPUANN\x00\x1a" + b"\x00" * 40)
+    with pytest.raises(gpuann.IndexFileError):
+        gfaiss.read_index(tmp_path / "bad")
+    with pytest.raises(RuntimeError):
+        gfaiss.read_index(tmp_path / "bad")
+
+
+def test_torch_tensors_in_and_out():
+    x = torch.randn(100, 8, generator=torch.Generator().manual_seed(1))
+    id_map = gfaiss.IndexIDMap(gfaiss.IndexFlatL2(8, "cpu"))
+    id_map.add_with_ids(x, torch.arange(100) + 7)
+    D, I = id_map.search(x[:3], 200)
+    assert isinstance(I, torch.Tensor) and I[:, 0].tolist() == [7, 8, 9]
+    assert (I[:, 100:] == -1).all() and (D[:, 100:] == gfaiss.FLT_MAX).all()
+    lims, _, ids = id_map.range_search(x[:2], 0.5)
+    assert isinstance(ids, torch.Tensor) and ids[lims[0]].item() == 7
+
+
+def test_refine_flat_over_a_flat_index():
+    x = np.random.default_rng(5).standard_normal((300, 8), dtype=np.float32)
+    refine = gfaiss.IndexRefineFlat(gfaiss.IndexFlatL2(8))
+    refine.add(x)
+    plain = gfaiss.IndexFlatL2(8)
+    plain.add(x)
+    refine.k_factor = 2
+    for (d1, i1), (d2, i2) in [(refine.search(x[:5], 4), plain.search(x[:5], 4))]:
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(d1, d2, atol=1e-4)
+    with pytest.raises(RuntimeError):
+        refine.remove_ids(np.array([1]))
+
+
+def test_binary_range_search_equals_faiss():
+    codes = np.random.default_rng(0).integers(0, 256, (300, 2), dtype=np.uint8)
+    mine, theirs = gfaiss.IndexBinaryFlat(16), real_faiss.IndexBinaryFlat(16)
+    mine.add(codes)
+    theirs.add(codes)
+    (lims, D, I), (f_lims, f_D, f_I) = (i.range_search(codes[:4], 5) for i in (mine, theirs))
+    assert lims.tolist() == f_lims.tolist() and lims[-1] > 4
+    for q in range(4):
+        a, b = slice(lims[q], lims[q + 1]), slice(f_lims[q], f_lims[q + 1])
+        assert sorted(zip(D[a].tolist(), I[a].tolist())) == sorted(
+            zip(f_D[b].tolist(), f_I[b].tolist())
+        )
+
+
+def test_omp_threads():
+    before, faiss_before = torch.get_num_threads(), real_faiss.omp_get_max_threads()
+    try:
+        gfaiss.omp_set_num_threads(1)
+        assert gfaiss.omp_get_max_threads() == 1 and real_faiss.omp_get_max_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        real_faiss.omp_set_num_threads(faiss_before)
+
+
+def test_faiss_files_without_a_counterpart_are_refused(tmp_path):
+    x = np.random.default_rng(6).standard_normal((300, 8), dtype=np.float32)
+    repeated = real_faiss.IndexIVFFlat(real_faiss.IndexFlatL2(8), 8, 2)
+    repeated.train(x)
+    repeated.add_with_ids(x, np.zeros(300, dtype=np.int64))  # faiss stores repeated ids
+    real_faiss.write_index(repeated, str(tmp_path / "repeated"))
+    with pytest.raises(gfaiss.IndexFileError, match="unique"):
+        gfaiss.read_index(tmp_path / "repeated")
+    hnsw = real_faiss.IndexHNSWFlat(8, 8)
+    hnsw.add(x)
+    real_faiss.write_index(hnsw, str(tmp_path / "hnsw"))
+    with pytest.raises(RuntimeError, match="IndexHNSWFlat has no gpuann counterpart"):
+        gfaiss.read_index(tmp_path / "hnsw")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import gpuann
-from gpuann.exact import _exact_search_op, _gather_rows_op
+from gpuann.differentiable import _gather_rows_op
+from gpuann.exact import _exact_search_op
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
@@ -73,7 +74,7 @@ def _training_step(model, bank):
         positive = in_batch.masked_fill(~same, -2.0).fill_diagonal_(-2.0).amax(dim=1)
         logits = torch.cat([positive[:, None], in_batch.masked_fill(same, -2.0), hard], dim=1)
         loss = torch.nn.functional.cross_entropy(logits / 0.1, torch.zeros_like(labels))
-        bank.push(emb, labels=labels)
+        bank.add(emb, labels=labels)
         return loss, I
 
     return step
@@ -81,8 +82,8 @@ def _training_step(model, bank):
 
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 def test_compiled_training_step_matches_eager(compiler):
-    # Search, loss and push in one graph: the backward must see the bank as it was at search
-    # time (inductor once re-read it after the push: see gpuann.exact._gather_rows_op).
+    # Search, loss and add in one graph: the backward must see the bank as it was at search
+    # time (inductor once re-read it after the add: see gpuann.differentiable._gather_rows_op).
     torch.manual_seed(0)
     data = [(torch.randn(12, 6), torch.randint(0, 3, (12,))) for _ in range(4)]
     runs = {}

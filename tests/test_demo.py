@@ -50,6 +50,10 @@ def test_hashing_demo_answers_and_measures_recall(capsys):
     ivf = [v["recall"] for k, v in recall.items() if k.startswith("IVF-PQ")]
     assert len(ivf) >= 2 and 0.2 < ivf[0] <= ivf[-1] <= 1.0
     assert stats["documents"] > 1000 and stats["gpuann_s"] > 0 and not stats["cache_hit"]
+    # The speed table: gpuann beside faiss and plain torch, on the same data in one run.
+    assert stats["faiss_s"] > 0 and stats["naive_s"] > 0
+    table = out[out.index("exact search, 1000 queries") :]
+    assert all(name in table for name in ("gpuann.knn", "faiss IndexFlatL2", "torch cdist"))
 
 
 def test_demo_results_are_exact_nearest_neighbours():

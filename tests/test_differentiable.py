@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gpuann
-from gpuann.exact import differentiable_distances
+from gpuann.differentiable import differentiable_distances
 
 METRICS = ["l2", "ip", "cosine"]
 
@@ -42,7 +42,7 @@ def test_index_and_bank_distances_match_the_search(metric):
     index = gpuann.FlatIndex(8, metric=metric, device="cpu")
     index.add(x)
     bank = gpuann.MemoryBank(512, 8, device="cpu", metric=metric)
-    bank.push(x)
+    bank.add(x)
     q = torch.randn(6, 8, requires_grad=True)
     for searcher in (index, bank):
         D, I = searcher.search(q, 5, differentiable=True)
@@ -74,7 +74,7 @@ def test_only_selected_pairs_are_saved_for_backward():
 
 def test_padding_has_no_gradient():
     bank = gpuann.MemoryBank(8, 3, device="cpu", metric="l2")
-    bank.push(torch.randn(2, 3))
+    bank.add(torch.randn(2, 3))
     q = torch.randn(2, 3, requires_grad=True)
     D, I = bank.search(q, 4, differentiable=True)
     assert (I[:, 2:] == -1).all() and torch.isinf(D[:, 2:]).all()

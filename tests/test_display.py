@@ -30,7 +30,7 @@ def no_value_reads(monkeypatch):
 
 
 def _flat(device: str) -> gpuann.FlatIndex:
-    index = gpuann.FlatIndex(8, "ip", device=device, dtype=torch.float16)
+    index = gpuann.FlatIndex(8, metric="ip", device=device, dtype=torch.float16)
     index.add(torch.randn(5, 8, device=device))
     return index
 
@@ -75,7 +75,7 @@ def _binary_flat(device: str):
 
 
 def _lsh(device: str):
-    index = gpuann.LSHIndex(DIM, 16, "l2", device=device, rescore=10, projection="itq")
+    index = gpuann.LSHIndex(DIM, 16, metric="l2", device=device, refine=True, projection="itq")
     index.train(_vectors(300, device))
     index.add(_vectors(300, device))
     return index
@@ -119,9 +119,10 @@ INDEXES = {
             "nbits",
             "metric",
             "projection",
-            "rescore",
-            "keep_vectors",
+            "refine",
+            "refine_factor",
             "trained",
+            "dtype",
             "device",
             "memory",
         ],
@@ -231,7 +232,7 @@ def test_format_bytes(n, text):
 
 def test_memory_bank_displays_without_reading_a_tensor_value(no_value_reads):
     bank = gpuann.MemoryBank(64, 8, device="cpu", metric="l2")
-    bank.push(torch.randn(10, 8))
+    bank.add(torch.randn(10, 8))
     nbytes = bank.nbytes
     no_value_reads()
     text, page = repr(bank), bank._repr_html_()
@@ -239,4 +240,6 @@ def test_memory_bank_displays_without_reading_a_tensor_value(no_value_reads):
         f"MemoryBank(capacity=64, dim=8, metric='l2', dtype=float32, device='cpu', "
         f"memory='{format_bytes(nbytes)}')"
     )
-    assert "<code>64</code>" in page and nbytes == 64 * 8 * 4 + 64 * (8 + 8 + 1 + 4) + 8
+    assert (
+        "<code>64</code>" in page and nbytes == 64 * 8 * 4 + 64 * (8 + 8 + 1 + 4) + 8 + 8
+    )  # count and next_id

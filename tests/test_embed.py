@@ -76,7 +76,7 @@ def test_output_dtype_and_normalisation(dtype):
 
 def test_feeds_an_index_directly():
     embedder = Embedder(TokenModel(), tokenize, device="cpu", normalize=True, progress=False)
-    index = gpuann.FlatIndex(6, "cosine", device="cpu")
+    index = gpuann.FlatIndex(6, metric="cosine", device="cpu")
     index.add(embedder(TEXTS))
     D, I = index.search(embedder(["parse json file read"]), k=1)
     assert I.tolist() == [[2]]

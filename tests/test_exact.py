@@ -161,3 +161,19 @@ def test_cuda_matches_cpu(metric):
     # CPU queries against a CUDA database: results come back on the CPU.
     D2, I2 = gpuann.knn(queries, database.cuda(), 17, metric=metric, backend="torch")
     assert D2.device.type == "cpu" and torch.equal(I2, I.cpu())
+
+
+def test_check_finite_is_one_pass_and_names_the_row(monkeypatch):
+    import gpuann.exact as exact
+
+    database = torch.randn(150_000, 4)
+    calls = []
+    real = exact._require_finite
+    monkeypatch.setattr(
+        exact, "_require_finite", lambda x, name, **kw: calls.append(name) or real(x, name, **kw)
+    )
+    gpuann.knn(database[:3], database, 2)
+    assert calls == ["queries"]  # the database: folded minima/maxima, one host read
+    database[140_001, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"database: contains NaN or infinite.*140001"):
+        gpuann.knn(database[:3], database, 2)

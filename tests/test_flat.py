@@ -17,13 +17,13 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def _snapshot(index: gpuann.FlatIndex):
     n = len(index)
-    return (n, index._next_id, index.ids.clone(), index._data[:n].clone())
+    return (n, index._rows.next_id, index.ids.clone(), index._rows.view("vectors").clone())
 
 
 def _assert_unchanged(index, before):
     n, next_id, ids, data = before
-    assert len(index) == n and index._next_id == next_id
-    assert torch.equal(index.ids, ids) and torch.equal(index._data[:n], data)
+    assert len(index) == n and index._rows.next_id == next_id
+    assert torch.equal(index.ids, ids) and torch.equal(index._rows.view("vectors"), data)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -32,7 +32,7 @@ def _assert_unchanged(index, before):
 def test_search_matches_reference_with_user_ids(device, metric, dtype):
     x = torch.randn(2500, 24)
     ids = torch.randperm(10**6)[:2500]
-    index = gpuann.FlatIndex(24, metric, device=device, dtype=dtype)
+    index = gpuann.FlatIndex(24, metric=metric, device=device, dtype=dtype)
     index.add(x[:1000], ids=ids[:1000])
     index.add(x[1000:], ids=ids[1000:])  # interleaved ids: exercises the merge path
     assert len(index) == 2500 and index.device.type == device
@@ -67,7 +67,7 @@ def test_ties_are_ordered_by_lower_id_not_insertion_order():
 
 
 def test_k_larger_than_index_pads():
-    index = gpuann.FlatIndex(4, "ip", device="cpu")
+    index = gpuann.FlatIndex(4, metric="ip", device="cpu")
     index.add(torch.randn(3, 4))
     D, I = index.search(torch.randn(2, 4), 5)
     assert (I[:, 3:] == -1).all() and torch.isneginf(D[:, 3:]).all()
@@ -75,7 +75,7 @@ def test_k_larger_than_index_pads():
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_empty_index_returns_missing_rows(metric):
-    index = gpuann.FlatIndex(4, metric, device="cpu")
+    index = gpuann.FlatIndex(4, metric=metric, device="cpu")
     D, I = index.search(np.zeros((2, 4), np.float32), 3)
     assert isinstance(D, np.ndarray) and (I == -1).all()
     assert np.all(gpuann.Metric(metric).missing_distance == D)
@@ -98,7 +98,7 @@ def test_remove_update_reconstruct_reset():
 
 
 def test_cosine_normalises_at_add_time():
-    index = gpuann.FlatIndex(2, "cosine", device="cpu")
+    index = gpuann.FlatIndex(2, metric="cosine", device="cpu")
     index.add(torch.tensor([[3.0, 4.0]]))
     assert torch.allclose(index.reconstruct([0]), torch.tensor([[0.6, 0.8]]))
     D, _ = index.search(torch.tensor([[6.0, 8.0]]), 1)
@@ -151,7 +151,7 @@ def test_growth_is_amortised():
     capacities = set()
     for _ in range(3000):
         index.add(torch.randn(1, 4))
-        capacities.add(index._data.shape[0])
+        capacities.add(index._rows.capacity)
     assert len(index) == 3000 and len(capacities) <= 3  # 1024, 2048, 4096
 
 
@@ -173,7 +173,7 @@ def test_to_cuda_and_back():
 
 
 def test_repr_names_the_essentials():
-    index = gpuann.FlatIndex(4, "cosine", device="cpu", dtype=torch.float16)
+    index = gpuann.FlatIndex(4, metric="cosine", device="cpu", dtype=torch.float16)
     index.add(torch.randn(3, 4))
     assert repr(index) == (
         "FlatIndex(n=3, dim=4, metric='cosine', dtype=float16, device='cpu', memory='16.0 KiB')"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import assert_knn_matches
+from reference import DEVICES, assert_knn_matches
 
 import gpuann
 from gpuann import FlatIndex, KDTreeIndex
@@ -24,7 +24,7 @@ def _grid(seed: int, n: int, q: int, dim: int):
 def test_ties_equal_flat_index_exactly(dim, k):
     x, q = _grid(dim, 1500, 40, dim)
     ids = torch.randperm(5000, generator=torch.Generator().manual_seed(k))[:1500]
-    kd, flat = KDTreeIndex(dim), FlatIndex(dim, "l2", device="cpu")
+    kd, flat = KDTreeIndex(dim), FlatIndex(dim, metric="l2", device="cpu")
     kd.add(x, ids=ids)
     flat.add(x, ids=ids)
     D, I = kd.search(q, k)
@@ -68,7 +68,7 @@ def test_float_data_matches_reference(dim):
 def test_add_remove_padding_numpy(tmp_path):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(50, 3, generator=g)
-    kd = KDTreeIndex(3)
+    kd = KDTreeIndex(3, device="cpu")
     kd.add(x[:25], ids=np.arange(25) * 2 + 1)
     kd.add(x[25:])  # default ids continue after the largest (49)
     assert kd.ids[-1].item() == 74 and len(kd) == 50
@@ -83,7 +83,7 @@ def test_add_remove_padding_numpy(tmp_path):
     assert_knn_matches(D, I, x[:4], points.float(), 60, "l2", ids=keep_ids)
     path = tmp_path / "kd.gpuann"
     kd.save(path)
-    loaded = gpuann.load(path)
+    loaded = gpuann.load(path, device="cpu")
     assert isinstance(loaded, KDTreeIndex) and torch.equal(loaded.ids, kd.ids)
     for a, b in zip(loaded.search(x[:4], 5), kd.search(x[:4], 5), strict=True):
         assert torch.equal(a, b)
@@ -97,7 +97,7 @@ def test_add_remove_padding_numpy(tmp_path):
 
 def test_bad_inputs_leave_index_unchanged():
     with pytest.raises(ValueError, match="metric: KDTreeIndex supports only 'l2'"):
-        KDTreeIndex(3, "ip")
+        KDTreeIndex(3, metric="ip")
     with pytest.raises(ValueError, match="dim: expected a positive int"):
         KDTreeIndex(0)
     kd = KDTreeIndex(3)
@@ -112,3 +112,54 @@ def test_bad_inputs_leave_index_unchanged():
         kd.search(torch.randn(1, 3), 0)
     assert len(kd) == 5 and kd.ids.tolist() == [0, 1, 2, 3, 4]
     assert KDTreeIndex(2).search(torch.zeros((2, 2)), 2).ids.tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_extreme_queries_raise_a_clear_error_naming_queries():
+    """Issue 13: float64 queries near 1e300 raised a bare IndexError from inside the search."""
+    kd = KDTreeIndex(3, device="cpu")
+    kd.add(torch.randn(10, 3))
+    huge = torch.full((1, 3), 1e300, dtype=torch.float64)
+    with pytest.raises(ValueError, match="queries: values up to 1e\\+300 give squared distances"):
+        kd.search(huge, 2)
+    with pytest.raises(ValueError, match=r"queries: squared distances .* overflow float64"):
+        kd.search(huge, 2, check_finite=False)
+    with pytest.raises(ValueError, match="x: values up to 1e\\+300"):
+        kd.add(huge)
+    assert len(kd) == 10
+    big = torch.full((1, 3), 1e18, dtype=torch.float64)  # squared distances fit float32: exact
+    kd.add(big, ids=[100])
+    assert kd.search(big, 1).ids.tolist() == [[100]]
+
+
+def test_keyword_only_options_update_and_float64_reconstruct():
+    with pytest.raises(TypeError):
+        KDTreeIndex(3, "l2")  # the options after dim are keyword-only
+    kd = KDTreeIndex(np.int64(2), device="cpu", leafsize=np.int64(4))
+    kd.add(np.array([[0.0, 0.0], [1.0, 1.0]]), ids=np.array([7, 3], dtype=np.uint64))
+    kd.update([7], torch.tensor([[5.0, 5.0]], dtype=torch.float64))
+    assert kd.search(torch.zeros((1, 2)), 2).ids.tolist() == [[3, 7]]
+    points = kd.reconstruct(np.array([7]))
+    assert isinstance(points, np.ndarray) and points.dtype == np.float64
+    assert kd.reconstruct([3]).dtype == torch.float64 and kd.dtype == torch.float64
+    with pytest.raises(ValueError, match="ids: expected non-negative ids"):
+        kd.add(torch.zeros((1, 2)), ids=[-1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_is_honoured_by_to_and_load(device, tmp_path):
+    """``to(device)`` and ``load(device=)`` used to ignore the device (the tree stays on CPU)."""
+    kd = KDTreeIndex(3, device="cpu")
+    x = torch.randn(50, 3)
+    kd.add(x)
+    moved = kd.to(device)
+    assert moved.device == torch.device(device) or moved.device.type == device
+    assert moved.ids.device.type == device and moved.reconstruct([0]).device.type == device
+    assert (moved is kd) == (device == "cpu")
+    D, I = moved.search(x[:3].to(device), 4)
+    assert I.device.type == device and torch.equal(I.cpu(), kd.search(x[:3], 4).ids)
+    kd.add(torch.randn(1, 3))  # the copy does not share the original's memory
+    assert len(moved) == (51 if device == "cpu" else 50)
+    path = tmp_path / "kd.gpuann"
+    kd.save(path)
+    loaded = KDTreeIndex.load(path, device=device)
+    assert loaded.device.type == device and torch.equal(loaded.ids.cpu(), kd.ids)

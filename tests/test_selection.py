@@ -84,6 +84,21 @@ def test_validation(monkeypatch):
         gpuann.batched_topk(x, 2, backend="triton")
 
 
+def test_numpy_integer_k_is_accepted_and_bad_k_names_itself():
+    import numpy as np
+
+    x = torch.randn(3, 9)
+    expected = gpuann.batched_topk(x, 4, backend="torch")
+    for k in (np.int64(4), np.int32(4), np.uint8(4)):
+        _assert_same(gpuann.batched_topk(x, k, backend="torch"), expected)
+        assert gpuann.batched_topk(x[0], k, backend="torch")[1].shape == (4,)
+    for bad, error in ((True, TypeError), (4.0, TypeError), (np.float64(4), TypeError)):
+        with pytest.raises(error, match=r"^k: expected an int"):
+            gpuann.batched_topk(x, bad)
+    with pytest.raises(ValueError, match=r"^k: expected an int in \[1, 9\], got 10"):
+        gpuann.batched_topk(x, np.int64(10))
+
+
 def test_auto_uses_torch_on_cpu(monkeypatch):
     import gpuann.selection as selection
 

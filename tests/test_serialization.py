@@ -18,7 +18,7 @@ FIXTURES = pathlib.Path(__file__).parent / "data"
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_round_trip_is_exact(tmp_path, metric, dtype):
-    index = gpuann.FlatIndex(6, metric, device="cpu", dtype=dtype)
+    index = gpuann.FlatIndex(6, metric=metric, device="cpu", dtype=dtype)
     index.add(torch.randn(40, 6), ids=torch.randperm(1000)[:40])
     index.remove(index.ids[:3])
     path = tmp_path / "index.gpuann"
@@ -26,7 +26,7 @@ def test_round_trip_is_exact(tmp_path, metric, dtype):
     loaded = gpuann.load(path, device="cpu")
     assert isinstance(loaded, gpuann.FlatIndex)
     assert (loaded.dim, loaded.metric, loaded.dtype, len(loaded)) == (6, index.metric, dtype, 37)
-    assert torch.equal(loaded.ids, index.ids) and loaded._next_id == index._next_id
+    assert torch.equal(loaded.ids, index.ids) and loaded._rows.next_id == index._rows.next_id
     q = torch.randn(4, 6)
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.search(q, 7), index.search(q, 7), strict=True)
@@ -131,3 +131,104 @@ def test_each_class_load_refuses_another_kind(tmp_path, cls):
         return
     with pytest.raises(ValueError, match=f"holds a FlatIndex, not a {cls}"):
         getattr(gpuann, cls).load(path)
+
+
+# ---------------------------------------------------------------- robustness (issue 13)
+def _write_raw(path, header: dict | bytes, payload: bytes = b"") -> None:
+    """A file with valid magic, version and checksums around whatever header is given."""
+    import json
+    import struct
+    import zlib
+
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<8sIQ", b"GPUANN\x00\x1a", 1, len(raw)))
+        f.write(raw)
+        f.write(struct.pack("<I", zlib.crc32(raw)))
+        f.write(payload)
+
+
+def _header(**overrides) -> dict:
+    header = {
+        "kind": "FlatIndex",
+        "meta": {"dim": 2, "metric": "l2", "dtype": "float32", "next_id": 0},
+        "arrays": [],
+        "payload_nbytes": 0,
+        "payload_crc32": 0,
+    }
+    header.update(overrides)
+    return header
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"\xff\xfe not utf-8",
+        b"{not json",
+        b"[1, 2]",
+        _header(meta="dim"),
+        _header(arrays=[{"name": "ids"}]),
+        _header(
+            arrays=[{"name": "ids", "dtype": "int64", "shape": [-1], "offset": 0, "nbytes": 0}]
+        ),
+        _header(meta={"dim": "two", "metric": "l2", "dtype": "float32"}),
+        _header(meta={"dim": 2, "metric": "l2", "dtype": "float32"}),  # no ids array
+        _header(meta={"dim": 2, "metric": "nope", "dtype": "float32"}),
+        _header(kind=3),
+    ],
+)
+def test_bad_content_behind_valid_checksums_is_an_index_file_error(tmp_path, header):
+    path = tmp_path / "bad.gpuann"
+    _write_raw(path, header)
+    with pytest.raises(gpuann.IndexFileError):
+        gpuann.load(path, device="cpu")
+
+
+def test_a_header_that_disagrees_with_the_file_size_is_refused_before_reading(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "sparse.gpuann"
+    _write_raw(path, _header())
+    with open(path, "r+b") as f:  # a sparse 2 GiB tail the header does not declare
+        f.truncate(2**31)
+    tracemalloc.start()
+    with pytest.raises(gpuann.IndexFileError, match="trailing bytes"):
+        gpuann.load(path, device="cpu")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2**20, f"{peak} bytes allocated to refuse the file"
+
+
+def test_loading_does_not_copy_the_payload_twice(tmp_path):
+    import tracemalloc
+
+    index = gpuann.FlatIndex(256, metric="ip", device="cpu")
+    index.add(torch.randn(20_000, 256))  # 20 MB of vectors
+    path = tmp_path / "big.gpuann"
+    index.save(path)
+    size = path.stat().st_size
+    tracemalloc.start()
+    loaded = gpuann.load(path, device="cpu")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(loaded) == 20_000
+    assert peak < 1.25 * size, f"peak {peak} bytes for a {size}-byte file"
+
+
+def test_a_long_legal_file_name_can_be_saved(tmp_path):
+    path = tmp_path / ("i" * 247 + ".gpuann")  # 254 characters: legal on Linux filesystems
+    index = gpuann.FlatIndex(2, device="cpu")
+    index.add(torch.randn(3, 2))
+    index.save(path)
+    assert len(gpuann.load(path, device="cpu")) == 3
+
+
+def test_stale_temporaries_of_a_killed_save_are_cleaned_by_the_next_save(tmp_path):
+    import hashlib
+
+    path = tmp_path / "i.gpuann"
+    tag = hashlib.sha1(path.name.encode()).hexdigest()[:12]
+    stale = tmp_path / f".gpuann-{tag}.999999999.abcd1234.tmp"  # no such process
+    stale.write_bytes(b"half a file")
+    gpuann.FlatIndex(2, device="cpu").save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.gpuann"]

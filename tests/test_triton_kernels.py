@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import gpuann._triton.config as config
-from gpuann._triton import autotune_enabled, next_power_of_2
+from gpuann._triton import MAX_K, TOPK_MAX_K, autotune_enabled, next_power_of_2
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 from gpuann._kernels.bitonic import hi_to_score, pack, score_to_hi, smallest, unpack  # noqa: E402
 
-from gpuann.topk import ordered_key  # noqa: E402
+from gpuann._tiebreak import ordered_key  # noqa: E402
 
 
 @triton.jit
@@ -103,10 +103,58 @@ def test_autotune_switch(monkeypatch):
     assert not autotune_enabled()  # the interpreter always uses the fixed configs
 
 
-@pytest.mark.parametrize("k", [1, 3, 64, 2048])
+@pytest.mark.parametrize("k", [1, 3, 64, MAX_K])
 def test_candidates_respect_the_register_budget(k):
     k_pad = next_power_of_2(k)
-    for cfg in config.knn_candidates(4096, 128, k_pad, torch.float16):
-        assert cfg.block_m >= 16 and cfg.block_m * max(cfg.block_n, k_pad) <= 32768
-    assert config.knn_candidates(4096, 128, k_pad, torch.float16)
-    assert all(c.block_m * max(c.block_n, k_pad) <= 16384 for c in config.topk_candidates(k_pad))
+    candidates = config.knn_candidates(4096, 128, k_pad, torch.float16)
+    assert candidates
+    for cfg in candidates:
+        assert cfg.block_m >= 16 and cfg.block_m * max(cfg.block_n, k_pad) <= 8192
+    for k_topk in (k, TOPK_MAX_K):
+        topk = config.topk_candidates(next_power_of_2(k_topk))
+        assert topk and all(c.block_m * max(c.block_n, k_pad) <= 4096 for c in topk)
+
+
+@pytest.mark.parametrize("k_pad", [1, 16, 128, 256, 512])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_default_tiles_shrink_as_k_grows(k_pad, dtype):
+    cfg = config.knn_default(4096, 128, k_pad, dtype, interpreted=False)
+    assert cfg.block_m * max(cfg.block_n, k_pad) <= 8192  # what the AOT check found fits
+    assert config.knn_default(8, 128, k_pad, dtype, interpreted=False).block_m == 16
+
+
+def test_env_flags_come_from_gpuann_env():
+    import gpuann._env as env
+    import gpuann._triton as gt
+
+    assert gt.interpreter_enabled is env.interpreter_enabled
+    assert gt.autotune_enabled is env.autotune_enabled
+
+
+def test_no_tuning_inside_graph_capture(monkeypatch):
+    monkeypatch.setattr(config, "autotune_enabled", lambda: True)
+    monkeypatch.setattr(config, "_capturing", lambda: True)
+    config.clear_cache()
+    default = config.TileConfig(16, 64)
+
+    def run(cfg):
+        raise AssertionError("timed a candidate during capture")
+
+    try:
+        assert config.pick_config(("cap",), default, [config.TileConfig(32, 32)], run) is default
+        assert ("cap",) not in config.cache_info()  # the default is not remembered as tuned
+        tuned = config.TileConfig(32, 64)
+        config._CACHE[("cap",)] = tuned
+        assert config.pick_config(("cap",), default, [tuned], run) is tuned  # cached choice
+    finally:
+        config.clear_cache()
+
+
+def test_multiprocessors_and_device_guard_off_cuda():
+    cpu = torch.device("cpu")
+    assert config.multiprocessors(cpu) is None
+    with config.device_guard(cpu):
+        pass
+    assert config.choose_splits(1, 10, None) == 2
+    assert config.choose_splits(1, 1000, 132) == 264
+    assert config.choose_splits(64, 1000, 132) == 5

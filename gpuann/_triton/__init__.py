@@ -5,8 +5,12 @@ so ``import gpuann`` stays free of triton and of CUDA initialisation.
 
 Modules
 -------
+aot
+    Ahead-of-time compilation for sm_90 / sm_80 without a GPU: registers, spills, shared memory.
+catalog
+    Every launch the launchers make over a grid of shapes (what the AOT checks compile).
 config
-    Tile configurations, fixed defaults and the shape-keyed autotuning cache.
+    Tile configurations, fixed defaults, the shape-keyed autotuning cache, device helpers.
 knn
     The fused distance + top-k launcher (``fused_knn``).
 topk
@@ -16,10 +20,12 @@ topk
 from __future__ import annotations
 
 import importlib.util
-import os
+
+from gpuann._env import autotune_enabled, interpreter_enabled
 
 __all__ = [
     "MAX_K",
+    "TOPK_MAX_K",
     "autotune_enabled",
     "cdiv",
     "interpreter_enabled",
@@ -28,21 +34,16 @@ __all__ = [
     "triton_installed",
 ]
 
-#: Largest k the kernels select in registers; larger k takes a tiled torch path.
-MAX_K = 2048
+#: Largest k the fused k-NN kernel selects in registers; larger k takes a tiled torch path.
+#: 512: at k_pad >= 1024 its accumulator cannot stay in registers at any tile shape (every
+#: configuration spills 0.6-75 KB per thread on sm_90/sm_80, triton 3.9; with triton 3.6 the
+#: old defaults also needed 260 KiB of shared memory), see ``benchmarks/results/kernel_report_*``.
+MAX_K = 512
+#: Largest k of the batched top-k kernel (``triton_topk``): one row of 2048 keys per program
+#: fits without spilling.
+TOPK_MAX_K = 2048
 
-_TRUE = {"1", "true", "on", "yes"}
-
-
-def interpreter_enabled() -> bool:
-    """True when ``TRITON_INTERPRET`` asks for the Triton interpreter (kernels run on the CPU)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE
-
-
-def autotune_enabled() -> bool:
-    """True unless ``GPUANN_AUTOTUNE=0`` or the interpreter runs (fixed configs are used then)."""
-    flag = os.environ.get("GPUANN_AUTOTUNE", "1").strip().lower()
-    return flag not in {"0", "false", "off", "no"} and not interpreter_enabled()
+# ``interpreter_enabled`` and ``autotune_enabled`` are re-exported from ``gpuann._env``.
 
 
 def triton_installed() -> bool:

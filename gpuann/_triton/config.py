@@ -5,15 +5,27 @@ Triton interpreter runs), else times every candidate once per shape key with
 ``triton.testing.do_bench`` and remembers the fastest in a process-wide cache, so repeated
 calls on shapes of the same bucket never re-tune. Keys bucket the number of queries (rows)
 and database rows (columns) by powers of two and keep d, k, dtypes and flags exact.
+
+Tuning never runs while a CUDA graph is being captured (timing needs synchronisation, which a
+capture forbids): a capture uses the tuned config already cached for its key, else the default.
+Candidates that fail to compile or launch are timed as infinitely slow; every candidate list
+here is checked ahead of time by ``tests/kernels/test_aot_compile.py`` to compile for sm_80 and
+sm_90 within the shared-memory limit, so a tuning run does not launch a kernel that cannot fit.
+
+Device helpers live here too: the multiprocessor count (read once per device and cached) and
+``device_guard``, which makes a tensor's device current around a launch (triton launches on
+the current device; tensors on ``cuda:1`` with ``cuda:0`` current would fault).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import math
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 
@@ -24,8 +36,10 @@ __all__ = [
     "cache_info",
     "choose_splits",
     "clear_cache",
+    "device_guard",
     "knn_candidates",
     "knn_default",
+    "multiprocessors",
     "pick_config",
     "shape_bucket",
     "topk_candidates",
@@ -95,6 +109,8 @@ def pick_config(
     """
     if not autotune_enabled() or not candidates:
         return default
+    if _capturing():  # no timing inside a CUDA graph capture: cached choice or default
+        return _CACHE.get(key, default)
     if key not in _CACHE:
         from triton.testing import do_bench
 
@@ -108,59 +124,129 @@ def pick_config(
     return _CACHE[key]
 
 
+def _capturing() -> bool:
+    """True while the current CUDA stream captures a graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 @functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def choose_splits(n_blocks: int, n_tiles: int, device: torch.device) -> int:
+def multiprocessors(device: torch.device) -> int | None:
+    """Multiprocessors of a CUDA device (read once per device); None for other devices."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _multiprocessors(index)
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Make ``device`` the current CUDA device for a launch (a no-op for other devices)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def choose_splits(n_blocks: int, n_tiles: int, sm_count: int | None) -> int:
     """How many programs share one block's database (columns) when blocks are few.
 
-    Aims at two programs per multiprocessor on CUDA (two in all under the interpreter, where
-    programs run one after another), never more splits than tiles.
+    Aims at two programs per multiprocessor on CUDA (``sm_count`` multiprocessors; two
+    programs in all when None, as under the interpreter, where programs run one after
+    another), never more splits than tiles.
     """
-    if device.type == "cuda":
-        target = 2 * _multiprocessors(device.index if device.index is not None else 0)
-    else:
-        target = 2
+    target = 2 * sm_count if sm_count else 2
     return max(1, min(-(-target // max(n_blocks, 1)), n_tiles))
 
 
+#: Fused k-NN tiles (block_m, block_n, num_warps) by the largest k_pad they serve: 16-bit
+#: storage with queries in the storage dtype (tensor cores), 16-bit storage with float32
+#: queries (two dots: ``SPLIT_QUERIES``), float32 storage (IEEE dots). Each was compiled ahead
+#: of time for sm_90 and sm_80 with triton 3.9 (``tests/kernels/test_aot_compile.py``,
+#: ``python -m benchmarks.kernel_report``): none spills or exceeds the per-block shared memory.
+#: Before: BM=64/BN=128/8 warps up to k_pad=256 and BM=32 beyond, which spilled for float32
+#: storage, for split queries, for d=100 and all filters on sm_80, and at every k_pad >= 1024
+#: (0.6-75 KB per thread); k_pad > 512 is no longer fused (``gpuann._triton.MAX_K``).
+KNN_TILES_16BIT = ((128, (64, 64, 8)), (512, (16, 128, 8)))
+KNN_TILES_SPLIT = ((512, (16, 64, 8)),)
+KNN_TILES_FP32 = ((128, (32, 64, 8)), (512, (16, 64, 8)))
+
+
 def knn_default(
-    n_queries: int, dim: int, k_pad: int, dtype: torch.dtype, interpreted: bool
+    n_queries: int,
+    dim: int,
+    k_pad: int,
+    dtype: torch.dtype,
+    interpreted: bool,
+    *,
+    split_queries: bool = False,
 ) -> TileConfig:
-    """Fixed tiles of the fused k-NN kernel (tl.dot needs 16 <= each block on GPUs)."""
+    """Fixed tiles of the fused k-NN kernel (tl.dot needs 16 <= each block on GPUs).
+
+    ``split_queries``: float32 queries against 16-bit storage (two dots per tile). The tile
+    table is checked by ``tests/kernels/test_aot_compile.py`` for sm_90 and sm_80.
+    """
     block_d = min(max(16, next_power_of_2(dim)), 64 if dtype == torch.float32 else 128)
     if interpreted:
         return TileConfig(16, 32, min(block_d, 64), 4, 1)
-    block_m = 16 if n_queries <= 16 else 32 if n_queries <= 32 or k_pad >= 512 else 64
-    num_warps = 8 if block_m * max(128, k_pad) >= 8192 else 4
-    return TileConfig(block_m, 128, block_d, num_warps, 3)
+    if dtype == torch.float32:
+        table = KNN_TILES_FP32
+    else:
+        table = KNN_TILES_SPLIT if split_queries else KNN_TILES_16BIT
+    block_m, block_n, num_warps = next(
+        (tiles for limit, tiles in table if k_pad <= limit), table[-1][1]
+    )
+    if n_queries <= 16:  # one block of 16 queries: 4 warps while the lists are short
+        block_m = 16
+        num_warps = 4 if k_pad <= 16 else num_warps
+    elif n_queries <= 32:
+        block_m = min(block_m, 32)
+    return TileConfig(block_m, block_n, block_d, num_warps, 3)
 
 
 def knn_candidates(n_queries: int, dim: int, k_pad: int, dtype: torch.dtype) -> list[TileConfig]:
-    """Configs the fused k-NN autotuner times (register budget: BM·max(BN, K) <= 32768)."""
+    """Configs the fused k-NN autotuner times (at most 12).
+
+    Register budget ``BM·max(BN, K) <= 8192`` keys (the accumulator and a tile of keys live in
+    registers: the largest default tiles are at this budget and larger ones spill), and
+    ``num_stages`` such that the pipelined tiles fit sm_80's 163 KiB of shared memory. The
+    slow AOT test compiles the candidates of its grid for sm_90 and sm_80.
+    """
     block_d = knn_default(n_queries, dim, k_pad, dtype, False).block_d
+    itemsize = 4 if dtype == torch.float32 else 2
     max_m = max(16, next_power_of_2(n_queries))
     out = []
-    for bm, bn, warps in itertools.product((16, 32, 64, 128), (64, 128, 256), (4, 8)):
-        if bm <= max_m and bm * max(bn, k_pad) <= 32768:
-            out.append(TileConfig(bm, bn, block_d, warps, 3 if bn * block_d <= 16384 else 2))
+    for bm, bn, warps in itertools.product((16, 32, 64), (64, 128), (4, 8)):
+        if bm > max_m or bm * max(bn, k_pad) > 8192:
+            continue
+        stages = 3 if bn * block_d * itemsize <= 32768 else 2
+        if stages * (bn + bm) * block_d * itemsize > 160 * 1024:
+            continue
+        out.append(TileConfig(bm, bn, block_d, warps, stages))
     return out
 
 
+#: Batched top-k tiles (block_rows, block_n, num_warps) by the largest k_pad they serve
+#: (AOT-checked as above). Before: 4 rows x max(512, k_pad) columns, 4 warps, which spilled at
+#: k_pad = 16 and k_pad = 2048.
+TOPK_TILES = ((16, (4, 256, 4)), (256, (4, 512, 4)), (512, (2, 512, 4)), (2048, (1, 0, 8)))
+
+
 def topk_default(k_pad: int, interpreted: bool) -> TileConfig:
-    """Fixed tiles of the batched top-k kernel."""
+    """Fixed tiles of the batched top-k kernel (``block_n`` 0 in the table: ``k_pad``)."""
     if interpreted:
         return TileConfig(8, 64, num_warps=4, num_stages=1)
-    block_n = max(512, k_pad)
-    return TileConfig(max(1, min(4, 8192 // block_n)), block_n, num_warps=4, num_stages=2)
+    rows, block_n, num_warps = next(
+        (tiles for limit, tiles in TOPK_TILES if k_pad <= limit), TOPK_TILES[-1][1]
+    )
+    return TileConfig(rows, block_n or k_pad, num_warps=num_warps, num_stages=2)
 
 
 def topk_candidates(k_pad: int) -> list[TileConfig]:
-    """Configs the batched top-k autotuner times."""
+    """Configs the batched top-k autotuner times (``BR·max(BN, K) <= 4096`` keys, at most 14)."""
     out = []
-    for br, bn, warps in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048), (4, 8)):
-        if bn >= min(k_pad, 256) and br * max(bn, k_pad) <= 16384:
+    for br, bn, warps in itertools.product((1, 2, 4, 8), (256, 512, 1024, 2048), (4, 8)):
+        if bn >= min(k_pad, 256) and br * max(bn, k_pad) <= 4096:
             out.append(TileConfig(br, bn, num_warps=warps, num_stages=2))
     return out

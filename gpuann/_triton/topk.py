@@ -1,22 +1,114 @@
-"""Launchers: batched top-k of a float matrix, and the merge of partial top-k key lists."""
+"""Launchers: batched top-k of a float matrix, and the merge of partial top-k key lists.
+
+As in ``gpuann._triton.knn``, ``plan_topk`` and ``plan_merge`` decide each launch from shapes
+alone (so the ahead-of-time checks compile what runs), and the launchers execute the plans.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from gpuann._triton import MAX_K, cdiv, interpreter_enabled, log2, next_power_of_2
+from gpuann._triton import TOPK_MAX_K, cdiv, interpreter_enabled, log2, next_power_of_2
+from gpuann._triton.aot import KernelLaunch
 from gpuann._triton.config import (
     TileConfig,
     choose_splits,
+    device_guard,
+    multiprocessors,
     pick_config,
     shape_bucket,
     topk_candidates,
     topk_default,
 )
 
-__all__ = ["FINISH_L2", "FINISH_NEGATE", "FINISH_PLAIN", "merge_partial", "triton_topk"]
+__all__ = [
+    "FINISH_L2",
+    "FINISH_NEGATE",
+    "FINISH_PLAIN",
+    "merge_partial",
+    "plan_merge",
+    "plan_topk",
+    "triton_topk",
+]
 
 FINISH_PLAIN, FINISH_NEGATE, FINISH_L2 = 0, 1, 2
+
+
+def plan_merge(
+    n_rows: int, n_splits: int, k_pad: int, k: int, stride_out: int, finish: int
+) -> KernelLaunch:
+    """The launch of ``merge_keys_kernel`` over (n_rows, n_splits, k_pad) partial lists.
+
+    ``k`` columns are written into outputs of row stride ``stride_out``; FINISH_L2 reads
+    float32 squared norms (the other modes get the float32 values tensor as a placeholder).
+    """
+    block = max(1, min(16, 4096 // k_pad))
+    return KernelLaunch.make(
+        "topk:merge_keys_kernel",
+        (cdiv(n_rows, block),),
+        {
+            "partial_ptr": torch.int64,
+            "sqnorm_ptr": torch.float32,
+            "values_ptr": torch.float32,
+            "positions_ptr": torch.int64,
+            "n_rows": n_rows,
+            "n_splits": n_splits,
+            "k": k,
+            "stride_out": stride_out,
+            "missing_value": 0.0,  # a float argument: its value never specialises
+        },
+        {"FINISH": finish, "BR": block, "K": k_pad, "LOG_K": log2(k_pad)},
+        4 if block * k_pad <= 4096 else 8,
+        3,
+    )
+
+
+def plan_topk(
+    n_rows: int,
+    n_cols: int,
+    k: int,
+    *,
+    dtype: torch.dtype,
+    largest: bool = False,
+    stride_row: int | None = None,
+    sm_count: int | None = None,
+    interpreted: bool = False,
+    config: TileConfig | None = None,
+    splits: int | None = None,
+) -> tuple[KernelLaunch, KernelLaunch]:
+    """The launches of ``triton_topk``: the partial top-k kernel, then the merge."""
+    k_pad = next_power_of_2(k)
+    cfg = config or topk_default(k_pad, interpreted)
+    n_blocks = cdiv(n_rows, cfg.block_m)
+    n_tiles = cdiv(n_cols, cfg.block_n)
+    n_split = splits or choose_splits(n_blocks, n_tiles, sm_count)
+    per_split = cdiv(cdiv(n_cols, n_split), cfg.block_n) * cfg.block_n
+    n_split = cdiv(n_cols, per_split)
+    partial = KernelLaunch.make(
+        "topk:topk_partial_kernel",
+        (n_blocks, n_split),
+        {
+            "x_ptr": dtype,
+            "partial_ptr": torch.int64,
+            "n_rows": n_rows,
+            "n_cols": n_cols,
+            "cols_per_split": per_split,
+            "n_splits": n_split,
+            "stride_row": n_cols if stride_row is None else stride_row,
+        },
+        {
+            "LARGEST": largest,
+            "BR": cfg.block_m,
+            "BN": cfg.block_n,
+            "LOG_BN": log2(cfg.block_n),
+            "K": k_pad,
+            "LOG_K": log2(k_pad),
+        },
+        cfg.num_warps,
+        cfg.num_stages,
+    )
+    merge = plan_merge(n_rows, n_split, k_pad, k, k, FINISH_NEGATE if largest else FINISH_PLAIN)
+    return partial, merge
 
 
 def merge_partial(
@@ -59,24 +151,18 @@ def merge_partial(
         positions = torch.empty((n_rows, k), dtype=torch.int64, device=partial.device)
     if n_rows == 0:
         return values, positions
-    block = max(1, min(16, 4096 // k_pad))
-    grid = (cdiv(n_rows, block),)
-    merge_keys_kernel[grid](
-        partial,
-        sqnorms if sqnorms is not None else values,
-        values,
-        positions,
-        n_rows,
-        n_splits,
-        k,
-        values.shape[1],
-        missing_value,
-        FINISH=finish,
-        BR=block,
-        K=k_pad,
-        LOG_K=log2(k_pad),
-        num_warps=4 if block * k_pad <= 4096 else 8,
-    )
+    launch = plan_merge(n_rows, n_splits, k_pad, k, values.shape[1], finish)
+    with device_guard(partial.device):
+        launch.launch(
+            merge_keys_kernel,
+            {
+                "partial_ptr": partial,
+                "sqnorm_ptr": sqnorms.float() if sqnorms is not None else values,
+                "values_ptr": values,
+                "positions_ptr": positions,
+            },
+            missing_value=missing_value,
+        )
     return values, positions
 
 
@@ -96,7 +182,7 @@ def triton_topk(
     ----------
     x : torch.Tensor, shape (R, n), float32 / float16 / bfloat16
     k : int
-        ``1 <= k <= min(n, MAX_K)``.
+        ``1 <= k <= min(n, TOPK_MAX_K)``.
     largest : bool
         Select the largest values instead of the smallest.
     splits : int, optional
@@ -112,40 +198,40 @@ def triton_topk(
     from gpuann._kernels.topk import topk_partial_kernel
 
     n_rows, n_cols = x.shape
-    if not 1 <= k <= min(n_cols, MAX_K):
-        raise ValueError(f"k: expected 1 <= k <= min(n, {MAX_K}) = {min(n_cols, MAX_K)}, got {k}")
+    if not 1 <= k <= min(n_cols, TOPK_MAX_K):
+        limit = min(n_cols, TOPK_MAX_K)
+        raise ValueError(f"k: expected 1 <= k <= min(n, {TOPK_MAX_K}) = {limit}, got {k}")
     if x.stride(1) != 1:
         x = x.contiguous()
     k_pad = next_power_of_2(k)
     interpreted = interpreter_enabled()
+    sm_count = multiprocessors(x.device)
 
     def run(cfg: TileConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        n_blocks = cdiv(n_rows, cfg.block_m)
-        n_tiles = cdiv(n_cols, cfg.block_n)
-        n_split = splits or choose_splits(n_blocks, n_tiles, x.device)
-        per_split = cdiv(cdiv(n_cols, n_split), cfg.block_n) * cfg.block_n
-        n_split = cdiv(n_cols, per_split)
-        partial = torch.empty((n_rows, n_split, k_pad), dtype=torch.int64, device=x.device)
-        topk_partial_kernel[(n_blocks, n_split)](
-            x,
-            partial,
+        launch, _ = plan_topk(
             n_rows,
             n_cols,
-            per_split,
-            n_split,
-            x.stride(0),
-            LARGEST=largest,
-            BR=cfg.block_m,
-            BN=cfg.block_n,
-            LOG_BN=log2(cfg.block_n),
-            K=k_pad,
-            LOG_K=log2(k_pad),
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
+            k,
+            dtype=x.dtype,
+            largest=largest,
+            stride_row=x.stride(0),
+            sm_count=sm_count,
+            interpreted=interpreted,
+            config=cfg,
+            splits=splits,
         )
+        n_split = launch.grid[1]
+        partial = torch.empty((n_rows, n_split, k_pad), dtype=torch.int64, device=x.device)
+        launch.launch(topk_partial_kernel, {"x_ptr": x, "partial_ptr": partial})
         missing = float("-inf") if largest else float("inf")
         return merge_partial(partial, k, FINISH_NEGATE if largest else FINISH_PLAIN, missing)
 
+    with device_guard(x.device):
+        return _tuned_topk(x, k_pad, largest, interpreted, config, run)
+
+
+def _tuned_topk(x, k_pad, largest, interpreted, config, run):
+    n_rows, n_cols = x.shape
     if config is None:
         key = (
             "topk",

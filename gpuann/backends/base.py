@@ -1,16 +1,126 @@
-"""What an exact-search backend is: the request it receives and what it must say about it."""
+"""What a backend is: the support it declares, and the exact-search request it receives.
+
+Every op gpuann dispatches (exact search, Hamming search, batched top-k) has backends that
+subclass :class:`Backend` and declare, as class attributes, what they can run: device types,
+dtypes, the largest ``k`` of their kernel, whether they apply filters, whether ``"auto"`` may
+pick them for CPU tensors. :meth:`Backend.not_supported_reasons` turns that declaration (plus
+any :meth:`Backend.extra_reasons`) into sentences, which the dispatcher shows when it passes a
+backend over (see :mod:`gpuann.backends.dispatch`). A request is any object with ``device``,
+``dtype``, ``k`` and ``filtered`` (see :class:`Request`).
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
+from gpuann.engine.eligibility import RowFilters
 from gpuann.metrics import Metric
 
-__all__ = ["ExactBackend", "SearchRequest"]
+__all__ = ["Backend", "ExactBackend", "Request", "SearchRequest", "triton_runtime_reasons"]
+
+
+class Request(Protocol):
+    """What the generic support checks read from a request of any op."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def k(self) -> int: ...
+
+    @property
+    def filtered(self) -> bool: ...
+
+
+def _dtype_names(dtypes: tuple[torch.dtype, ...]) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def triton_runtime_reasons(device: torch.device) -> list[str]:
+    """Why Triton kernels cannot run on ``device`` at all (empty when they can).
+
+    CPU tensors run only under the Triton interpreter, a test tool (``TRITON_INTERPRET=1``).
+    """
+    from gpuann._env import interpreter_enabled
+    from gpuann._triton import triton_installed
+
+    reasons = []
+    if not triton_installed():
+        reasons.append("triton is not installed (pip install 'gpuann[gpu]')")
+    if device.type == "cpu" and not interpreter_enabled():
+        reasons.append(
+            "CPU tensors: only under TRITON_INTERPRET=1 (the Triton interpreter, set before "
+            "triton is imported; for tests)"
+        )
+    return reasons
+
+
+class Backend(abc.ABC):
+    """A way to run one op; subclasses declare what they support and say why not.
+
+    Class attributes
+    ----------------
+    name : str
+        Used by ``backend=`` arguments.
+    op : str
+        The op it runs (``"exact_search"``, ``"hamming_search"``, ``"batched_topk"``).
+    device_types : tuple of str
+        Device types it runs on.
+    dtypes : tuple of torch.dtype or None
+        The data dtypes it accepts (None: any).
+    max_k : int or None
+        The largest ``k`` its kernel selects (None: no limit).
+    supports_filters : bool
+        Whether it applies row filters (excluded rows, allow-lists, labels).
+    auto_on_cpu : bool
+        Whether ``backend="auto"`` may pick it for CPU tensors (a backend that runs there only
+        through an emulator, like Triton's interpreter, says False).
+    priority : int
+        Place in the op's list, lower first (fused kernels 10, the torch fallbacks 100).
+    """
+
+    name: ClassVar[str]
+    op: ClassVar[str]
+    device_types: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    dtypes: ClassVar[tuple[torch.dtype, ...] | None] = None
+    max_k: ClassVar[int | None] = None
+    supports_filters: ClassVar[bool] = True
+    auto_on_cpu: ClassVar[bool] = True
+    priority: ClassVar[int] = 50
+
+    def not_supported_reasons(self, request: Request) -> list[str]:
+        """Why this backend cannot run ``request``; empty when it can."""
+        reasons = []
+        device = request.device
+        if device.type not in self.device_types:
+            reasons.append(
+                f"{device.type} tensors: runs on {'/'.join(self.device_types)} tensors only"
+            )
+        if self.dtypes is not None and request.dtype not in self.dtypes:
+            reasons.append(f"dtype {request.dtype}: expected {_dtype_names(self.dtypes)}")
+        if self.max_k is not None and request.k > self.max_k:
+            reasons.append(f"k={request.k} is above the kernel's limit of {self.max_k}")
+        if request.filtered and not self.supports_filters:
+            reasons.append("filters (excluded/allowed rows, labels) are not supported")
+        return reasons + self.extra_reasons(request)
+
+    def extra_reasons(self, request: Request) -> list[str]:
+        """Reasons beyond the declared support (installation, compute capability…)."""
+        return []
+
+    @abc.abstractmethod
+    def search(self, request):
+        """Run ``request`` (each op's base class states the result's contract)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.op}:{self.name}>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,22 +142,14 @@ class SearchRequest:
         Multiplies each row's inner product (``1 / ‖x‖`` for a cosine search over raw rows).
     memory_budget : int
         Bytes of working memory the search may use.
-    excluded_rows : torch.Tensor or None, shape (Q, m), int64
-        Per query, row positions that must not be returned; ``-1`` pads (any order, repeats
-        allowed).
-    allowed_rows : torch.Tensor or None, shape (N,), bool
-        Only rows marked True may be returned (an allow-list, or the occupied slots of a
-        fixed-size buffer).
-    row_labels, query_labels : torch.Tensor or None, shapes (N,) and (Q,), int64
-        Given together: a row is not returned for a query with the same label. Negative
-        labels mean "no label" and never match.
-    row_rank : torch.Tensor or None, shape (N,), int64
-        Tie-break order of the rows: among equal scores the lower rank wins. A permutation of
-        ``range(N)``. Default: the row itself (lower row wins).
+    excluded_rows, allowed_rows, row_labels, query_labels, row_rank : torch.Tensor or None
+        The row filters and tie order (see :class:`~gpuann.engine.eligibility.RowFilters`).
 
     Filters are applied inside the search: an ineligible row is never returned, and a query
     with fewer than ``k`` eligible rows gets ``-1`` (with ±inf) in the remaining places.
     """
+
+    op: ClassVar[str] = "exact_search"
 
     queries: torch.Tensor
     database: torch.Tensor
@@ -67,36 +169,36 @@ class SearchRequest:
         return self.database.device
 
     @property
-    def filtered(self) -> bool:
-        """True when some rows may be ineligible (any filter is set)."""
-        return (
-            self.excluded_rows is not None
-            or self.allowed_rows is not None
-            or (self.row_labels is not None and self.query_labels is not None)
+    def dtype(self) -> torch.dtype:
+        """The database's storage dtype."""
+        return self.database.dtype
+
+    @property
+    def filters(self) -> RowFilters:
+        return RowFilters(
+            self.excluded_rows, self.allowed_rows, self.row_labels, self.query_labels, self.row_rank
         )
 
+    @property
+    def filtered(self) -> bool:
+        """True when some rows may be ineligible (any filter is set)."""
+        return self.filters.filtered
 
-class ExactBackend(abc.ABC):
-    """A way to run exact search. Subclasses say what they support and why not.
+
+class ExactBackend(Backend):
+    """An exact-search backend.
 
     ``search`` returns ``(distances, positions)``: float32 ``(Q, k)`` metric values (squared
-    L2, or inner product) sorted nearest first with ties broken by lower position, and int64
-    ``(Q, k)`` row positions in ``database``, ``-1`` (with ±inf) where fewer than ``k`` exist.
+    L2, or inner product) sorted nearest first with ties broken by lower position (or
+    ``row_rank``), and int64 ``(Q, k)`` row positions in ``database``, ``-1`` (with ±inf)
+    where fewer than ``k`` exist.
     """
 
-    #: Name used by ``backend=`` arguments.
-    name: ClassVar[str]
-    #: Whether ``backend="auto"`` may pick this backend for CPU tensors (the Triton backend
-    #: runs on CPU only under the interpreter, which is far too slow to be chosen by default).
-    auto_on_cpu: ClassVar[bool] = True
+    op: ClassVar[str] = "exact_search"
 
-    @abc.abstractmethod
     def not_supported_reasons(self, request: SearchRequest) -> list[str]:
-        """Why this backend cannot run ``request``; empty when it can."""
+        return super().not_supported_reasons(request)
 
     @abc.abstractmethod
     def search(self, request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the search (see the class docstring for the result's contract)."""
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"

@@ -7,9 +7,9 @@ split across programs and the partial lists are merged by a second small kernel.
 those of the torch backend: same scores, ties to the lower row, NaN last. Filters and a
 per-row tie order run inside the kernel (see ``gpuann._kernels.fused_knn``).
 
-k up to ``gpuann._triton.MAX_K`` (2048) runs fused. Larger k runs the torch backend's tiled
-``mm`` + tie-aware top-k + merge on the same device: correct for any k up to N, with no
-claim of speed.
+The kernel selects at most ``max_k`` (``gpuann._triton.MAX_K``) per query in registers;
+a larger ``k`` is a declared reason, and the dispatcher moves on, visibly (see
+``gpuann.backends.explain``), to the next backend.
 
 CPU tensors run only under the Triton interpreter (``TRITON_INTERPRET=1``, set before triton
 is imported), which exists to test the kernels: ``backend="triton"`` then works on the CPU,
@@ -25,14 +25,14 @@ from typing import ClassVar
 import torch
 from packaging.version import Version
 
-from gpuann._triton import MAX_K, interpreter_enabled, next_power_of_2, triton_installed
-from gpuann.backends.base import ExactBackend, SearchRequest
+from gpuann._triton import MAX_K, next_power_of_2, triton_installed
+from gpuann._validate import FLOAT_DTYPES, STORAGE_DTYPES
+from gpuann.backends.base import ExactBackend, SearchRequest, triton_runtime_reasons
+from gpuann.backends.dispatch import register_backend
 from gpuann.metrics import Metric
 
 __all__ = ["TritonBackend"]
 
-_STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_QUERY_DTYPES = (*_STORAGE_DTYPES, torch.float64)
 #: Row numbers are packed into the low 32 bits of a key.
 _MAX_ROWS = 2**32 - 1
 
@@ -40,35 +40,24 @@ _MAX_ROWS = 2**32 - 1
 class TritonBackend(ExactBackend):
     """Fused distance + top-k Triton kernels (CUDA; the CPU only under the interpreter)."""
 
-    name = "triton"
+    priority: ClassVar[int] = 10
+    name: ClassVar[str] = "triton"
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = STORAGE_DTYPES
+    max_k: ClassVar[int] = MAX_K
     #: Whether ``backend="auto"`` may pick this backend for CPU tensors: never, the
     #: interpreter that runs it there is a test tool (see the module docstring).
     auto_on_cpu: ClassVar[bool] = False
 
-    def not_supported_reasons(self, request: SearchRequest) -> list[str]:
-        reasons = []
-        if not triton_installed():
-            reasons.append("triton is not installed (pip install 'gpuann[gpu]')")
+    def extra_reasons(self, request: SearchRequest) -> list[str]:
         device = request.device
-        if device.type == "cpu":
-            if not interpreter_enabled():
-                reasons.append(
-                    "CPU tensors: only under TRITON_INTERPRET=1 (the Triton interpreter, set "
-                    "before triton is imported; for tests)"
-                )
-        elif device.type == "cuda":
+        reasons = triton_runtime_reasons(device)
+        if device.type == "cuda":
             capability = torch.cuda.get_device_capability(device)
             if capability < (7, 0):
                 reasons.append(f"CUDA compute capability {capability} < (7, 0)")
             elif request.database.dtype == torch.bfloat16 and capability < (8, 0):
                 reasons.append(f"bfloat16 needs compute capability >= (8, 0), got {capability}")
-        else:
-            reasons.append(f"{device.type} tensors: Triton runs on CUDA tensors only")
-        if request.database.dtype not in _STORAGE_DTYPES:
-            reasons.append(
-                f"database dtype {request.database.dtype}: expected float32/16, bfloat16"
-            )
-        if request.queries.dtype not in _QUERY_DTYPES:
+        if request.queries.dtype not in FLOAT_DTYPES:
             reasons.append(f"queries dtype {request.queries.dtype} is not supported")
         if request.database.shape[0] > _MAX_ROWS:
             reasons.append(
@@ -80,10 +69,6 @@ class TritonBackend(ExactBackend):
         return reasons
 
     def search(self, request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
-        if request.k > MAX_K:
-            from gpuann.backends.torch_backend import torch_exact_search
-
-            return torch_exact_search(request)
         return _fused_search(request)
 
 
@@ -131,3 +116,6 @@ def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
     if len(results) == 1:
         return results[0]
     return torch.cat([d for d, _ in results]), torch.cat([p for _, p in results])
+
+
+register_backend("exact_search", TritonBackend())

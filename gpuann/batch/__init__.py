@@ -6,6 +6,7 @@ database through the device when it does not fit there, writing results to memor
 """
 
 from gpuann.batch.checkpoint import CheckpointMismatchError
-from gpuann.batch.search import ChunkInfo, batch_search, self_join
+from gpuann.batch.runner import ChunkInfo
+from gpuann.batch.search import batch_search, self_join
 
 __all__ = ["CheckpointMismatchError", "ChunkInfo", "batch_search", "self_join"]

@@ -14,7 +14,16 @@ Format (JSON)::
      "plan": {...},           # tile sizes the results were computed with; reused on resume
      "rows_done": int,        # query rows [0, rows_done) are final
      "chunks_done": int,      # completed chunks, over every run of the job
-     "complete": bool}
+     "complete": bool,
+     "queries_sha256": str,   # SHA-256 of the stored bytes of query rows [0, rows_done)
+     "database_sha256": str}  # exact search: SHA-256 of every database row, as streamed
+
+The job's query fingerprint hashes only sampled rows (a cheap first check); ``queries_sha256``
+covers every query row done, hashed as the chunks were read: a resumed job re-reads and hashes
+those rows and refuses to continue when they changed anywhere (checkpoints written before this
+field existed hold ``null`` and are not checked this way). Likewise ``database_sha256``
+covers every database row of an exact job, hashed during the first database pass of a run:
+a resumed run compares it after its first chunk is computed, before that chunk is written.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ __all__ = [
     "Checkpoint",
     "CheckpointMismatchError",
     "read_checkpoint",
+    "verify_database",
     "verify_job",
+    "verify_rows_done",
     "write_checkpoint",
 ]
 
@@ -62,6 +73,10 @@ class Checkpoint:
         Chunks completed over every run of the job.
     complete : bool
         True once every row is done.
+    queries_sha256 : str or None
+        SHA-256 of the stored bytes of query rows ``[0, rows_done)``.
+    database_sha256 : str or None
+        Exact search: SHA-256 of the whole database as it streamed through the first chunk.
     """
 
     job: dict[str, Any]
@@ -69,6 +84,8 @@ class Checkpoint:
     rows_done: int
     chunks_done: int
     complete: bool = False
+    queries_sha256: str | None = None
+    database_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document written to disk."""
@@ -129,4 +146,37 @@ def verify_job(checkpoint: Checkpoint, job: dict[str, Any], where: str) -> None:
         f"resume: the checkpoint {where!r} belongs to a different job; refusing to mix results.\n"
         + "\n".join(lines)
         + "\nRun with the original inputs, or use another out folder (or overwrite=True)."
+    )
+
+
+def verify_rows_done(checkpoint: Checkpoint, digest: Any, where: str, name: str) -> None:
+    """Raise unless ``digest`` (of this run's rows ``[0, rows_done)``) matches the checkpoint's.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+    digest : hashlib hash object
+        Fed this run's query rows ``[0, checkpoint.rows_done)``.
+    where : str
+        The checkpoint's path, for the message.
+    name : str
+        The queries' argument name (``queries``, ``x``).
+    """
+    if checkpoint.queries_sha256 is None or checkpoint.queries_sha256 == digest.hexdigest():
+        return
+    raise CheckpointMismatchError(
+        f"resume: {name} rows 0..{checkpoint.rows_done - 1} differ from those the checkpoint "
+        f"{where!r} was computed from; refusing to mix results of two inputs.\n"
+        "Run with the original inputs, or use another out folder (or overwrite=True)."
+    )
+
+
+def verify_database(checkpoint: Checkpoint, sha256: str, where: str, name: str) -> None:
+    """Raise unless ``sha256`` (this run's database hash) matches the checkpoint's."""
+    if checkpoint.database_sha256 is None or checkpoint.database_sha256 == sha256:
+        return
+    raise CheckpointMismatchError(
+        f"resume: {name} differs from the one the checkpoint {where!r} was computed with "
+        "(its rows hash differently); refusing to mix results of two inputs.\n"
+        "Run with the original inputs, or use another out folder (or overwrite=True)."
     )

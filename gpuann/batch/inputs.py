@@ -3,7 +3,9 @@
 A :class:`MatrixSource` wraps any of them behind one interface: its shape and dtype, a block
 of rows as a float tensor (:meth:`MatrixSource.rows`), copying rows into a caller's buffer
 (:meth:`MatrixSource.read_into`, what the prefetching reader uses), and a fingerprint that
-tells a checkpoint whether it still describes the same data.
+tells a checkpoint whether it still describes the same data (cheap: sampled rows, checked first)
+and a running hash of every row read (:meth:`MatrixSource.rows` with ``digest``,
+:meth:`MatrixSource.hash_rows`), which a resumed job compares over the rows already done.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MatrixSource", "as_matrix_source"]
+__all__ = ["MatrixSource", "as_matrix_source", "stored_bytes"]
 
 #: Rows hashed into a fingerprint (evenly spaced, first and last included).
 _FINGERPRINT_ROWS = 64
@@ -83,20 +85,50 @@ class MatrixSource:
             and self.data.is_pinned()
         )
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
+    def rows(self, start: int, stop: int, digest: Any = None) -> torch.Tensor:
         """Rows ``start:stop`` as a tensor, without copying when possible.
+
+        Parameters
+        ----------
+        start, stop : int
+        digest : hashlib hash object, optional
+            Updated with the rows' stored bytes (before any cast), as they are read: feeding
+            it every chunk in order hashes the whole input (see :meth:`hash_rows`).
 
         Returns
         -------
         torch.Tensor, shape (stop - start, d), the storage dtype (float64 becomes float32),
         on :attr:`device`
         """
+        block = self._read(start, stop)
+        if digest is not None:
+            digest.update(stored_bytes(block))
+        return block.float() if block.dtype == torch.float64 else block
+
+    def hash_rows(self, digest: Any, start: int, stop: int, block_bytes: int = 16 << 20) -> None:
+        """Feed rows ``start:stop`` to ``digest`` as :meth:`rows` would, a block at a time.
+
+        The bytes hashed do not depend on how the range is cut, so a job hashing its chunks as
+        it reads them and a resumed job re-hashing the rows done so far in blocks agree.
+        """
+        row_bytes = max(1, self.shape[1] * self.data.dtype.itemsize)
+        step = max(1, block_bytes // row_bytes)
+        for first in range(start, stop, step):
+            digest.update(stored_bytes(self._read(first, min(stop, first + step))))
+
+    def _read(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` in the storage dtype; files are read with ``pread`` when possible
+        (no pages of the file mapped into the process: the resident set stays flat)."""
+        if self.file_offset is not None and stop > start:
+            block = torch.empty((stop - start, self.shape[1]), dtype=self.dtype)
+            self._pread(block, start)
+            return block
         block = self.data[start:stop]
         if not isinstance(block, torch.Tensor):
             # Files (and read-only arrays) are read into memory: torch wants writable arrays.
             copy = self.on_disk or not block.flags.writeable
             block = torch.from_numpy(np.array(block) if copy else np.ascontiguousarray(block))
-        return block.float() if block.dtype == torch.float64 else block
+        return block
 
     def read_into(self, buffer: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Copy rows ``start:stop`` into ``buffer[: stop - start]`` and return that view.
@@ -144,16 +176,23 @@ class MatrixSource:
         digest = hashlib.sha256()
         if n:
             picks = np.unique(np.linspace(0, n - 1, num=min(n, _FINGERPRINT_ROWS)).astype(np.int64))
-            for row in picks.tolist():
-                block = self.data[row : row + 1]
-                if isinstance(block, torch.Tensor):
-                    block = block.detach().cpu().contiguous().view(torch.uint8).numpy()
-                digest.update(np.ascontiguousarray(block).tobytes())
+            for row in picks.tolist():  # files: pread, so no page of them is mapped in
+                digest.update(stored_bytes(self._read(row, row + 1)))
         return {
             "shape": [n, d],
             "dtype": str(self.dtype).removeprefix("torch."),
             "sample_sha256": digest.hexdigest(),
         }
+
+
+def stored_bytes(block: Any) -> np.ndarray:
+    """The stored bytes of a block of rows (a tensor anywhere, or a numpy array), C order."""
+    if isinstance(block, torch.Tensor):
+        block = block.detach()
+        if block.device.type != "cpu":
+            block = block.cpu()
+        block = block.contiguous().view(torch.uint8).numpy()
+    return np.ascontiguousarray(block).view(np.uint8).reshape(-1)
 
 
 def _load_npy(path: str | os.PathLike, name: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import operator
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,72 +12,20 @@ import numpy as np
 import torch
 
 from gpuann._validate import check_k, resolve_device
-from gpuann.batch.checkpoint import (
-    CHECKPOINT_NAME,
-    Checkpoint,
-    read_checkpoint,
-    verify_job,
-    write_checkpoint,
-)
 from gpuann.batch.inputs import MatrixSource, as_matrix_source
-from gpuann.batch.outputs import IDS_NAME, ResultSink
-from gpuann.batch.progress import make_progress
-from gpuann.batch.sizing import BatchSizer, auto_batch_rows, auto_chunk_rows, is_out_of_memory
-from gpuann.batch.streaming import StreamingExactSearch, StreamPlan, plan_stream
+from gpuann.batch.runner import ChunkInfo, Job, JobOptions, run_job
+from gpuann.batch.sizing import BatchSizer, auto_batch_rows, auto_chunk_rows, fit_transfer_rows
+from gpuann.batch.streaming import (
+    StreamingExactSearch,
+    StreamPlan,
+    plan_stream,
+    stream_step_bytes,
+)
 from gpuann.budget import check_budget
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
 
-__all__ = ["ChunkInfo", "batch_search", "self_join"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkInfo:
-    """What ``on_chunk`` hears after each completed (and checkpointed) chunk.
-
-    Attributes
-    ----------
-    chunks_done : int
-        Chunks completed over every run of the job, this one included.
-    start, stop : int
-        The chunk's query rows.
-    n_queries : int
-        Rows in the whole job.
-    batch_rows, retries : int
-        The current chunk size and how many out-of-memory retries shrank it so far.
-    """
-
-    chunks_done: int
-    start: int
-    stop: int
-    n_queries: int
-    batch_rows: int
-    retries: int
-
-
-@dataclasses.dataclass
-class _Job:
-    """Everything the chunk loop needs, resolved from the user's arguments."""
-
-    queries: MatrixSource
-    k: int
-    metric: Metric
-    description: dict[str, Any]
-    plan: StreamPlan
-    sizer: BatchSizer
-    compute: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
-    set_chunk_rows: Callable[[int], None]
-
-    def use_plan(self, plan: StreamPlan) -> None:
-        """Adopt ``plan`` (a resumed job's): chunks of whole tiles of its sizes."""
-        self.plan = plan
-        sizer = self.sizer
-        sizer.unit, sizer.chunk_unit = max(1, plan.query_tile), max(1, plan.database_tile)
-        sizer.batch_rows = max(sizer.unit, sizer.batch_rows // sizer.unit * sizer.unit)
-        sizer.chunk_rows = max(
-            sizer.chunk_unit, sizer.chunk_rows // sizer.chunk_unit * sizer.chunk_unit
-        )
-        self.set_chunk_rows(sizer.chunk_rows)
+__all__ = ["batch_search", "self_join"]
 
 
 def batch_search(
@@ -96,6 +44,7 @@ def batch_search(
     check_finite: bool = True,
     overwrite: bool = False,
     on_chunk: Callable[[ChunkInfo], None] | None = None,
+    backend: str = "auto",
 ) -> SearchResult:
     """Search many queries, in checkpointed chunks, against an index or an out-of-core database.
 
@@ -109,7 +58,8 @@ def batch_search(
         device, or in host memory, pinned or not), a numpy array, a memory-mapped ``.npy`` or
         its path. Databases are streamed through the device a chunk at a time, so they may
         exceed device memory (and, memory-mapped, host memory); the results are those of
-        :func:`gpuann.knn` bit for bit.
+        :func:`gpuann.knn` bit for bit on the torch backend (on the Triton backend, see
+        :mod:`gpuann.batch.streaming`).
     k : int
         Neighbours per query.
     out : str or os.PathLike, optional
@@ -127,7 +77,10 @@ def batch_search(
         Continue the job checkpointed in ``out`` where its last completed chunk ended, after
         checking that it is the same job (queries, database or index, ``k``, metric, device
         type); raises :class:`~gpuann.batch.checkpoint.CheckpointMismatchError` otherwise. No
-        checkpoint in ``out``: starts from the beginning.
+        checkpoint in ``out``: starts from the beginning. Besides the job's parameters, every
+        query row already done is re-read and compared with the checkpoint's hash of those
+        rows (taken as they were read), so queries changed anywhere in that range are refused;
+        rows not done yet may differ (they are computed from what is read now).
     metric : {"l2", "ip", "cosine"}, optional
         Databases: default ``"l2"``. Indexes search with their own metric; giving another
         one raises.
@@ -135,17 +88,29 @@ def batch_search(
         Where exact search computes; default: the database's CUDA device, else CUDA when
         available, else CPU.
     memory_budget : int, optional
-        Bytes of score-tile workspace, as in :func:`gpuann.knn` (same default).
+        Bytes of working memory: the score tiles are those :func:`gpuann.knn` uses with this
+        budget (same default), so the results are its bits. On the CPU the budget also covers
+        the rest of an exact job's working set: the host buffers a database read from disk
+        travels through and the chunk of queries with its lists (see
+        :mod:`gpuann.batch.sizing`), unless ``batch_size`` / ``database_chunk_rows`` are given.
+        On CUDA it bounds the tiles; chunks are sized from free device memory.
     database_chunk_rows : int, optional
         Database rows per transfer (rounded down to whole tiles); default about 256 MiB on
-        CUDA, 64 MiB on the CPU.
+        CUDA, 64 MiB on the CPU (less when the memory budget leaves less room).
     check_finite : bool
-        Raise on NaN or infinity in queries and database.
+        Raise on NaN or infinity in queries and database (the error names the argument:
+        ``queries``, ``database``, or ``x`` for :func:`self_join`).
     overwrite : bool
         Start over even if ``out`` already holds results (otherwise that raises, so hours of
         work are not lost to a missing ``resume=True``).
     on_chunk : callable, optional
         Called with a :class:`ChunkInfo` after each chunk is written and checkpointed.
+    backend : str
+        Exact search: ``"auto"`` (what the dispatcher picks for ``knn`` on that device: the
+        Triton kernel on CUDA, torch elsewhere) or a backend's name, as in ``knn``.
+
+    Integer arguments (``k``, ``batch_size``, ``memory_budget``, ``database_chunk_rows``) take
+    any integer type, numpy's included; bools and floats raise ``TypeError`` naming them.
 
     Returns
     -------
@@ -154,6 +119,13 @@ def batch_search(
         ``out`` is given; else tensors (CPU) for tensor queries and numpy arrays otherwise.
         Ids are database rows (or the index's ids), ties by lower id, ``-1`` when missing.
 
+    Raises
+    ------
+    OSError
+        ``out`` cannot hold the results (a full disk: ``ENOSPC``): raised before any chunk is
+        computed, as the files' space is reserved up front, or when a checkpoint cannot be
+        written, in which case the previous checkpoint stays and the job can be resumed.
+
     Examples
     --------
     >>> db = torch.randn(1000, 16, generator=torch.Generator().manual_seed(0))
@@ -161,16 +133,17 @@ def batch_search(
     >>> I[:, 0].tolist()
     [0, 1, 2, 3, 4]
     """
+    options = _job_options(
+        out, batch_size, progress, resume, device, memory_budget, database_chunk_rows,
+        check_finite, overwrite, on_chunk, backend,
+    )  # fmt: skip
     query_source = as_matrix_source(queries, "queries")
     target = _resolve_target(index_or_database, device)
     if isinstance(target, MatrixSource):
-        job = _exact_job(
-            query_source, target, k, metric, device, memory_budget, batch_size,
-            database_chunk_rows, check_finite, exclude_self=False,
-        )  # fmt: skip
+        job = _exact_job(query_source, target, k, metric, options, exclude_self=False)
     else:
-        job = _index_job(query_source, target, k, metric, batch_size)
-    return _run(job, out, progress, resume, overwrite, on_chunk, isinstance(queries, torch.Tensor))
+        job = _index_job(query_source, target, k, metric, options.batch_size)
+    return run_job(job, options, isinstance(queries, torch.Tensor))
 
 
 def self_join(
@@ -188,6 +161,7 @@ def self_join(
     check_finite: bool = True,
     overwrite: bool = False,
     on_chunk: Callable[[ChunkInfo], None] | None = None,
+    backend: str = "auto",
 ) -> SearchResult:
     """The ``k`` nearest other rows of every row of ``x``: a kNN graph, or candidate duplicates.
 
@@ -213,12 +187,13 @@ def self_join(
     >>> self_join(x, k=2, progress=False).ids.tolist()
     [[1, 2], [0, 2], [0, 1]]
     """
-    source = as_matrix_source(x, "x")
-    job = _exact_job(
-        source, source, k, metric, device, memory_budget, batch_size, database_chunk_rows,
-        check_finite, exclude_self=True,
+    options = _job_options(
+        out, batch_size, progress, resume, device, memory_budget, database_chunk_rows,
+        check_finite, overwrite, on_chunk, backend,
     )  # fmt: skip
-    return _run(job, out, progress, resume, overwrite, on_chunk, isinstance(x, torch.Tensor))
+    source = as_matrix_source(x, "x")
+    job = _exact_job(source, source, k, metric, options, exclude_self=True)
+    return run_job(job, options, isinstance(x, torch.Tensor))
 
 
 # ---------------------------------------------------------------------- job setup
@@ -244,14 +219,45 @@ def _resolve_target(target: Any, device: Any) -> Any:
     )
 
 
-def _check_batch_size(batch_size: Any) -> int | None:
-    if batch_size == "auto":
+def _optional_int(value: Any, name: str, what: str = "a positive int") -> int | None:
+    """``None`` stays ``None``; any integer (numpy's too, never a bool) becomes a Python int."""
+    if value is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected {what}, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}") from None
+
+
+def _check_batch_size(batch_size: Any) -> int | None:
+    if isinstance(batch_size, str) and batch_size == "auto":
+        return None
+    if isinstance(batch_size, str):
         raise TypeError(f"batch_size: expected a positive int or 'auto', got {batch_size!r}")
-    if batch_size <= 0:
+    batch_size = _optional_int(batch_size, "batch_size", "a positive int or 'auto'")
+    if batch_size is None or batch_size <= 0:
         raise ValueError(f"batch_size: expected a positive int or 'auto', got {batch_size}")
-    return int(batch_size)
+    return batch_size
+
+
+def _job_options(
+    out: Any, batch_size: Any, progress: bool, resume: bool, device: Any, memory_budget: Any,
+    database_chunk_rows: Any, check_finite: bool, overwrite: bool, on_chunk: Any, backend: str,
+) -> JobOptions:  # fmt: skip
+    """Validate the integer options (numpy integers accepted) and bundle them."""
+    _check_batch_size(batch_size)
+    memory_budget = _optional_int(memory_budget, "memory_budget", "an int (bytes)")
+    chunk_rows = _optional_int(database_chunk_rows, "database_chunk_rows")
+    if chunk_rows is not None and chunk_rows <= 0:
+        raise ValueError(f"database_chunk_rows: expected a positive int, got {chunk_rows}")
+    if not isinstance(batch_size, str):
+        batch_size = operator.index(batch_size)
+    return JobOptions(
+        out, batch_size, progress, resume, device, memory_budget, chunk_rows,
+        check_finite, overwrite, on_chunk, backend,
+    )  # fmt: skip
 
 
 def _exact_job(
@@ -259,14 +265,10 @@ def _exact_job(
     database: MatrixSource,
     k: Any,
     metric: Any,
-    device: Any,
-    memory_budget: int | None,
-    batch_size: Any,
-    chunk_rows: int | None,
-    check_finite: bool,
+    options: JobOptions,
     *,
     exclude_self: bool,
-) -> _Job:
+) -> Job:
     k = check_k(k)
     metric = as_metric(metric if metric is not None else "l2")
     n, dim = database.shape
@@ -274,25 +276,37 @@ def _exact_job(
         raise ValueError(
             f"queries: expected {dim} columns (the database's), got {queries.shape[1]}"
         )
+    device = options.device
     if device is None and database.device.type == "cuda":
         device = database.device
     device = resolve_device(device)
-    budget = check_budget(memory_budget, device)
-    requested = _check_batch_size(batch_size)
+    budget = check_budget(options.memory_budget, device)
+    requested = _check_batch_size(options.batch_size)
+    chunk_rows = options.database_chunk_rows
     plan = plan_stream(queries.shape[0], n, dim, k, device, budget)
     if requested is not None and requested < plan.query_tile:
         plan = StreamPlan(requested, plan.database_tile)
     row_bytes = dim * database.stream_dtype().itemsize
-    if chunk_rows is None:
+    step_bytes = stream_step_bytes(queries.shape[0], n, dim, k, device, budget)
+    auto_chunks = chunk_rows is None
+    if auto_chunks:
         chunk_rows = auto_chunk_rows(n, row_bytes, plan.database_tile, device)
     engine = StreamingExactSearch(
-        database, k, metric, device, plan, chunk_rows, check_finite=check_finite
-    )
+        database, k, metric, device, plan, chunk_rows,
+        check_finite=options.check_finite, backend=options.backend, memory_budget=budget,
+        query_name=queries.name,
+    )  # fmt: skip
+    if auto_chunks and device.type != "cuda" and engine.streams:
+        # Rows copied into host buffers (read from disk): the buffers count against the budget.
+        engine.set_chunk_rows(
+            fit_transfer_rows(engine.chunk_rows, budget, step_bytes, row_bytes, plan.database_tile)
+        )
     unit = plan.query_tile
     if requested is None:
-        rows = auto_batch_rows(
-            queries.shape[0], dim, k, unit, device, budget, engine.transfer_buffer_bytes()
-        )
+        reserved = engine.transfer_buffer_bytes()
+        if device.type != "cuda":
+            reserved = step_bytes + engine.host_buffer_bytes()
+        rows = auto_batch_rows(queries.shape[0], dim, k, unit, device, budget, reserved)
     else:
         rows = max(unit, requested // unit * unit)
     description = {
@@ -304,22 +318,24 @@ def _exact_job(
         "device_type": device.type,
     }
 
-    def compute(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        return engine.search(queries.rows(start, stop), start, exclude_self)
+    def compute(start: int, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return engine.search(rows, start, exclude_self)
 
     def set_chunk_rows(rows: int) -> None:
         engine.plan = job.plan
         engine.set_chunk_rows(rows)
 
-    job = _Job(
+    job = Job(
         queries, k, metric, description, plan,
         BatchSizer(rows, unit, engine.chunk_rows, plan.database_tile),
         compute, set_chunk_rows,
+        lambda: (database.name, engine.database_sha256),
+        lambda: setattr(engine, "hash_database", True),
     )  # fmt: skip
     return job
 
 
-def _index_job(queries: MatrixSource, index: Any, k: Any, metric: Any, batch_size: Any) -> _Job:
+def _index_job(queries: MatrixSource, index: Any, k: Any, metric: Any, batch_size: Any) -> Job:
     k = check_k(k)
     index_metric = getattr(index, "metric", None)
     if metric is not None and index_metric is not None and as_metric(metric) != index_metric:
@@ -336,7 +352,9 @@ def _index_job(queries: MatrixSource, index: Any, k: Any, metric: Any, batch_siz
     requested = _check_batch_size(batch_size)
     if requested is None:
         budget = check_budget(getattr(index, "memory_budget", None), index_device)
-        requested = auto_batch_rows(queries.shape[0], queries.shape[1], k, 1, index_device, budget)
+        requested = auto_batch_rows(
+            queries.shape[0], queries.shape[1], k, 1, index_device, budget, None
+        )
     description = {
         "kind": "batch_search",
         "queries": queries.fingerprint(),
@@ -350,11 +368,11 @@ def _index_job(queries: MatrixSource, index: Any, k: Any, metric: Any, batch_siz
         "device_type": torch.device(index_device).type,
     }
 
-    def compute(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        distances, ids = index.search(queries.rows(start, stop), k)
+    def compute(start: int, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        distances, ids = index.search(rows, k)
         return _as_numpy(distances, np.float32), _as_numpy(ids, np.int64)
 
-    return _Job(
+    return Job(
         queries, k, resolved, description, StreamPlan(1, 0), BatchSizer(requested, 1),
         compute, lambda rows: None,
     )  # fmt: skip
@@ -364,90 +382,3 @@ def _as_numpy(x: Any, dtype: type) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype)
-
-
-# ---------------------------------------------------------------------- the chunk loop
-def _open_output(
-    job: _Job, out: Any, resume: bool, overwrite: bool
-) -> tuple[ResultSink, Checkpoint, Path | None]:
-    n_queries = job.queries.shape[0]
-    fresh = Checkpoint(job.description, dataclasses.asdict(job.plan), 0, 0)
-    if out is None:
-        if resume:
-            raise ValueError("resume: needs out, the folder holding the job's checkpoint")
-        return ResultSink(n_queries, job.k, job.metric), fresh, None
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"out: {str(folder)!r} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CHECKPOINT_NAME
-    existing = read_checkpoint(path)
-    if resume and existing is not None:
-        verify_job(existing, job.description, str(path))
-        return ResultSink(n_queries, job.k, job.metric, folder, reopen=True), existing, path
-    has_results = existing is not None or (folder / IDS_NAME).exists()
-    if has_results and not (resume or overwrite):
-        raise FileExistsError(
-            f"out: {str(folder)!r} already holds results; pass resume=True to continue that "
-            "job or overwrite=True to start over"
-        )
-    sink = ResultSink(n_queries, job.k, job.metric, folder)
-    write_checkpoint(path, fresh)
-    return sink, fresh, path
-
-
-def _run(
-    job: _Job,
-    out: Any,
-    progress: bool,
-    resume: bool,
-    overwrite: bool,
-    on_chunk: Callable[[ChunkInfo], None] | None,
-    as_tensors: bool,
-) -> SearchResult:
-    sink, checkpoint, path = _open_output(job, out, resume, overwrite)
-    if path is not None:  # a resumed job keeps the tiles it started with
-        job.plan = StreamPlan(**checkpoint.plan)
-        job.sizer.unit = job.plan.query_tile
-        job.sizer.batch_rows = max(
-            job.plan.query_tile, job.sizer.batch_rows // job.plan.query_tile * job.plan.query_tile
-        )
-    n_queries = job.queries.shape[0]
-    rows_done, chunks_done = checkpoint.rows_done, checkpoint.chunks_done
-    bar = make_progress(progress, n_queries, rows_done, job.description["kind"])
-    try:
-        while rows_done < n_queries:
-            stop = min(n_queries, rows_done + job.sizer.batch_rows)
-            try:
-                distances, ids = job.compute(rows_done, stop)
-            except Exception as error:
-                if not is_out_of_memory(error) or not job.sizer.shrink():
-                    raise
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                job.set_chunk_rows(job.sizer.chunk_rows)
-                continue
-            sink.write(rows_done, distances, ids)
-            sink.flush()
-            chunks_done += 1
-            info = ChunkInfo(
-                chunks_done, rows_done, stop, n_queries, job.sizer.batch_rows, job.sizer.retries
-            )
-            rows_done = stop
-            if path is not None:
-                checkpoint = dataclasses.replace(
-                    checkpoint, rows_done=rows_done, chunks_done=chunks_done,
-                    complete=rows_done == n_queries,
-                )  # fmt: skip
-                write_checkpoint(path, checkpoint)
-            bar.update(stop - info.start)
-            if on_chunk is not None:
-                on_chunk(info)
-    finally:
-        bar.close()
-    if path is not None and not checkpoint.complete:  # an empty job, or resumed when done
-        write_checkpoint(path, dataclasses.replace(checkpoint, complete=True))
-    distances, ids = sink.reopen_read_only()
-    if path is None and as_tensors:
-        return SearchResult(torch.from_numpy(distances), torch.from_numpy(ids))
-    return SearchResult(distances, ids)

@@ -1,12 +1,19 @@
 """Out-of-core exact search: the database streams through the device one chunk at a time.
 
-For every chunk of queries the database is visited once, in row order, one transfer
-(``chunk_rows`` rows, a whole number of tiles) at a time. Each transfer is scored tile by
-tile exactly as the in-memory torch backend scores it (same tile shapes, same ``addmm`` /
-``mm``, same running tie-aware top-k via :func:`gpuann.topk.merge_topk`), so the results are
-those of :func:`gpuann.knn` bit for bit: ties go to the lower row, rows past ``N`` are ``-1``.
-The tile shapes come from :func:`plan_stream`, which asks :func:`gpuann.budget.plan_tiles`
-exactly what ``knn`` asks it (the float result of a matrix product depends on its shape).
+This module does the I/O only; the search itself is the dispatcher's. For every chunk of
+queries the database is visited once, in row order, one transfer (``chunk_rows`` rows, a whole
+number of tiles) at a time, and each transfer is handed on:
+
+* to the tiled engine of :mod:`gpuann.engine` when the dispatcher picks the torch backend —
+  the very loop that backend runs in memory, on the same tiles (:func:`plan_stream` asks for
+  the tiles ``knn`` uses), so the results are those of :func:`gpuann.knn` bit for bit;
+* otherwise (the Triton kernel on CUDA) to the chosen backend, chunk by chunk, and the
+  chunk's lists are merged into the running ones (ties to the lower row). The ids and
+  distances are those ``knn`` gives on that backend for the same chunk of queries (the
+  kernel's tile shapes, hence its float sums, depend on the number of queries), except that
+  L2 distances which round or clamp to the same value in different chunks tie by lower row.
+
+A self-join excludes each query's own row through the same row filter as ``exclude_ids``.
 
 Where the rows come from and how they travel:
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -33,14 +41,18 @@ import numpy as np
 import torch
 
 from gpuann._validate import check_finite as _require_finite
-
-# The in-memory torch backend's tiles and scoring: the bits must be the ones ``knn`` gives.
-from gpuann.backends.torch_backend import TileScorer, plan_torch_tiles
-from gpuann.batch.inputs import MatrixSource
+from gpuann.backends.base import SearchRequest
+from gpuann.backends.dispatch import select_backend
+from gpuann.backends.torch_backend import TorchBackend
+from gpuann.batch.inputs import MatrixSource, stored_bytes
+from gpuann.budget import DEFAULT_CPU_BUDGET, TilePlan
+from gpuann.engine.eligibility import RowFilters
+from gpuann.engine.running import merge_keyed
+from gpuann.engine.search import Chunk, TiledSearch
+from gpuann.engine.tiles import plan_score_tiles
 from gpuann.metrics import Metric
-from gpuann.topk import merge_topk, topk_lex
 
-__all__ = ["StreamPlan", "StreamingExactSearch", "plan_stream"]
+__all__ = ["StreamPlan", "StreamingExactSearch", "plan_stream", "stream_step_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +74,21 @@ class StreamPlan:
 def plan_stream(
     n_queries: int, n_database: int, dim: int, k: int, device: torch.device, memory_budget: int
 ) -> StreamPlan:
-    """The tiles the in-memory torch backend would use for the same search.
+    """The tiles the in-memory torch backend (``knn``) would use for the same search.
 
     >>> plan_stream(100, 10_000, 64, 10, torch.device("cpu"), 256 << 20)
     StreamPlan(query_tile=100, database_tile=10000)
     """
-    plan = plan_torch_tiles(n_queries, n_database, dim, k, memory_budget, device)
+    plan = plan_score_tiles(n_queries, n_database, dim, k, memory_budget, device)
     return StreamPlan(plan.query_block, plan.database_block)
+
+
+def stream_step_bytes(
+    n_queries: int, n_database: int, dim: int, k: int, device: torch.device, memory_budget: int
+) -> int:
+    """Working bytes of one score step of :func:`plan_stream`'s tiles (at most the budget)."""
+    plan = plan_score_tiles(n_queries, n_database, dim, k, memory_budget, device)
+    return int(plan.bytes_per_step)
 
 
 _DONE = object()
@@ -135,6 +155,13 @@ class StreamingExactSearch:
         Database rows per transfer, a multiple of ``plan.database_tile``.
     check_finite : bool
         Raise on NaN or infinity in the database (checked during the first pass) and queries.
+    backend : str
+        ``"auto"`` or the name of an exact-search backend (see ``gpuann.backends``).
+    memory_budget : int
+        Bytes of working memory of the search (as in ``knn``).
+    query_name : str
+        The queries' argument name in error messages (``x`` for a self-join); the database's is
+        ``source.name``.
     """
 
     def __init__(
@@ -147,9 +174,18 @@ class StreamingExactSearch:
         chunk_rows: int,
         *,
         check_finite: bool = True,
+        backend: str = "auto",
+        memory_budget: int = DEFAULT_CPU_BUDGET,
+        query_name: str = "queries",
     ) -> None:
         self.source, self.k, self.metric, self.device, self.plan = source, k, metric, device, plan
-        self.check_finite = check_finite
+        self.query_name = query_name
+        #: Hash the database during the first complete pass (for the checkpoint of a job).
+        self.hash_database = False
+        #: SHA-256 of the rows as they streamed in that pass, once it completed.
+        self.database_sha256: str | None = None
+        self._database_digest = None
+        self.check_finite, self.backend, self.memory_budget = check_finite, backend, memory_budget
         self._checked_rows = 0
         self._buffers: dict[str, list[torch.Tensor]] = {}
         self._copy_stream = None
@@ -177,6 +213,16 @@ class StreamingExactSearch:
             return 0
         itemsize = self.source.stream_dtype().itemsize
         return 2 * self.chunk_rows * self.source.shape[1] * itemsize
+
+    def host_buffer_bytes(self) -> int:
+        """Host bytes the transfer buffers take: two when a CPU search reads from disk, three
+        pinned ones for a CUDA search from unpinned host memory or disk, else none."""
+        row = self.chunk_rows * self.source.shape[1] * self.source.stream_dtype().itemsize
+        if not self.streams:
+            return 0
+        if self.device.type != "cuda":
+            return 2 * row
+        return 0 if self.source.is_pinned else 3 * row
 
     def _buffer_ring(self, kind: str, count: int, device: torch.device, pin: bool):
         if kind not in self._buffers:
@@ -271,93 +317,108 @@ class StreamingExactSearch:
         ids : numpy.ndarray, shape (B, k), int64
         """
         k, metric, device = self.k, self.metric, self.device
-        n_database, tile = self.source.shape[0], self.plan.database_tile
-        n_queries = queries.shape[0]
+        n_database, n_queries = self.source.shape[0], queries.shape[0]
         distances = np.full((n_queries, k), metric.missing_distance, dtype=np.float32)
         ids = np.full((n_queries, k), -1, dtype=np.int64)
         if n_queries == 0 or n_database == 0:
             return distances, ids
         if self.check_finite:
-            _require_finite(queries, "queries", row_offset=first_row)
-        l2 = metric is Metric.L2
+            _require_finite(queries, self.query_name, row_offset=first_row)
         queries = queries.to(device)
         if metric is Metric.COSINE:
             queries = torch.nn.functional.normalize(queries.float(), dim=1)
+        excluded = None
+        if exclude_self:
+            own = torch.arange(first_row, first_row + n_queries, device=device)
+            excluded = own[:, None]
+        backend = self._choose_backend(queries, excluded)
         k_found = min(k, n_database)
-        on_cpu = device.type == "cpu"
-        blocks = []  # per query tile: [first row in chunk, scoring rows, top values, top rows]
-        for q0 in range(0, n_queries, self.plan.query_tile):
-            scorer = TileScorer(queries[q0 : q0 + self.plan.query_tile], l2, tile)
-            empty = torch.empty((scorer.q.shape[0], 0), device=device)
-            blocks.append([q0, scorer, empty, empty.long()])
-        score_buffer = torch.empty(self.plan.query_tile * tile, device=device)
-        for start, rows in self._chunks():
-            if self.check_finite and start >= self._checked_rows:
-                _require_finite(rows, "database", row_offset=start)
-                self._checked_rows = start + rows.shape[0]
-            for r in range(0, rows.shape[0], tile):
-                x = rows[r : r + tile]
-                r0 = start + r
-                xf = x if x.dtype == torch.float32 else x.float()
-                sqnorms = (xf * xf).sum(dim=1) if l2 else None
-                scale = None
-                if metric is Metric.COSINE:
-                    scale = 1.0 / torch.linalg.vector_norm(xf, dim=1).clamp_min(1e-12)
-                for block in blocks:
-                    q0, scorer, top_values, top_rows = block
-                    n_q = scorer.q.shape[0]
-                    scores = score_buffer[: n_q * x.shape[0]].view(n_q, x.shape[0])
-                    scorer(x, sqnorms, scale, out=scores)
-                    if exclude_self:
-                        _mask_self(scores, first_row + q0, r0)
-                    if on_cpu and top_values.shape[1] == k_found:
-                        block[2], block[3] = _merge_beating(top_values, top_rows, scores, r0)
-                    else:
-                        values, cols = topk_lex(scores, k_found)
-                        block[2], block[3] = merge_topk(
-                            top_values, top_rows, values, cols + r0, k_found
-                        )
-        for q0, scorer, top_values, top_rows in blocks:
-            n_q = scorer.q.shape[0]
-            top_values = scorer.finish(top_values)
-            if exclude_self:
-                own = torch.arange(q0, q0 + n_q, device=device)[:, None] + first_row
-                mine = top_rows == own
-                top_rows = top_rows.masked_fill(mine, -1)
-                top_values = top_values.masked_fill(mine, metric.missing_distance)
-            stop = q0 + n_q
-            distances[q0:stop, :k_found] = top_values.cpu().numpy()
-            ids[q0:stop, :k_found] = top_rows.cpu().numpy()
+        if isinstance(backend, TorchBackend):
+            top_values, top_rows = self._engine_pass(queries, k_found, excluded)
+        else:
+            top_values, top_rows = self._backend_pass(backend, queries, k_found, excluded)
+        distances[:, :k_found] = top_values.cpu().numpy()
+        ids[:, :k_found] = top_rows.cpu().numpy()
         return distances, ids
 
+    def _checked(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`_chunks`, with the finiteness check of each chunk's first pass, and the
+        database's hash (``hash_database``) over the first pass that completes."""
+        n = self.source.shape[0]
+        for start, rows in self._chunks():
+            if self.check_finite and start >= self._checked_rows:
+                _require_finite(rows, self.source.name, row_offset=start)
+                self._checked_rows = start + rows.shape[0]
+            if self.hash_database and self.database_sha256 is None:
+                if start == 0:  # a pass cut short (out of memory) starts the hash over
+                    self._database_digest = hashlib.sha256()
+                self._database_digest.update(stored_bytes(rows))
+                if start + rows.shape[0] == n:
+                    self.database_sha256 = self._database_digest.hexdigest()
+            yield start, rows
 
-def _merge_beating(
-    top_values: torch.Tensor, top_rows: torch.Tensor, scores: torch.Tensor, r0: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU merge of a tile into full running lists: only rows with an entry that beats their
-    current k-th best are selected and merged (after the first tiles, few rows have one).
+    def _choose_backend(self, queries: torch.Tensor, excluded: torch.Tensor | None):
+        """The backend the dispatcher picks for a search like this one."""
+        dim = self.source.shape[1]
+        probe = SearchRequest(
+            queries=queries,
+            database=torch.empty((0, dim), dtype=self.source.stream_dtype(), device=self.device),
+            k=self.k,
+            metric=Metric.L2 if self.metric is Metric.L2 else Metric.IP,
+            database_sqnorms=None,
+            column_scale=None,
+            memory_budget=self.memory_budget,
+            excluded_rows=excluded,
+        )
+        return select_backend(probe, self.backend)
 
-    Exact: an entry equal to the k-th best loses the tie (every listed entry has a lower row).
-    """
-    active = (scores < top_values[:, -1:]).any(dim=1).nonzero().flatten()
-    if active.numel() == 0:
-        return top_values, top_rows
-    k = top_values.shape[1]
-    values, cols = topk_lex(scores.index_select(0, active), k)
-    merged_values, merged_rows = merge_topk(
-        top_values.index_select(0, active), top_rows.index_select(0, active), values, cols + r0, k
-    )
-    return top_values.index_copy(0, active, merged_values), top_rows.index_copy(
-        0, active, merged_rows
-    )
+    def _engine_pass(
+        self, queries: torch.Tensor, k: int, excluded: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The torch backend's tile loop over the streamed chunks."""
+        plan = TilePlan(self.plan.query_tile, self.plan.database_tile, 0)
+        search = TiledSearch(
+            queries,
+            k,
+            self.metric is Metric.L2,
+            plan,
+            filters=RowFilters(excluded_rows=excluded),
+            normalize_rows=self.metric is Metric.COSINE,
+            memory_budget=self.memory_budget,
+        )
+        for start, rows in self._checked():
+            search.add(Chunk(start, rows))
+        return search.result()
 
-
-def _mask_self(scores: torch.Tensor, query_row: int, database_row: int) -> None:
-    """Set the score of each query against its own row (if in this tile) to ``+inf``."""
-    n_queries, width = scores.shape
-    first = max(query_row, database_row)
-    last = min(query_row + n_queries, database_row + width)
-    if first >= last:
-        return
-    rows = torch.arange(first, last, device=scores.device)
-    scores[rows - query_row, rows - database_row] = float("inf")
+    def _backend_pass(
+        self, backend, queries: torch.Tensor, k: int, excluded: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Another backend searches each chunk; the chunks' lists merge into running ones."""
+        l2, device = self.metric is Metric.L2, self.device
+        top_values = torch.empty((queries.shape[0], 0), device=device)
+        top_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
+        for start, rows in self._checked():
+            scale = None
+            if self.metric is Metric.COSINE:
+                norms = torch.linalg.vector_norm(rows.float(), dim=1)
+                scale = 1.0 / norms.clamp_min(1e-12)
+            local = None
+            if excluded is not None:
+                shifted = excluded - start
+                local = torch.where((shifted >= 0) & (shifted < rows.shape[0]), shifted, -1)
+            request = SearchRequest(
+                queries=queries,
+                database=rows,
+                k=k,
+                metric=Metric.L2 if l2 else Metric.IP,
+                database_sqnorms=None,
+                column_scale=scale,
+                memory_budget=self.memory_budget,
+                excluded_rows=local,
+            )
+            values, positions = backend.search(request)
+            values = values if l2 else -values  # smaller is nearer
+            positions = torch.where(positions >= 0, positions + start, -1)
+            top_values, top_rows = merge_keyed(top_values, top_rows, values, positions, k)
+        top_values = top_values.masked_fill(top_rows < 0, float("inf"))
+        return (top_values if l2 else -top_values), top_rows

@@ -3,31 +3,26 @@
 The GPU counterpart of faiss's ``IndexBinaryFlat``: codes are uint8 rows of ``nbits / 8``
 bytes (``numpy.packbits`` / :func:`gpuann.quantize_binary` layout), distances are int32 Hamming
 distances as in faiss, equal distances are ordered by lower id.
+
+Codes live in the shared id-sorted store (:class:`gpuann._rows.IdRows`), zero-padded to whole
+int32 words so that the Hamming kernel reads them in place.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import torch
 
-from gpuann._rwlock import ReadWriteLock
-from gpuann._validate import as_ids, check_k, resolve_device
-from gpuann.binary._store import IdSortedRows
 from gpuann.binary.codes import as_codes, code_bytes
 from gpuann.binary.hamming import hamming_topk
-from gpuann.display import Bytes, html_repr, text_repr
+from gpuann.display import Bytes
+from gpuann.index import Index
+from gpuann.range_search import tiled_range_search
 from gpuann.result import SearchResult
-from gpuann.serialization import (
-    IndexFileError,
-    load,
-    register_index_kind,
-    write_index_file,
-)
 
-__all__ = ["BinaryFlatIndex"]
+__all__ = ["BinaryFlatIndex", "check_nbits", "padded_bytes", "prepare_codes"]
 
 
 def check_nbits(nbits: Any, name: str = "nbits", multiple_of_8: bool = True) -> int:
@@ -39,13 +34,35 @@ def check_nbits(nbits: Any, name: str = "nbits", multiple_of_8: bool = True) -> 
     return int(nbits)
 
 
-class BinaryFlatIndex:
+def padded_bytes(code_size: int) -> int:
+    """Bytes of a stored code: ``code_size`` rounded up to whole int32 words."""
+    return -(-code_size // 4) * 4
+
+
+def prepare_codes(codes: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Codes on ``device``, contiguous and zero-padded to whole int32 words.
+
+    Parameters
+    ----------
+    codes : torch.Tensor, shape (n, code_size), uint8, any strides
+
+    Returns
+    -------
+    torch.Tensor, shape (n, padded_bytes(code_size)), uint8, contiguous
+    """
+    codes = codes.to(device)
+    pad = padded_bytes(codes.shape[1]) - codes.shape[1]
+    return torch.nn.functional.pad(codes, (0, pad)) if pad else codes.contiguous()
+
+
+class BinaryFlatIndex(Index):
     """Exact Hamming-distance index over packed binary codes stored on one device.
 
     Parameters
     ----------
     nbits : int
-        Bits per code, a multiple of 8 (faiss's ``d``); codes have ``nbits // 8`` bytes.
+        Bits per code, a multiple of 8 (faiss's ``d``); codes have ``nbits // 8`` bytes. Also
+        the index's ``dim``.
     device : str or torch.device, optional
         Default: CUDA when available, else CPU.
     memory_budget : int, optional
@@ -55,7 +72,7 @@ class BinaryFlatIndex:
     -----
     ``search`` returns **int32** Hamming distances (as faiss's binary indexes do, exact and
     comparable with faiss), not float32; missing results (fewer than ``k`` codes) have id
-    ``-1`` and distance ``2**31 - 1``.
+    ``-1`` and distance ``2**31 - 1``. ``metric`` is ``"hamming"``; ``dtype`` is uint8.
 
     Examples
     --------
@@ -66,137 +83,112 @@ class BinaryFlatIndex:
     (tensor([[1, 1]], dtype=torch.int32), tensor([[7, 9]]))
     """
 
+    _config_keys = ("nbits", "memory_budget")
+
     def __init__(
         self,
         nbits: int,
-        device: str | torch.device | None = None,
         *,
+        device: str | torch.device | None = None,
         memory_budget: int | None = None,
     ) -> None:
-        self._nbits = check_nbits(nbits)
-        self._nbytes = code_bytes(self._nbits)
-        self._device = resolve_device(device)
-        self.memory_budget = memory_budget
-        self._lock = ReadWriteLock()
-        self._rows = IdSortedRows(self._device, {"codes": ((self._padded_bytes,), torch.uint8)})
+        self._code_size = code_bytes(check_nbits(nbits))
+        super().__init__(nbits, device=device, dtype=torch.uint8, memory_budget=memory_budget)
 
     # ---------------------------------------------------------------- properties
     @property
-    def _padded_bytes(self) -> int:
-        return -(-self._nbytes // 4) * 4
-
-    @property
     def nbits(self) -> int:
-        """Bits per code."""
-        return self._nbits
+        """Bits per code (the same as ``dim``)."""
+        return self._dim
 
     @property
-    def device(self) -> torch.device:
-        """Where the codes live and searches run."""
-        return self._device
+    def code_size(self) -> int:
+        """Bytes per code, ``nbits // 8`` (faiss's ``code_size``)."""
+        return self._code_size
 
     @property
-    def ids(self) -> torch.Tensor:
-        """The stored ids, ascending (int64, a copy)."""
-        with self._lock.read():
-            return self._rows.stored_ids.clone()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of device memory held, spare capacity included."""
-        return self._rows.nbytes
-
-    def __len__(self) -> int:
-        return self._rows.n
+    def metric(self) -> str:  # type: ignore[override]
+        """``"hamming"``."""
+        return "hamming"
 
     def _display_fields(self) -> dict[str, Any]:
-        """What ``repr`` and Jupyter show: Python ints and tensor metadata only (no sync)."""
         return {
             "n": len(self),
-            "nbits": self._nbits,
+            "nbits": self._dim,
             "metric": "hamming",
             "device": self._device,
             "memory": Bytes(self.nbytes),
         }
 
-    def __repr__(self) -> str:
-        return text_repr(self)
+    def _config(self) -> dict[str, Any]:
+        return {"nbits": self._dim, "memory_budget": self.memory_budget}
 
-    def _repr_html_(self) -> str:
-        return html_repr(self)
+    # ---------------------------------------------------------------- storage
+    def _columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {"codes": ((padded_bytes(self._code_size),), torch.uint8)}
 
-    # ---------------------------------------------------------------- mutations
-    def _prepare(self, codes: Any, name: str) -> torch.Tensor:
-        codes, _ = as_codes(codes, name, self._nbytes)
-        codes = codes.to(self._device)
-        pad = self._padded_bytes - self._nbytes
-        return torch.nn.functional.pad(codes, (0, pad)) if pad else codes
+    def _prepare(self, x: Any, name: str, check_finite: bool) -> tuple[torch.Tensor, bool, Any]:
+        codes, was_numpy = as_codes(x, name, self._code_size)
+        return prepare_codes(codes, self._device), was_numpy, codes.device
 
-    def add(self, codes: Any, ids: Any = None) -> None:
+    def _prepare_queries(
+        self, queries: Any, check_finite: bool
+    ) -> tuple[torch.Tensor, bool, torch.device]:
+        return self._prepare(queries, "queries", check_finite)
+
+    def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"codes": x}
+
+    def _decode(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._rows.data["codes"][rows, : self._code_size]
+
+    def _save_arrays(self) -> dict[str, torch.Tensor]:
+        return {
+            "ids": self._rows.stored_ids,
+            "codes": self._rows.view("codes")[:, : self._code_size],
+        }
+
+    def _restore(self, meta: dict, arrays: dict[str, torch.Tensor]) -> None:
+        arrays = {**arrays, "codes": _padded_file_codes(arrays, self._code_size, self._device)}
+        super()._restore(meta, arrays)
+
+    # ---------------------------------------------------------------- queries
+    def add(self, x: Any, ids: Any = None, *, check_finite: bool = True) -> None:
         """Add codes.
 
         Parameters
         ----------
-        codes : torch.Tensor or numpy.ndarray, shape (n, nbits // 8), uint8
+        x : torch.Tensor or numpy.ndarray, shape (n, nbits // 8), uint8, any strides
         ids : int64 tensor, array or list, shape (n,), optional
-            Unique ids not already in the index; default: consecutive after the largest used.
+            Unique non-negative ids not already in the index; default: consecutive after the
+            largest used.
+        check_finite : bool
+            No effect (codes are integers); accepted as every index's ``add`` does.
 
         On any error the index is left unchanged.
         """
-        codes = self._prepare(codes, "codes")
-        with self._lock.write():
-            new_ids, order = self._rows.new_ids(ids, codes.shape[0])
-            self._rows.insert(new_ids, {"codes": codes if order is None else codes[order]})
-
-    def remove(self, ids: Any, *, strict: bool = True) -> int:
-        """Remove codes by id; return how many were removed.
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list
-        strict : bool
-            True: an unknown id raises and nothing is removed; False: unknown ids are ignored.
-        """
-        ids = as_ids(ids, -1, device=self._device)
-        with self._lock.write():
-            return self._rows.remove(ids, strict)
-
-    def update(self, ids: Any, codes: Any) -> None:
-        """Replace the codes of existing ids (shape (n,) and (n, nbits // 8))."""
-        codes = self._prepare(codes, "codes")
-        ids = as_ids(ids, codes.shape[0], device=self._device)
-        with self._lock.write():
-            self._rows.data["codes"][self._rows.require(ids)] = codes
-
-    def reset(self) -> None:
-        """Remove every code (ids restart at 0)."""
-        with self._lock.write():
-            self._rows.reset()
-
-    def _renumber(self) -> None:
-        with self._lock.write():
-            self._rows.renumber()
-
-    # ---------------------------------------------------------------- queries
-    def reconstruct(self, ids: Any) -> Any:
-        """The stored codes of ``ids``: shape (n, nbits // 8), uint8 (numpy for numpy ids)."""
-        as_numpy = isinstance(ids, np.ndarray)
-        ids = as_ids(ids, -1, device=self._device, unique=False)
-        with self._lock.read():
-            codes = self._rows.data["codes"][self._rows.require(ids), : self._nbytes]
-        return codes.cpu().numpy() if as_numpy else codes
+        super().add(x, ids, check_finite=check_finite)
 
     def search(
-        self, queries: Any, k: int, *, backend: str = "auto", memory_budget: int | None = None
+        self,
+        queries: Any,
+        k: int,
+        *,
+        backend: str = "auto",
+        memory_budget: int | None = None,
+        check_finite: bool = True,
     ) -> SearchResult:
         """The ``k`` stored codes nearest to each query code in Hamming distance.
 
         Parameters
         ----------
-        queries : torch.Tensor or numpy.ndarray, shape (Q, nbits // 8), uint8
+        queries : torch.Tensor or numpy.ndarray, shape (Q, nbits // 8), uint8, any strides
         k : int
         backend : {"auto", "triton", "torch"}
         memory_budget : int, optional
+            Overrides the index's budget for this search.
+        check_finite : bool
+            No effect (codes are integers).
 
         Returns
         -------
@@ -205,67 +197,64 @@ class BinaryFlatIndex:
             lower id) and int64 ids; ``-1`` / ``2**31 - 1`` beyond the index's size. numpy
             when ``queries`` is numpy, else tensors on the queries' device.
         """
-        k = check_k(k)
-        codes, was_numpy = as_codes(queries, "queries", self._nbytes)
-        out_device = codes.device
-        words = self._prepare(codes, "queries").view(torch.int32)
-        with self._lock.read():
-            rows = self._rows
-            database = rows.view("codes").view(torch.int32)
-            budget = memory_budget if memory_budget is not None else self.memory_budget
-            distances, pos = hamming_topk(words, database, k, backend=backend, memory_budget=budget)
-            ids = torch.where(pos >= 0, rows.stored_ids[pos.clamp(min=0)], pos) if rows.n else pos
-        if was_numpy:
-            return SearchResult(distances.cpu().numpy(), ids.cpu().numpy())
-        return SearchResult(distances.to(out_device), ids.to(out_device))
+        return self._run_search(queries, k, backend=backend, memory_budget=memory_budget)
 
-    # ---------------------------------------------------------------- moving and saving
-    def to(self, device: str | torch.device) -> BinaryFlatIndex:
-        """This index on ``device``: ``self`` if already there, else a copy."""
-        device = resolve_device(device)
-        if device == self._device:
-            return self
-        other = BinaryFlatIndex(self._nbits, device, memory_budget=self.memory_budget)
-        with self._lock.read():
-            other._rows = self._rows.copy_to(device)
-        return other
+    def _search(
+        self, queries: torch.Tensor, k: int, *, backend: str, memory_budget: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._rows
+        budget = memory_budget if memory_budget is not None else self.memory_budget
+        distances, found = hamming_topk(
+            queries.view(torch.int32),
+            rows.view("codes").view(torch.int32),
+            k,
+            backend=backend,
+            memory_budget=budget,
+        )
+        return distances, rows.ids_of(found)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to ``path`` atomically; reload with :func:`gpuann.load`."""
-        with self._lock.read():
-            meta = {"nbits": self._nbits, "next_id": self._rows.next_id}
-            arrays = {
-                "codes": self._rows.view("codes")[:, : self._nbytes],
-                "ids": self._rows.stored_ids,
-            }
-            write_index_file(path, "BinaryFlatIndex", meta, arrays)
+    def _range_search(
+        self, queries: torch.Tensor, radius: float, *, max_results: int | None, memory_budget: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes at Hamming distance ``< radius`` (faiss's ``IndexBinaryFlat.range_search``)."""
+        rows = self._rows
+        codes = rows.view("codes")
+        table = _popcount_table(self._device)
 
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None
-    ) -> BinaryFlatIndex:
-        """Load a ``BinaryFlatIndex`` saved with :meth:`save`."""
-        return load(path, device, kind="BinaryFlatIndex")
+        def score_tile(q0: int, q1: int, r0: int, r1: int) -> torch.Tensor:
+            xor = torch.bitwise_xor(queries[q0:q1, None, :], codes[None, r0:r1, :])
+            return table[xor.long()].sum(dim=2, dtype=torch.int32)
 
-
-def check_sorted_ids(ids: torch.Tensor, n: int) -> None:
-    """Raise :class:`IndexFileError` unless ``ids`` is one strictly ascending id per row."""
-    if (
-        ids.dtype != torch.int64
-        or ids.shape != (n,)
-        or (n > 1 and not bool((ids[1:] > ids[:-1]).all()))
-    ):
-        raise IndexFileError("ids are not one strictly ascending id per stored row")
+        lims, distances, found = tiled_range_search(
+            queries.shape[0],
+            rows.n,
+            score_tile,
+            radius,
+            descending=False,
+            device=self._device,
+            memory_budget=memory_budget,
+            max_results=max_results,
+            dim=8 * codes.shape[1],  # the tile's XOR bytes and their int64 indices
+        )
+        return lims, distances, rows.ids_of(found)
 
 
-def _load_binary_flat(meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> BinaryFlatIndex:
-    index = BinaryFlatIndex(meta["nbits"], device)
-    codes, ids = arrays["codes"], arrays["ids"]
-    if codes.dtype != torch.uint8 or codes.ndim != 2 or codes.shape[1] != index._nbytes:
-        raise IndexFileError("codes do not match the header's nbits")
-    check_sorted_ids(ids, codes.shape[0])
-    index._rows.load(ids, {"codes": index._prepare(codes, "codes")}, meta["next_id"])
-    return index
+def _popcount_table(device: torch.device) -> torch.Tensor:
+    """Set bits of every byte value: shape (256,), int32."""
+    values = torch.arange(256, device=device)
+    return sum(((values >> b) & 1) for b in range(8)).to(torch.int32)
 
 
-register_index_kind("BinaryFlatIndex", _load_binary_flat)
+def _padded_file_codes(arrays: dict, code_size: int, device: torch.device) -> torch.Tensor:
+    """A file's ``codes`` array checked against ``code_size`` and padded to whole words."""
+    from gpuann.serialization import IndexFileError
+
+    codes = arrays.get("codes")
+    if codes is None:
+        raise IndexFileError("the file has no array 'codes'")
+    if codes.dtype != torch.uint8 or codes.ndim != 2 or codes.shape[1] != code_size:
+        raise IndexFileError(
+            f"codes have shape {tuple(codes.shape)} and dtype {codes.dtype}; the header implies "
+            f"(n, {code_size}) uint8"
+        )
+    return prepare_codes(codes, device)

@@ -41,7 +41,7 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     if pad:
         b = torch.nn.functional.pad(b, (0, pad))
     weights = torch.tensor(_WEIGHTS, dtype=torch.uint8, device=bits.device)
-    return (b.view(n, -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
+    return (b.view(n, (nbits + pad) // 8, 8) * weights).sum(dim=2, dtype=torch.uint8)
 
 
 def unpack_bits(codes: torch.Tensor, nbits: int) -> torch.Tensor:
@@ -66,7 +66,7 @@ def quantize_binary(embeddings: Any) -> Any:
 
     Bit ``j`` is set when ``embeddings[:, j] > 0`` (as ``numpy.packbits(x > 0, axis=1)`` and
     sentence-transformers' ``"ubinary"`` precision). Search the codes with
-    :class:`gpuann.BinaryFlatIndex` (Hamming distance) and rescore the best candidates with
+    :class:`gpuann.BinaryFlatIndex` (Hamming distance) and re-rank the best candidates with
     the full-precision vectors, or let :class:`gpuann.LSHIndex` do both.
 
     Parameters
@@ -117,8 +117,8 @@ def as_codes(codes: Any, name: str, nbytes: int) -> tuple[torch.Tensor, bool]:
         )
     if codes.shape[1] != nbytes:
         raise ValueError(
-            f"{name}: expected {nbytes} bytes per code ({nbytes * 8} bits, the index's nbits), "
-            f"got {codes.shape[1]}"
+            f"{name}: expected {nbytes} columns (bytes per code: {nbytes * 8} bits, the index's "
+            f"nbits), got {codes.shape[1]}"
         )
     return codes, was_numpy
 

@@ -22,9 +22,21 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PROJECTIONS", "itq_projection", "median_thresholds", "random_projection"]
+from gpuann.binary.codes import pack_bits
+
+__all__ = [
+    "HASH_BYTES_PER_BIT",
+    "PROJECTIONS",
+    "hash_vectors",
+    "itq_projection",
+    "median_thresholds",
+    "random_projection",
+]
 
 PROJECTIONS = ("gaussian", "orthogonal", "identity", "itq")
+#: Working bytes per (vector, bit) while hashing: the float32 projection, its thresholded
+#: copy, its bool sign and the uint8 bits being packed.
+HASH_BYTES_PER_BIT = 7
 
 
 def random_projection(kind: str, dim: int, nbits: int, seed: int) -> torch.Tensor | None:
@@ -97,3 +109,44 @@ def median_thresholds(projected: torch.Tensor) -> torch.Tensor:
     if n % 2:
         return values[n // 2].clone()
     return (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def hash_vectors(
+    x: torch.Tensor,
+    matrix: torch.Tensor | None,
+    thresholds: torch.Tensor | None,
+    nbits: int,
+    width: int,
+    memory_budget: int,
+) -> torch.Tensor:
+    """Packed codes ``pack_bits((x @ matrix - thresholds) > 0)``, zero-padded to ``width`` bytes.
+
+    Rows are hashed in blocks whose temporaries (about :data:`HASH_BYTES_PER_BIT` bytes per
+    row and bit) fit ``memory_budget``, so hashing many queries never overshoots it.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (n, dim), float32
+    matrix : torch.Tensor, shape (dim, nbits), float32, on ``x.device``; ``None``: the first
+        ``nbits`` coordinates
+    thresholds : torch.Tensor, shape (nbits,), float32, optional
+    nbits, width : int
+        Bits per code and bytes per padded code (at least ``ceil(nbits / 8)``).
+    memory_budget : int
+        Bytes.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, width), uint8, on ``x.device``
+    """
+    n = x.shape[0]
+    code_size = (nbits + 7) // 8
+    out = torch.zeros((n, width), dtype=torch.uint8, device=x.device)
+    block = max(1, memory_budget // (HASH_BYTES_PER_BIT * width * 8))
+    for r0 in range(0, n, block):
+        chunk = x[r0 : r0 + block]
+        projected = chunk[:, :nbits] if matrix is None else chunk @ matrix
+        if thresholds is not None:
+            projected = projected - thresholds
+        out[r0 : r0 + block, :code_size] = pack_bits(projected > 0)
+    return out

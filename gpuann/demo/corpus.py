@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 
 __all__ = ["MODULES", "stdlib_docstrings"]
 
@@ -24,6 +25,12 @@ def _summary(doc: str | None) -> str:
     if not doc:
         return ""
     return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def _from_stdlib(obj: object) -> bool:
+    """Whether ``obj`` is defined by the standard library (or says nothing of its module)."""
+    root = (getattr(obj, "__module__", None) or "").split(".")[0]
+    return not root or root in sys.stdlib_module_names
 
 
 def stdlib_docstrings(modules: tuple[str, ...] = MODULES) -> list[tuple[str, str]]:
@@ -53,6 +60,8 @@ def stdlib_docstrings(modules: tuple[str, ...] = MODULES) -> list[tuple[str, str
                 continue
             obj = getattr(module, attr, None)
             if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)):
+                continue
+            if not _from_stdlib(obj):  # e.g. what a Jupyter kernel injects into builtins
                 continue
             visit(f"{module_name}.{attr}", obj)
             if inspect.isclass(obj):

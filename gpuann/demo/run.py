@@ -61,7 +61,13 @@ def _build_ivfpq(vectors: torch.Tensor, device: torch.device) -> tuple[Any, floa
         synchronize(device)
         start = time.perf_counter()
         index = IVFPQIndex(
-            vectors.shape[1], params.nlist, params.m, params.nbits, "cosine", device, refine=True
+            vectors.shape[1],
+            params.nlist,
+            params.m,
+            nbits=params.nbits,
+            metric="cosine",
+            device=device,
+            refine=True,
         )
         index.train(vectors)
         index.add(vectors)
@@ -176,7 +182,7 @@ def run_demo(
 
     synchronize(dev)
     start = time.perf_counter()
-    exact = FlatIndex(vectors.shape[1], "cosine", device=dev)
+    exact = FlatIndex(vectors.shape[1], metric="cosine", device=dev)
     exact.add(vectors)
     synchronize(dev)
     t_add = time.perf_counter() - start

@@ -12,7 +12,7 @@ ReplicatedIndex
     Every rank holds everything; the same queries are split across ranks and the results
     gathered.
 DistributedMemoryBank
-    A ``MemoryBank`` whose ``push`` all-gathers the step's embeddings from every rank first.
+    A ``MemoryBank`` whose ``add`` all-gathers the step's embeddings from every rank first.
 """
 
 from gpuann.distributed.memory_bank import DistributedMemoryBank

@@ -1,56 +1,112 @@
-"""Indexes spread over a process group: sharded (exact global top-k) and replicated."""
+"""Indexes spread over a process group: sharded (exact global top-k) and replicated.
+
+Both only search their local index, so they take any :class:`gpuann.index.Searchable` with a
+``metric``. Every search starts with one small all-gather of each rank's query shape, dtype,
+``k`` and per-query options (see :mod:`gpuann.distributed._comm`), so a rank's bad input makes
+every rank raise the same error instead of aborting the others inside the backend.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from gpuann.distributed._comm import all_gather_equal, all_gather_varying, group_info
+from gpuann._tiebreak import topk_by_id
+from gpuann._validate import check_k
+from gpuann.distributed._comm import (
+    agree,
+    all_gather_equal,
+    all_gather_sized,
+    check_ints,
+    check_matrices,
+    group_info,
+    int_info,
+    matrix_info,
+)
+from gpuann.index import Searchable
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
-from gpuann.topk import topk_by_id
 
 __all__ = ["ReplicatedIndex", "ShardedIndex"]
 
-#: Search arguments with one entry (row) per query: they travel with the queries.
-_PER_QUERY = ("exclude_ids", "exclude_labels")
+#: Search arguments with one entry (row) per query: they travel with the queries, and the
+#: dimensions each may have.
+_PER_QUERY = {"exclude_ids": (1, 2), "exclude_labels": (1,)}
 
 
-def _metric_of(index: Any) -> Metric:
-    return as_metric(index.metric)
+def _agreed_queries(
+    index: Searchable, queries: Any, k: Any, options: dict[str, Any], group: Any
+) -> tuple[torch.Tensor, int, list[int], dict[str, torch.Tensor]]:
+    """Agree with every rank on the queries' shapes, ``k`` and the per-query options.
+
+    Returns this rank's queries in the common dtype on the index's device, ``k``, every
+    rank's number of queries, and this rank's per-query options as int64 tensors. Raises the
+    same error on every rank when any rank's input is bad.
+    """
+    if options.get("differentiable"):
+        raise ValueError("differentiable=True is not supported across ranks")
+    group_info(group)  # a clear error when no process group exists
+    q, described = matrix_info(queries, index.dim)
+    try:
+        described.append(check_k(k))
+    except (TypeError, ValueError):
+        described.append(0)
+    extras = {}
+    for name, ndims in _PER_QUERY.items():
+        extras[name], info = int_info(options.get(name), described[1], ndims)
+        described += info
+    table = agree(described, index.device, group)
+    dtype = check_matrices(table, "queries", index.dim)
+    ks = [row[4] for row in table]
+    if min(ks) <= 0:
+        raise ValueError(f"k: rank {ks.index(min(ks))} passed no positive int k")
+    if len(set(ks)) > 1:
+        raise ValueError(f"k: ranks passed different k {ks}; every rank must pass the same")
+    for j, name in enumerate(_PER_QUERY):
+        check_ints(table, 5 + 4 * j, name, "(Q, ...) with one row per query of that rank")
+    extras = {name: t.to(index.device) for name, t in extras.items() if t is not None}
+    return q.to(index.device, dtype), ks[0], [row[1] for row in table], extras
+
+
+def _output(D: torch.Tensor, I: torch.Tensor, queries: Any) -> SearchResult:
+    if isinstance(queries, np.ndarray):
+        return SearchResult(D.cpu().numpy(), I.cpu().numpy())
+    return SearchResult(D.to(queries.device), I.to(queries.device))
 
 
 class ShardedIndex:
     """An index whose vectors are split across the ranks of a process group.
 
-    Each rank wraps its own shard (a ``FlatIndex``, a ``MemoryBank`` or any index with
-    ``search(queries, k, **options) -> (distances, ids)`` and a ``metric``), added with
-    global ids. ``search`` is collective: every rank calls it with its own queries (any
-    number, possibly zero) and gets the exact top-k of its queries over the union of all
-    shards, identical to one index holding everything: global ids, ties by lower id.
+    Each rank wraps its own shard (a ``FlatIndex``, a ``MemoryBank`` or any
+    :class:`~gpuann.index.Searchable` with a ``metric``), added with global ids. ``search``
+    is collective: every rank calls it with its own queries (any number, possibly zero) and
+    gets the exact top-k of its queries over the union of all shards, identical to one index
+    holding everything: global ids, ties by lower id.
 
-    How: the queries are all-gathered, every rank searches its shard for all of them, the
-    per-shard top-k lists are all-gathered and each rank merges its own queries' lists with
-    :func:`gpuann.topk.topk_by_id`. Traffic per search: (all queries) × d, and
+    How: one small all-gather agrees on shapes (a bad input on any rank raises the same error
+    on every rank), the queries are all-gathered, every rank searches its shard for all of
+    them, the per-shard top-k lists are all-gathered and each rank merges its own queries'
+    lists with :func:`gpuann._tiebreak.topk_by_id`. Traffic per search: (all queries) × d, and
     world × (all queries) × k distances and ids.
 
     Parameters
     ----------
-    local_index : index
+    local_index : Searchable
         This rank's shard.
     group : torch.distributed.ProcessGroup, optional
         Default: the whole world.
     """
 
-    def __init__(self, local_index: Any, group: Any = None) -> None:
+    def __init__(self, local_index: Searchable, group: Any = None) -> None:
         self.local_index = local_index
         self.group = group
 
     @property
     def metric(self) -> Metric:
         """The shards' metric."""
-        return _metric_of(self.local_index)
+        return as_metric(self.local_index.metric)
 
     def add(self, x: Any, ids: Any) -> None:
         """Add vectors to this rank's shard; ``ids`` are global and unique across ranks."""
@@ -58,14 +114,15 @@ class ShardedIndex:
             raise ValueError("ids: a shard needs explicit global ids (unique across ranks)")
         self.local_index.add(x, ids=ids)
 
-    def search(self, queries: torch.Tensor, k: int, **options: Any) -> SearchResult:
+    def search(self, queries: Any, k: int, **options: Any) -> SearchResult:
         """Exact global top-k of this rank's queries (collective: every rank must call it).
 
         Parameters
         ----------
-        queries : torch.Tensor, shape (Q, d)
-            This rank's queries, on the shard's device (Q may differ by rank).
+        queries : torch.Tensor or numpy.ndarray, shape (Q, d), floating
+            This rank's queries (Q may differ by rank; dtypes are promoted to a common one).
         k : int
+            The same on every rank.
         **options
             Passed to the shard's ``search``; per-query ``exclude_ids`` (Q, m) (the same m on
             every rank) and ``exclude_labels`` (Q,) travel with the queries, others (e.g.
@@ -75,18 +132,18 @@ class ShardedIndex:
         Returns
         -------
         SearchResult
-            ``(distances, ids)``, each (Q, k), global ids, ``-1`` / ±inf for missing results.
+            ``(distances, ids)``, each (Q, k), global ids, ``-1`` / ±inf for missing results;
+            numpy when ``queries`` is numpy, else on the queries' device.
         """
-        if options.get("differentiable"):
-            raise ValueError("differentiable=True is not supported across ranks")
-        rank, world = group_info(self.group)
-        parts = all_gather_varying(queries, self.group)
-        sizes = [p.shape[0] for p in parts]
+        rank, _ = group_info(self.group)
+        q, k, sizes, extras = _agreed_queries(self.local_index, queries, k, options, self.group)
+        if not sum(sizes):  # every rank agrees: nothing to search
+            D = torch.full((0, k), self.metric.missing_distance, device=q.device)
+            return _output(D, torch.full((0, k), -1, device=q.device), queries)
         local_options = dict(options)
-        for name in _PER_QUERY:
-            if options.get(name) is not None:
-                value = torch.as_tensor(options[name], device=queries.device)
-                local_options[name] = torch.cat(all_gather_varying(value, self.group))
+        for name, value in extras.items():
+            local_options[name] = torch.cat(all_gather_sized(value, sizes, self.group))
+        parts = all_gather_sized(q, sizes, self.group)
         D, I = self.local_index.search(torch.cat(parts), k, **local_options)
         start = sum(sizes[:rank])
         mine = slice(start, start + sizes[rank])
@@ -99,7 +156,7 @@ class ShardedIndex:
             k,
         )
         distances = torch.where(ids < 0, self.metric.missing_distance, sign * values)
-        return SearchResult(distances, ids)
+        return _output(distances, ids, queries)
 
 
 class ReplicatedIndex:
@@ -111,36 +168,41 @@ class ReplicatedIndex:
 
     Parameters
     ----------
-    index : index
-        The full index (the same on every rank).
+    index : Searchable
+        The full index (the same on every rank), with a ``metric``.
     group : torch.distributed.ProcessGroup, optional
     """
 
-    def __init__(self, index: Any, group: Any = None) -> None:
+    def __init__(self, index: Searchable, group: Any = None) -> None:
         self.index = index
         self.group = group
 
     @property
     def metric(self) -> Metric:
-        return _metric_of(self.index)
+        return as_metric(self.index.metric)
 
-    def search(self, queries: torch.Tensor, k: int, **options: Any) -> SearchResult:
+    def search(self, queries: Any, k: int, **options: Any) -> SearchResult:
         """Search ``queries`` (the same on every rank), a slice per rank; all results back.
 
         Per-query options (``exclude_ids``, ``exclude_labels``) are sliced like the queries.
+        numpy in, numpy out.
         """
-        if options.get("differentiable"):
-            raise ValueError("differentiable=True is not supported across ranks")
         rank, world = group_info(self.group)
-        n = queries.shape[0]
-        part = slice(n * rank // world, n * (rank + 1) // world)
+        q, k, sizes, extras = _agreed_queries(self.index, queries, k, options, self.group)
+        if len(set(sizes)) > 1:
+            raise ValueError(
+                f"queries: ranks passed {sizes} rows; every rank must pass the same queries"
+            )
+        n = sizes[0]
+        bounds = [n * r // world for r in range(world + 1)]
+        part = slice(bounds[rank], bounds[rank + 1])
         local_options = dict(options)
-        for name in _PER_QUERY:
-            if options.get(name) is not None:
-                local_options[name] = torch.as_tensor(options[name], device=queries.device)[part]
-        D, I = self.index.search(queries[part], k, **local_options)
-        D, I = torch.as_tensor(D), torch.as_tensor(I)
-        return SearchResult(
-            torch.cat(all_gather_varying(D, self.group)),
-            torch.cat(all_gather_varying(I, self.group)),
+        for name, value in extras.items():
+            local_options[name] = value[part]
+        D, I = self.index.search(q[part], k, **local_options)
+        counts = [bounds[r + 1] - bounds[r] for r in range(world)]
+        return _output(
+            torch.cat(all_gather_sized(torch.as_tensor(D), counts, self.group)),
+            torch.cat(all_gather_sized(torch.as_tensor(I), counts, self.group)),
+            queries,
         )

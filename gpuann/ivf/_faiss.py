@@ -16,6 +16,7 @@ excepted), so that the code path used on CUDA runs in CPU-only tests.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +34,9 @@ __all__ = [
     "import_faiss",
     "index_to_cpu",
     "index_to_device",
+    "range_search",
     "remove_ids",
+    "same_training",
     "search",
     "train",
 ]
@@ -46,6 +49,8 @@ POINTER_CALLS_ON_CPU = False
 _RESOURCES: dict[int, Any] = {}
 _RESOURCES_LOCK = threading.Lock()
 _DEVICE_LOCKS: dict[int, threading.RLock] = {}
+_REAL_FAISS: Any = None
+_IMPORT_LOCK = threading.Lock()
 
 
 class FaissUnavailableError(ImportError):
@@ -60,6 +65,9 @@ def import_faiss() -> Any:
     FaissUnavailableError
         faiss is not installed; the message names the extra to install.
     """
+    shim = sys.modules.get("faiss")
+    if getattr(shim, "__name__", None) == "gpuann.compat.faiss":
+        return _real_faiss_beside(shim)
     try:
         import faiss
     except ImportError as err:
@@ -68,6 +76,27 @@ def import_faiss() -> Any:
             "faiss-gpu for CUDA indexes"
         ) from err
     return faiss
+
+
+def _real_faiss_beside(shim: Any) -> Any:
+    """The real faiss while ``sys.modules["faiss"]`` is gpuann's shim (code handed the shim
+    as ``faiss``): imported with the shim set aside for the import, then cached."""
+    global _REAL_FAISS
+    if _REAL_FAISS is not None:
+        return _REAL_FAISS
+    with _IMPORT_LOCK:
+        if _REAL_FAISS is None:
+            del sys.modules["faiss"]
+            try:
+                import faiss
+            except ImportError as err:
+                raise FaissUnavailableError(
+                    "gpuann's IVF indexes need faiss: pip install gpuann[faiss]"
+                ) from err
+            finally:
+                sys.modules["faiss"] = shim
+            _REAL_FAISS = faiss
+        return _REAL_FAISS
 
 
 def faiss_gpu_available() -> bool:
@@ -212,6 +241,39 @@ def search(index: Any, q: torch.Tensor, k: int, nprobe: int) -> tuple[torch.Tens
     return distances, labels
 
 
+def range_search(
+    index: Any, q: torch.Tensor, radius: float, nprobe: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``index.range_search(q, radius)`` on a CPU faiss index with ``nprobe`` lists.
+
+    Returns faiss's ``(lims, distances, labels)`` as numpy arrays (unordered per query).
+    """
+    faiss = import_faiss()
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    x = np.ascontiguousarray(q.detach().cpu().float().numpy())
+    lims, distances, labels = index.range_search(x, float(radius), params=params)
+    return lims.astype(np.int64), distances, labels
+
+
 def remove_ids(index: Any, ids: torch.Tensor) -> int:
     """Remove ``ids`` from a CPU faiss index; returns how many were removed."""
     return int(index.remove_ids(np.ascontiguousarray(ids.detach().cpu().numpy())))
+
+
+def same_training(a: Any, b: Any) -> bool:
+    """Whether two CPU IVF indexes share their coarse centroids (and PQ codebooks)."""
+    import numpy as np
+
+    faiss = import_faiss()
+    if a.nlist != b.nlist or a.d != b.d or type(a) is not type(b):
+        return False
+    if not np.array_equal(
+        a.quantizer.reconstruct_n(0, a.nlist), b.quantizer.reconstruct_n(0, b.nlist)
+    ):
+        return False
+    pq_a, pq_b = getattr(a, "pq", None), getattr(b, "pq", None)
+    if pq_a is None:
+        return True
+    return np.array_equal(
+        faiss.vector_to_array(pq_a.centroids), faiss.vector_to_array(pq_b.centroids)
+    )

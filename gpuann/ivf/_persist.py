@@ -1,10 +1,12 @@
 """IVF indexes in gpuann's file format (see :mod:`gpuann.serialization`).
 
-A file holds the faiss index as ``faiss.serialize_index`` bytes (a ``uint8`` array, always of a
-CPU index: a GPU index is copied to the host first, tombstoned ids removed), the sorted ids, the
-full-precision vectors when the index keeps them, and a JSON ``meta`` with the constructor's
-arguments. The file's checksums catch corruption before faiss reads a byte; loading then checks
-that the faiss index agrees with the meta (type, dim, nlist, metric, size, ids).
+A file holds what :class:`gpuann.Index` saves for every index (the constructor's arguments
+and ``next_id`` in the JSON meta; the id store's arrays: the ids and, with ``refine``, the
+full-precision vectors), plus the faiss index as ``faiss.serialize_index`` bytes (a ``uint8``
+array ``faiss_index``, always of a CPU index: a GPU index is copied to the host first,
+tombstoned ids removed). The file's checksums catch corruption before faiss reads a byte;
+loading then checks that the faiss index agrees with the meta (type, dim, nlist, metric, PQ
+shape, size).
 """
 
 from __future__ import annotations
@@ -15,44 +17,48 @@ import torch
 
 from gpuann._validate import resolve_device
 from gpuann.ivf import _faiss
-from gpuann.ivf._store import IdStore
-from gpuann.serialization import IndexFileError, write_index_file
+from gpuann.serialization import IndexFileError
 
-__all__ = ["load_ivf", "save_ivf"]
+__all__ = [
+    "IVF_LAYOUT",
+    "faiss_blob",
+    "merge_into",
+    "new_from_meta",
+    "read_faiss_index",
+    "save_meta",
+]
 
 #: Version of the IVF part of the file (inside gpuann's FORMAT_VERSION 1).
-IVF_LAYOUT = 1
+IVF_LAYOUT = 2
 
 
-def save_ivf(index: Any, path: Any) -> None:
-    """Write ``index`` (an ``IVFIndexBase``; read lock held by the caller) to ``path``."""
+def save_meta(index: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The base's ``meta`` plus the IVF layout and the faiss version that wrote the file."""
+    return {**meta, "ivf_layout": IVF_LAYOUT, "faiss_version": _faiss.import_faiss().__version__}
+
+
+def faiss_blob(index: Any) -> torch.Tensor:
+    """``faiss.serialize_index`` of a compacted CPU copy of ``index``'s faiss index (uint8)."""
     faiss = _faiss.import_faiss()
-    host = index._compacted_host_copy()
-    blob = torch.from_numpy(faiss.serialize_index(host))
-    meta = {
-        "config": index._config(),
-        "next_id": index._next_id,
-        "nprobe": index.nprobe,
-        "ivf_layout": IVF_LAYOUT,
-        "faiss_version": faiss.__version__,
-    }
-    arrays = {"faiss_index": blob, "ids": index._store.ids}
-    if index._store.vectors is not None:
-        arrays["vectors"] = index._store.vectors
-    write_index_file(path, index._kind, meta, arrays)
+    return torch.from_numpy(faiss.serialize_index(index._faiss.compacted_host_copy()))
 
 
-def load_ivf(cls: type, meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> Any:
-    """Rebuild an index of class ``cls`` from a file's ``meta`` and ``arrays``."""
-    faiss = _faiss.import_faiss()
+def new_from_meta(cls: type, meta: dict, device: Any) -> Any:
+    """An empty index of class ``cls`` built from a file's meta on ``device``."""
     if meta.get("ivf_layout") != IVF_LAYOUT:
         raise IndexFileError(f"unsupported IVF layout {meta.get('ivf_layout')!r}")
     device = resolve_device(device)  # a bad device is the caller's error, not the file's
+    config = {key: meta[key] for key in cls._config_keys}
     try:
-        index = cls(**meta["config"], device=device)
-        index.nprobe = meta["nprobe"]
+        return cls(**config, device=device)
     except ValueError as err:
         raise IndexFileError(f"the header's parameters are invalid: {err}") from None
+
+
+def read_faiss_index(index: Any, meta: dict, arrays: dict[str, torch.Tensor]) -> Any:
+    """The file's faiss CPU index, checked against ``index`` (built from the same meta)."""
+    faiss = _faiss.import_faiss()
+    meta["next_id"]  # required: a KeyError is reported as an inconsistent header
     blob = arrays["faiss_index"]
     if blob.dtype != torch.uint8 or blob.ndim != 1:
         raise IndexFileError("faiss_index is not a byte array")
@@ -62,21 +68,9 @@ def load_ivf(cls: type, meta: dict, arrays: dict[str, torch.Tensor], device: Any
         raise IndexFileError(f"faiss cannot read the stored index: {err}") from None
     _check_matches(index, host)
     ids = arrays["ids"]
-    if ids.dtype != torch.int64 or ids.ndim != 1 or ids.shape[0] != host.ntotal:
+    if ids.ndim != 1 or ids.shape[0] != host.ntotal:
         raise IndexFileError("ids do not match the faiss index's size")
-    if ids.shape[0] > 1 and not bool((ids[1:] > ids[:-1]).all()):
-        raise IndexFileError("ids are not strictly ascending")
-    vectors = arrays.get("vectors")
-    if (vectors is None) != (index._store.vectors is None):
-        raise IndexFileError("full-precision vectors are missing or unexpected")
-    if vectors is not None:
-        if vectors.dtype != torch.float32 or tuple(vectors.shape) != (ids.shape[0], index.dim):
-            raise IndexFileError("vectors do not match the ids and dim")
-        store = IdStore(ids, vectors, (vectors * vectors).sum(dim=1))
-    else:
-        store = IdStore(ids)
-    index._install(host, store, int(meta["next_id"]))
-    return index
+    return host
 
 
 def _check_matches(index: Any, host: Any) -> None:
@@ -98,3 +92,28 @@ def _check_matches(index: Any, host: Any) -> None:
         raise IndexFileError(
             "the stored faiss index does not match the header: " + ", ".join(problems)
         )
+
+
+def merge_into(index: Any, other: Any) -> None:
+    """Move ``other``'s content into ``index``: faiss's ``merge_from`` on host copies,
+    installed once the rows are in (both write locks held). Both must share their training
+    (the same centroids and codebooks)."""
+    index._require_trained("merge_from")
+    other._require_trained("merge_from")
+    ids = other._rows.stored_ids.to(index.device)
+    _, present = index._rows.positions(ids)
+    if bool(present.any()):
+        dup = ids[present]
+        raise ValueError(f"other: {dup.numel()} id(s) already in this index: {dup[:10].tolist()}")
+    host, theirs = index._faiss.compacted_host_copy(), other._faiss.compacted_host_copy()
+    if not _faiss.same_training(host, theirs):
+        raise ValueError(
+            "other: trained on other data (its centroids or codebooks differ); faiss can "
+            "only merge IVF indexes that share their training"
+        )
+    host.merge_from(theirs, 0)
+    if ids.numel():
+        columns = {name: other._rows.view(name).to(index.device) for name in other._rows.data}
+        index._rows.insert(ids, columns)
+    index._rows.next_id = max(index._rows.next_id, other._rows.next_id)
+    index._faiss.install(host)

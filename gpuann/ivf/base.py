@@ -1,144 +1,126 @@
-"""What ``IVFFlatIndex`` and ``IVFPQIndex`` share: state, training, add, remove, search, moves.
+"""``IVFIndexBase``: what ``IVFFlatIndex`` and ``IVFPQIndex`` share, on :class:`gpuann.Index`.
 
-Where faiss-gpu falls short, this layer fills in (each path also runs on CPU in the tests):
-
-- ``remove`` on a GPU index (faiss-gpu IVF has no ``remove_ids``): removed ids become
-  *tombstones*, filtered from results at search time after over-fetching ``k + #tombstones``
-  candidates, which is exact: at most ``#tombstones`` of the fetched results can be dead. Past
-  ``MAX_TOMBSTONES`` pending removals (or when a removed id is added again) the index is
-  *compacted*: copied to the host, ``remove_ids`` run there, and copied back.
-- ``k`` (or ``nprobe``) above faiss-gpu's limit of 2048: the search runs on a cached CPU copy
-  of the index (a documented host round trip; the copy is rebuilt after any change).
-- float16 / bfloat16 / float64 inputs are cast to float32 on the device before reaching faiss.
-- int64 user ids go to faiss as its labels (``add_with_ids``, supported by CPU and GPU IVF).
-
-Results are post-processed so equal distances come in order of lower id (faiss leaves their
-order unspecified), and missing results are id ``-1`` with ``±inf`` (faiss reports
-``±FLT_MAX``).
+The base owns the lock, input preparation, the ids (one :class:`~gpuann._rows.IdRows` store:
+no columns, or with ``refine=True`` the float32 vectors and squared norms), the mutations,
+``to``, ``save``/``load`` and the reprs. The faiss index, with the user's ids as its labels,
+is kept in step through the base's hooks by :class:`~gpuann.ivf.gpu_gaps.GapFilledFaiss`
+(which also fills faiss-gpu's gaps): ``add`` calls faiss's ``add_with_ids`` first (a faiss
+failure changes nothing); ``remove`` tombstones the ids, then compacts (on CPU at once);
+``update`` is remove + add on a copy of the faiss index, swapped in when both succeeded.
+Results are made by :mod:`gpuann.ivf._results` (tie order, padding, re-ranking).
 """
 
 from __future__ import annotations
 
-import threading
-import warnings
-from contextlib import nullcontext
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from gpuann._rwlock import ReadWriteLock
-from gpuann._validate import as_float_matrix, as_ids, check_k, resolve_device
-from gpuann._validate import check_finite as _require_finite
-from gpuann.display import Bytes, html_repr, text_repr
+from gpuann._validate import non_negative_int, positive_int, storage_dtype
+from gpuann.budget import check_budget
+from gpuann.errors import NotTrainedError
+from gpuann.index import DEFAULT_SEED, Index
+from gpuann.inputs import prepare_vectors
 from gpuann.ivf import _faiss
-from gpuann.ivf._store import IdStore
-from gpuann.metrics import Metric, as_metric
+from gpuann.ivf._results import faiss_range_search, pad, refined_search, tie_order
+from gpuann.ivf.gpu_gaps import GapFilledFaiss
+from gpuann.ivf.training import MAX_POINTS_PER_LIST, training_set
+from gpuann.metrics import Metric
+from gpuann.refine import DEFAULT_REFINE_FACTOR, RefineOptions
 from gpuann.result import SearchResult
-from gpuann.topk import topk_by_id
 
-__all__ = ["MAX_TOMBSTONES", "MIN_POINTS_PER_LIST", "IVFIndexBase", "training_sample"]
+__all__ = ["IVFIndexBase"]
 
-#: Pending GPU removals kept as tombstones before the index is compacted.
-MAX_TOMBSTONES = 1024
-#: faiss warns when k-means gets fewer training points than this per list.
-MIN_POINTS_PER_LIST = 39
-#: faiss's k-means subsamples to this many points per list (``cp.max_points_per_centroid``).
-MAX_POINTS_PER_LIST = 256
+#: The transient column carrying the float32 vectors faiss receives (never stored).
+_FAISS_INPUT = "faiss_input"
 
 
-def training_sample(n: int, size: int, seed: int) -> torch.Tensor:
-    """The rows an index trains on when given ``n > size`` vectors: a seeded sample.
-
-    Parameters
-    ----------
-    n : int
-        Number of vectors given.
-    size : int
-        Sample size.
-    seed : int
-
-    Returns
-    -------
-    torch.Tensor, shape (min(n, size),), int64, ascending row numbers (CPU)
-
-    >>> training_sample(10, 3, seed=0).tolist() == training_sample(10, 3, seed=0).tolist()
-    True
-    """
-    if n <= size:
-        return torch.arange(n)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=generator)[:size].sort().values
-
-
-def _tensor_bytes(*tensors: torch.Tensor | None) -> int:
-    """Bytes of the given tensors (None counts 0), from their metadata."""
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
-
-
-class IVFIndexBase:
+class IVFIndexBase(RefineOptions, Index):
     """Shared implementation; use :class:`~gpuann.IVFFlatIndex` or :class:`~gpuann.IVFPQIndex`.
 
-    Subclasses set ``_kind`` and implement ``_new_faiss_index``, ``_config`` and
-    ``_default_max_train``.
+    Subclasses implement ``_new_faiss_index``, ``_code_size`` and (optionally)
+    ``_trained_nbytes`` and ``_default_max_train``, and list their constructor arguments in
+    ``_config_keys``.
+
+    Examples
+    --------
+    >>> from gpuann.ivf import IVFFlatIndex
+    >>> x = torch.randn(400, 8, generator=torch.Generator().manual_seed(0))
+    >>> index = IVFFlatIndex(8, 4, device="cpu", nprobe=4)
+    >>> index.train(x)
+    >>> index.add(x)
+    >>> index.remove([0, 1]), len(index), index.faiss_index.ntotal
+    (2, 398, 398)
+    >>> index.update([2], x[:1])
+    >>> index.search(x[:1], 1).ids.tolist()
+    [[2]]
     """
 
-    _kind: ClassVar[str] = ""
+    _derived_columns = ("sqnorms",)
+    _config_keys: ClassVar[tuple[str, ...]] = (
+        "dim",
+        "nlist",
+        "metric",
+        "dtype",
+        "memory_budget",
+        "seed",
+        "nprobe",
+        "max_train_points",
+    )
+
+    #: Whether ``refine=True`` is meaningful (IVF-Flat's vectors are exact already).
+    _can_refine: ClassVar[bool] = True
 
     def __init__(
         self,
         dim: int,
         nlist: int,
-        metric: str | Metric,
-        device: str | torch.device | None,
         *,
-        nprobe: int | None,
-        seed: int,
-        max_train_points: int | None,
-        memory_budget: int | None,
-        keep_vectors: bool,
+        metric: str | Metric = "l2",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str = torch.float32,
+        memory_budget: int | None = None,
+        seed: int = DEFAULT_SEED,
+        nprobe: int | None = None,
+        max_train_points: int | None = None,
+        refine: bool = False,
+        refine_factor: int = DEFAULT_REFINE_FACTOR,
     ) -> None:
-        self._dim = _positive_int(dim, "dim")
-        self._nlist = _positive_int(nlist, "nlist")
-        self._metric = as_metric(metric)
-        self._device = resolve_device(device)
-        self._seed = int(seed)
+        self._nlist = positive_int(nlist, "nlist")
+        self._seed = non_negative_int(seed, "seed")
+        if self._seed >= 2**31:
+            raise ValueError(f"seed: expected 0 to 2**31 - 1 (faiss's seed is an int), got {seed}")
         self._max_train = (
-            _positive_int(max_train_points, "max_train_points")
-            if max_train_points is not None
-            else None
+            None if max_train_points is None else positive_int(max_train_points, "max_train_points")
         )
-        self.memory_budget = memory_budget
+        self._init_refine(refine, refine_factor)
+        if refine and not self._can_refine:
+            raise ValueError(f"refine: {type(self).__name__} stores exact vectors already")
+        dtype = storage_dtype(dtype)
+        if dtype != torch.float32:
+            raise ValueError(f"dtype: IVF indexes keep float32 vectors (faiss's), got {dtype}")
+        super().__init__(
+            dim, metric=metric, device=device, dtype=dtype, memory_budget=memory_budget
+        )
         self._nprobe = self._check_nprobe(
-            nprobe if nprobe is not None else max(1, self._nlist // 16), "nprobe"
+            max(1, self._nlist // 16) if nprobe is None else nprobe, "nprobe"
         )
-        self._lock = ReadWriteLock()
-        self._cache_mutex = threading.Lock()
-        on_gpu = self._device.type == "cuda"
-        #: Private switches, on for GPU indexes; tests turn them on for CPU ones.
-        self._use_tombstones = on_gpu
-        self._device_k_limit: int | None = _faiss.GPU_MAX_K if on_gpu else None
-        self._max_tombstones = MAX_TOMBSTONES
-        self._next_id = 0
-        self._store = IdStore.empty(self._dim, self._device, keep_vectors)
-        self._tombstones = torch.empty(0, dtype=torch.int64, device=self._device)
-        self._host_cache: Any = None
-        self._faiss_index = _faiss.index_to_device(self._new_faiss_index(), self._device)
+        self._pending_undo: Any = None
+        self._faiss = GapFilledFaiss(self._new_faiss_index(), self._device)
 
     # ---------------------------------------------------------------- subclass hooks
     def _new_faiss_index(self) -> Any:
         """A new, untrained faiss CPU index with this index's parameters."""
         raise NotImplementedError
 
-    def _config(self) -> dict[str, Any]:
-        """Constructor keyword arguments (JSON values) that rebuild an empty twin."""
+    def _code_size(self) -> int:
+        """Bytes of one vector's code in faiss's inverted lists."""
         raise NotImplementedError
+
+    def _trained_nbytes(self) -> int:
+        """Bytes of trained state besides the coarse centroids (0 for IVF-Flat)."""
+        return 0
 
     def _default_max_train(self) -> int:
         return self._nlist * MAX_POINTS_PER_LIST
@@ -147,31 +129,41 @@ class IVFIndexBase:
         faiss = _faiss.import_faiss()
         return faiss.METRIC_L2 if self._metric is Metric.L2 else faiss.METRIC_INNER_PRODUCT
 
-    # ---------------------------------------------------------------- properties
-    @property
-    def dim(self) -> int:
-        """Vector dimension."""
-        return self._dim
+    def _config(self) -> dict[str, Any]:
+        values = {
+            "dim": self._dim,
+            "nlist": self._nlist,
+            "metric": self._metric.value,
+            "dtype": "float32",
+            "memory_budget": self.memory_budget,
+            "seed": self._seed,
+            "nprobe": self._nprobe,
+            "max_train_points": self._max_train,
+            "refine": self._refine,
+            "refine_factor": self.refine_factor,
+            **self._specific_config(),
+        }
+        return {key: values[key] for key in self._config_keys}
 
+    def _specific_config(self) -> dict[str, Any]:
+        """The subclass's own constructor arguments (JSON values)."""
+        return {}
+
+    # ---------------------------------------------------------------- properties
     @property
     def nlist(self) -> int:
         """Number of inverted lists (k-means cells)."""
         return self._nlist
 
     @property
-    def metric(self) -> Metric:
-        """``Metric.L2``, ``Metric.IP`` or ``Metric.COSINE`` (IP over normalised vectors)."""
-        return self._metric
-
-    @property
-    def device(self) -> torch.device:
-        """Where the faiss index lives and searches run."""
-        return self._device
+    def seed(self) -> int:
+        """Seed of the training sample and of faiss's k-means."""
+        return self._seed
 
     @property
     def is_trained(self) -> bool:
         """Whether :meth:`train` has run (``add`` and ``search`` need it)."""
-        return bool(self._faiss_index.is_trained)
+        return bool(self._faiss.index.is_trained)
 
     @property
     def max_train_points(self) -> int:
@@ -188,53 +180,33 @@ class IVFIndexBase:
         self._nprobe = self._check_nprobe(value, "nprobe")
 
     @property
-    def ids(self) -> torch.Tensor:
-        """The stored ids, ascending (int64, a copy)."""
-        with self._lock.read():
-            return self._store.ids.clone()
-
-    @property
     def faiss_index(self) -> Any:
         """The underlying faiss index (for inspection; changing it bypasses gpuann's checks)."""
-        return self._faiss_index
+        return self._faiss.index
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the index, from sizes alone (no tensor value is read, faiss is not
-        serialised).
+        """Bytes held, from sizes alone (no tensor value is read, faiss is not serialised).
 
         ``ntotal · (code_size + 8)`` for faiss's inverted lists (codes and int64 ids; ``ntotal``
         counts GPU tombstones, which faiss still holds), ``nlist · dim · 4`` for the trained
         coarse centroids, what the subclass adds (PQ codebooks), and gpuann's own tensors: the
-        sorted ids, the full-precision vectors and norms kept for refinement, the tombstones.
-        faiss-gpu may pad its lists beyond these logical sizes.
+        id store (spare capacity included; with ``refine`` the float32 vectors and norms) and
+        the tombstones. faiss-gpu may pad its lists beyond these logical sizes.
         """
-        ntotal = len(self._store) + self._tombstones.shape[0]
-        total = ntotal * (self._code_size() + 8)
+        total = self._faiss.ntotal * (self._code_size() + 8)
         if self.is_trained:
             total += self._nlist * self._dim * 4 + self._trained_nbytes()
-        store = self._store
-        total += _tensor_bytes(store.ids, store.vectors, store.sqnorms, self._tombstones)
-        return total
-
-    def _code_size(self) -> int:
-        """Bytes of one vector's code in faiss's inverted lists."""
-        raise NotImplementedError
-
-    def _trained_nbytes(self) -> int:
-        """Bytes of trained state besides the coarse centroids (0 for IVF-Flat)."""
-        return 0
-
-    def __len__(self) -> int:
-        return len(self._store)
+        return total + self._rows.nbytes + self._faiss.tombstones.nbytes
 
     def _display_fields(self) -> dict[str, Any]:
-        """What ``repr`` and Jupyter show: Python ints and tensor metadata only (no sync)."""
+        from gpuann.display import Bytes
+
         return {
             "n": len(self),
             "dim": self._dim,
             "nlist": self._nlist,
-            **self._specific_fields(),
+            **self._display_extra(),
             "metric": self._metric,
             "nprobe": self._nprobe,
             "trained": self.is_trained,
@@ -242,43 +214,34 @@ class IVFIndexBase:
             "memory": Bytes(self.nbytes),
         }
 
-    def _specific_fields(self) -> dict[str, Any]:
-        """The subclass's own display fields, shown after ``nlist``."""
-        return {}
-
-    def __repr__(self) -> str:
-        return text_repr(self)
-
-    def _repr_html_(self) -> str:
-        return html_repr(self)
-
-    # ---------------------------------------------------------------- checks
+    # ---------------------------------------------------------------- input
     def _check_nprobe(self, nprobe: Any, name: str) -> int:
-        nprobe = _positive_int(nprobe, name)
+        nprobe = positive_int(nprobe, name)
         if nprobe > self._nlist:
             raise ValueError(f"{name}: expected 1 to nlist={self._nlist}, got {nprobe}")
         return nprobe
 
     def _prepare(self, x: Any, name: str, check_finite: bool) -> tuple[torch.Tensor, bool, Any]:
-        """Validated float32 contiguous vectors on the index device (normalised for cosine)."""
-        x, was_numpy = as_float_matrix(x, name, dim=self._dim)
-        if check_finite and not torch.compiler.is_compiling():
-            _require_finite(x, name)
-        source_device = x.device
-        x = x.to(self._device, torch.float32)
-        if self._metric is Metric.COSINE:
-            x = torch.nn.functional.normalize(x, dim=1)
-        return x.contiguous(), was_numpy, source_device
+        x, was_numpy, source = super()._prepare(x, name, check_finite)
+        return x.contiguous(), was_numpy, source
+
+    def _prepare_queries(
+        self, queries: Any, check_finite: bool
+    ) -> tuple[torch.Tensor, bool, torch.device]:
+        q, was_numpy, source = prepare_vectors(
+            queries,
+            "queries",
+            dim=self._dim,
+            metric=self._metric,
+            device=self._device,
+            check_finite=check_finite,
+            dtype=torch.float32,  # what faiss searches with
+        )
+        return q.contiguous(), was_numpy, source
 
     def _require_trained(self, what: str) -> None:
         if not self.is_trained:
-            raise RuntimeError(f"{what}: the index is not trained; call train(x) first")
-
-    def _serial(self):
-        """Serialises faiss calls on a GPU (faiss-gpu is not thread-safe); CPU calls run freely."""
-        if self._faiss_index_is_cpu():
-            return nullcontext()
-        return _faiss.device_lock(self._device)
+            raise NotTrainedError(f"{what}: the index is not trained; call train(x) first")
 
     # ---------------------------------------------------------------- training
     def train(self, x: Any, *, check_finite: bool = True) -> None:
@@ -288,301 +251,227 @@ class IVFIndexBase:
         ----------
         x : torch.Tensor or numpy.ndarray, shape (n, dim), floating
             At least ``nlist`` vectors (faiss warns below ``39 · nlist``). When ``n`` exceeds
-            :attr:`max_train_points`, a seeded sample (:func:`training_sample`) is used.
+            :attr:`max_train_points`, a seeded sample is used
+            (:func:`~gpuann.ivf.training.training_sample`).
         check_finite : bool
-            Raise on NaN or infinity in ``x``.
+            The usual NaN/inf and range checks of every index. Values faiss's k-means cannot
+            handle (:func:`~gpuann.ivf.training.check_trainable`) are refused either way:
+            faiss would abort the process.
 
         Raises
         ------
         ValueError
-            Fewer than ``nlist`` vectors, or bad shape / dtype.
+            Fewer than ``nlist`` vectors, values faiss cannot train on, bad shape / dtype.
         RuntimeError
             The index is already trained.
         """
         x, _, _ = self._prepare(x, "x", check_finite)
-        n = x.shape[0]
-        if n < self._nlist:
-            raise ValueError(
-                f"x: training nlist={self._nlist} lists needs at least {self._nlist} vectors, "
-                f"got {n}; pass more vectors or use a smaller nlist"
-            )
-        if n < MIN_POINTS_PER_LIST * self._nlist:
-            warnings.warn(
-                f"x: {n} training vectors for nlist={self._nlist} lists is fewer than "
-                f"{MIN_POINTS_PER_LIST} per list; the lists may be poor (use a smaller nlist)",
-                stacklevel=2,
-            )
-        rows = training_sample(n, self.max_train_points, self._seed)
-        if rows.shape[0] < n:
-            x = x[rows.to(self._device)].contiguous()
+        x = training_set(x, self._nlist, self.max_train_points, self._seed, self._metric)
         with self._lock.write():
             if self.is_trained:
                 raise RuntimeError(
                     "train: the index is already trained; build a new one to retrain"
                 )
-            with self._serial():
-                _faiss.train(self._faiss_index, x)
-            self._host_cache = None
+            self._faiss.train(x)
 
-    # ---------------------------------------------------------------- mutations
+    # ---------------------------------------------------------------- storage hooks
+    def _columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        if not self._refine:
+            return {}
+        columns = {"vectors": ((self._dim,), torch.float32)}
+        if self._metric is Metric.L2:
+            columns["sqnorms"] = ((), torch.float32)
+        return columns
+
+    def _derive(self, columns: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self._refine or self._metric is not Metric.L2:
+            return {}
+        x = columns["vectors"]
+        return {"sqnorms": (x * x).sum(dim=1)}
+
+    def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._require_trained("add")
+        columns = {_FAISS_INPUT: x}  # not a stored column: IdRows writes only its own
+        if self._refine:
+            columns["vectors"] = x
+            columns.update(self._derive(columns))
+        return columns
+
+    def _before_insert(self, ids: torch.Tensor, rows: Mapping[str, torch.Tensor]) -> None:
+        self._run_undo()
+        self._faiss.add(rows[_FAISS_INPUT].contiguous(), ids)
+        self._pending_undo = lambda: (self._faiss.tombstone(ids), self._faiss.settle())
+
+    def _before_remove(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        self._run_undo()
+        before = self._faiss.tombstones
+        self._faiss.tombstone(ids)  # compacted in _after_change when due
+
+        def undo() -> None:
+            self._faiss.tombstones = before
+            self._faiss.drop_cache()
+
+        self._pending_undo = undo
+
+    def _before_update(self, rows: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
+        x = values.pop(_FAISS_INPUT)  # type: ignore[attr-defined]  # the base's own dict
+        self._run_undo()
+        self._faiss.replace(x, self._rows.stored_ids[rows])
+
+    def _after_change(self) -> None:
+        self._pending_undo = None
+        self._faiss.settle()
+        self._faiss.drop_cache()
+
+    def _run_undo(self) -> None:
+        """Undo the faiss change of a mutation that failed after it (write lock held)."""
+        undo, self._pending_undo = self._pending_undo, None
+        if undo is not None:
+            undo()
+
+    def _undoing(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a base mutation; if it fails after faiss was changed, change faiss back (at
+        once, or by the next mutation if that takes the lock first)."""
+        try:
+            return call(*args, **kwargs)
+        except BaseException:
+            with self._lock.write():
+                self._run_undo()
+            raise
+
     def add(self, x: Any, ids: Any = None, *, check_finite: bool = True) -> None:
-        """Add vectors to a trained index.
-
-        Parameters
-        ----------
-        x : torch.Tensor or numpy.ndarray, shape (n, dim), floating
-            Any float dtype (cast to float32 on the index device).
-        ids : int64 tensor, array or list, shape (n,), optional
-            Unique non-negative ids not already in the index (any int64 values: faiss stores
-            them as its labels). Default: consecutive ids after the largest id ever used.
-        check_finite : bool
-            Raise on NaN or infinity in ``x``.
-
-        On any error the index is left unchanged.
-        """
-        x, _, _ = self._prepare(x, "x", check_finite)
-        m = x.shape[0]
-        with self._lock.write():
-            self._require_trained("add")
-            if ids is None:
-                new_ids = torch.arange(self._next_id, self._next_id + m, device=self._device)
-            else:
-                new_ids = as_ids(ids, m, device=self._device)
-                if m and int(new_ids.min()) < 0:
-                    raise ValueError("ids: expected non-negative ids (faiss reserves -1)")
-                _, present = self._store.positions(new_ids)
-                if bool(present.any()):
-                    dup = new_ids[present]
-                    raise ValueError(
-                        f"ids: {dup.numel()} id(s) already in the index: {dup[:10].tolist()}"
-                    )
-            if m == 0:
-                return
-            store = self._store.with_added(new_ids, x if self._store.vectors is not None else None)
-            if self._tombstones.numel() and bool(torch.isin(new_ids, self._tombstones).any()):
-                self._compact()  # a dead copy of a re-added id must not mask the new one
-            with self._serial():
-                _faiss.add_with_ids(self._faiss_index, x, new_ids)
-            self._store = store
-            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
-            self._host_cache = None
+        """Add vectors to a trained index (see :meth:`gpuann.Index.add`); faiss stores the ids
+        as its labels. On any error the index is left unchanged."""
+        self._undoing(super().add, x, ids, check_finite=check_finite)
 
     def remove(self, ids: Any, *, strict: bool = True) -> int:
-        """Remove vectors by id and return how many were removed.
+        """Remove vectors by id (see :meth:`gpuann.Index.remove`). On CPU faiss drops them at
+        once; on GPU they are tombstones until compaction; no later search returns them."""
+        return self._undoing(super().remove, ids, strict=strict)
 
-        Parameters
-        ----------
-        ids : int64 tensor, array or list
-        strict : bool
-            When True (default) an id not in the index raises and nothing is removed; when
-            False unknown ids are ignored, as faiss does.
+    def _decode(self, rows: torch.Tensor) -> torch.Tensor:
+        """Exact vectors with ``refine``, else faiss's decoding (exact for IVF-Flat)."""
+        if self._refine:
+            return self._rows.data["vectors"][rows]
+        return self._faiss.reconstruct(self._rows.stored_ids[rows], self._dim)
 
-        Notes
-        -----
-        On CPU faiss removes the ids from its lists at once. On GPU they become tombstones
-        (see the module docstring); either way no later search returns them.
-        """
-        ids = as_ids(ids, -1, device=self._device)
-        with self._lock.write():
-            if strict:
-                rows = self._store.require(ids)
-            else:
-                rows, found = self._store.positions(ids)
-                rows = rows[found]
-            if rows.numel() == 0:
-                return 0
-            removed = self._store.ids[rows]
-            store = self._store.without(rows)
-            if self._use_tombstones:
-                self._tombstones = torch.cat([self._tombstones, removed]).sort().values
-                if self._tombstones.numel() > self._max_tombstones:
-                    self._compact()
-            else:
-                with self._serial():
-                    _faiss.remove_ids(self._faiss_index, removed)
-            self._store = store
-            self._host_cache = None
-            return int(rows.numel())
+    def _reset_storage(self) -> None:
+        self._pending_undo = None  # faiss is emptied anyway
+        self._faiss.reset()  # keeps the training
+        super()._reset_storage()
 
-    def _compact(self) -> None:
-        """Drop tombstoned ids from faiss for good (write lock held)."""
-        if not self._tombstones.numel():
-            return
-        if self._faiss_index_is_cpu():
-            _faiss.remove_ids(self._faiss_index, self._tombstones)
-        else:
-            with self._serial():
-                host = _faiss.index_to_cpu(self._faiss_index)
-            _faiss.remove_ids(host, self._tombstones)
-            self._faiss_index = _faiss.index_to_device(host, self._device)
-        self._tombstones = self._tombstones[:0]
-        self._host_cache = None
+    def _renumber_storage(self) -> None:
+        raise NotImplementedError("renumber: IVF indexes keep their ids, as faiss's IndexIVF")
 
-    def _faiss_index_is_cpu(self) -> bool:
-        return not hasattr(self._faiss_index, "getDevice")
-
-    # ---------------------------------------------------------------- host copy
-    def _host_index(self) -> Any:
-        """A CPU faiss index with the same content (tombstones included): the index itself
-        on CPU, else a cached copy, rebuilt after any change."""
-        if self._faiss_index_is_cpu():
-            return self._faiss_index
-        with self._cache_mutex:
-            if self._host_cache is None:
-                with self._serial():
-                    self._host_cache = _faiss.index_to_cpu(self._faiss_index)
-            return self._host_cache
-
-    def _compacted_host_copy(self) -> Any:
-        """A CPU faiss index without tombstoned ids (for saving and moving)."""
-        host = self._host_index()
-        if host is self._faiss_index or self._tombstones.numel():
-            host = _faiss.index_to_cpu(host)
-        if self._tombstones.numel():
-            _faiss.remove_ids(host, self._tombstones)
-        return host
-
-    # ---------------------------------------------------------------- queries
-    def reconstruct(self, ids: Any) -> Any:
-        """The stored vectors of ``ids``, as faiss decodes them.
-
-        Exact for ``IVFFlatIndex`` (normalised for cosine), the PQ approximation for
-        ``IVFPQIndex``, and exact again for ``IVFPQIndex(refine=True)``, which keeps the
-        full-precision vectors.
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list, shape (n,)
-
-        Returns
-        -------
-        torch.Tensor of shape (n, dim), float32, on the index device; a numpy array when
-        ``ids`` is one.
-        """
-        as_numpy = isinstance(ids, np.ndarray)
-        ids = as_ids(ids, -1, device=self._device, unique=False)
-        with self._lock.write():  # the first call may build faiss's id -> entry map
-            pos = self._store.require(ids)
-            if self._store.vectors is not None:
-                vectors = self._store.vectors[pos]
-            else:
-                vectors = self._reconstruct_from_faiss(ids)
-        return vectors.cpu().numpy() if as_numpy else vectors
-
-    def _reconstruct_from_faiss(self, ids: torch.Tensor) -> torch.Tensor:
-        faiss = _faiss.import_faiss()
-        host = self._host_index()
-        if host.direct_map.type != faiss.DirectMap.Hashtable:
-            host.set_direct_map_type(faiss.DirectMap.Hashtable)  # kept up to date by faiss
-        keys = np.ascontiguousarray(ids.cpu().numpy())
-        out = host.reconstruct_batch(keys) if keys.size else np.empty((0, self._dim), "float32")
-        return torch.from_numpy(out).to(self._device)
-
-    def _search(
+    # ---------------------------------------------------------------- search
+    def search(
         self,
         queries: Any,
         k: int,
-        nprobe: int | None,
-        refine_factor: int | None,
-        check_finite: bool,
+        *,
+        nprobe: int | None = None,
+        refine_factor: int | None = None,
+        check_finite: bool = True,
     ) -> SearchResult:
-        k = check_k(k)
-        nprobe = self._nprobe if nprobe is None else self._check_nprobe(nprobe, "nprobe")
-        q, was_numpy, out_device = self._prepare(queries, "queries", check_finite)
-        with self._lock.read():
-            self._require_trained("search")
-            store, tombstones = self._store, self._tombstones
-            wanted = k * (refine_factor or 1)
-            fetch = min(wanted + tombstones.numel(), max(1, len(store) + tombstones.numel()))
-            distances, labels = self._faiss_search(q, fetch, nprobe)
-            if tombstones.numel():
-                labels = labels.masked_fill(torch.isin(labels, tombstones), -1)
-            if refine_factor is not None:
-                from gpuann.ivf.refine import rerank
+        """The ``k`` nearest stored vectors of each query among ``nprobe`` lists.
 
-                distances, labels = rerank(q, labels, store, k, self._metric, self.memory_budget)
-            else:
-                distances, labels = self._tie_order(distances, labels, k, tombstones.numel() > 0)
-        distances, labels = self._pad(distances, labels, k)
-        if was_numpy:
-            return SearchResult(distances.cpu().numpy(), labels.cpu().numpy())
-        return SearchResult(distances.to(out_device), labels.to(out_device))
+        Parameters
+        ----------
+        queries : torch.Tensor or numpy.ndarray, shape (Q, dim), floating
+            Any float dtype; moved to the index device. Results come back where the queries
+            were (numpy in, numpy out).
+        k : int
+            Any positive int (above 2048 a GPU index searches a host copy).
+        nprobe : int, optional
+            Lists to visit, 1 to ``nlist``; default :attr:`nprobe`.
+        refine_factor : int, optional
+            With ``refine=True``: re-rank ``refine_factor · k`` candidates by exact distance
+            (default :attr:`refine_factor`). Passing it to an index built without ``refine``
+            raises.
+        check_finite : bool
+            Raise on NaN or infinity in ``queries``.
 
-    def _faiss_search(
-        self, q: torch.Tensor, k: int, nprobe: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        limit = self._device_k_limit
-        if limit is not None and (k > limit or nprobe > limit):
-            # faiss-gpu cannot select more than GPU_MAX_K: search the host copy instead.
-            distances, labels = _faiss.search(self._host_index(), q.cpu(), k, nprobe)
-            return distances.to(self._device), labels.to(self._device)
-        with self._serial():
-            return _faiss.search(self._faiss_index, q, k, nprobe)
-
-    def _tie_order(
-        self, distances: torch.Tensor, labels: torch.Tensor, k: int, masked: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest first, equal distances by lower id, missing (-1) last with ±inf.
-
-        faiss returns each row sorted by distance with missing entries last, in any order
-        among equal distances. On CPU, when no two neighbouring valid entries are equal and
-        nothing was masked (``masked``: tombstones), that order is already the final one and
-        the sort is skipped (one comparison pass; on CUDA the check would cost a host sync, so
-        the rows are always sorted there).
+        Returns
+        -------
+        SearchResult
+            ``(distances, ids)``, each (Q, k): float32 and int64. Without refine the
+            distances are faiss's (exact for IVF-Flat, estimates from the codes otherwise);
+            with refine, exact (the arithmetic of exact search: ``‖x‖² − 2⟨q, x⟩`` selected,
+            ``‖q‖²`` added to the winners). Equal distances ordered by lower id; id ``-1``
+            with ±inf where fewer than ``k`` results were found (all of them on a trained,
+            empty index).
         """
-        missing = self._metric.missing_distance
-        if not masked and labels.shape[1] == k and labels.device.type == "cpu":
-            d, i = distances.numpy(), labels.numpy()  # numpy: less per-op overhead here
-            if not ((d[:, 1:] == d[:, :-1]) & (i[:, 1:] >= 0)).any():
-                d[i < 0] = missing  # ``distances`` is a fresh buffer from the faiss call
-                return distances, labels
-        descending = self._metric.descending
-        values, labels = topk_by_id(-distances if descending else distances, labels, k)
-        values = -values if descending else values
-        return values.masked_fill(labels < 0, missing), labels
+        factor = self._refine_factor_for(refine_factor)
+        nprobe = self._nprobe if nprobe is None else self._check_nprobe(nprobe, "nprobe")
+        return self._run_search(
+            queries, k, check_finite=check_finite, nprobe=nprobe, refine_factor=factor
+        )
 
-    def _pad(
-        self, distances: torch.Tensor, labels: torch.Tensor, k: int
+    def _search(
+        self, queries: torch.Tensor, k: int, *, nprobe: int, refine_factor: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        short = k - labels.shape[1]
-        if short <= 0:
-            return distances, labels
-        n = labels.shape[0]
-        fill_d = torch.full((n, short), self._metric.missing_distance, device=distances.device)
-        fill_i = torch.full((n, short), -1, dtype=torch.int64, device=labels.device)
-        return torch.cat([distances, fill_d], dim=1), torch.cat([labels, fill_i], dim=1)
+        self._require_trained("search")
+        n_queries, stored = queries.shape[0], len(self)
+        if stored == 0:
+            return (
+                torch.full((n_queries, k), self._metric.missing_distance, device=self._device),
+                torch.full((n_queries, k), -1, dtype=torch.int64, device=self._device),
+            )
+        if refine_factor is not None:
+            budget = check_budget(self.memory_budget, self._device)
+            return refined_search(
+                self._faiss, self._rows, queries, k, nprobe, refine_factor, self._metric, budget
+            )
+        distances, labels, masked = self._faiss.search(queries, k, nprobe, stored)
+        distances, labels = tie_order(distances, labels, k, self._metric, masked)
+        return pad(distances, labels, k, self._metric)
+
+    def _range_search(
+        self, queries: torch.Tensor, radius: float, *, max_results: int | None, memory_budget: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """faiss's range search over ``nprobe`` lists (see :func:`faiss_range_search`)."""
+        self._require_trained("range_search")
+        lims, distances, labels = faiss_range_search(
+            self._faiss, queries, radius, self._nprobe, self._metric, max_results
+        )
+        return lims.to(self._device), distances.to(self._device), labels.to(self._device)
+
+    # ---------------------------------------------------------------- merging
+    def _merge_rows(self, other: Index) -> None:
+        """faiss's ``merge_from`` (see :func:`gpuann.ivf._persist.merge_into`)."""
+        from gpuann.ivf._persist import merge_into
+
+        assert isinstance(other, IVFIndexBase)
+        merge_into(self, other)
 
     # ---------------------------------------------------------------- moving and saving
-    def _install(self, cpu_index: Any, store: IdStore, next_id: int) -> None:
-        """Adopt a CPU faiss index (copied to this index's device) and its id store."""
-        self._faiss_index = _faiss.index_to_device(cpu_index, self._device)
-        self._store = store.to(self._device)
-        self._next_id = int(next_id)
-        self._tombstones = self._tombstones[:0]
-        self._host_cache = None
+    def _copy_from(self, source: Index) -> None:
+        assert isinstance(source, IVFIndexBase)
+        self._faiss.install(source._faiss.compacted_host_copy())
+        self._nprobe = source._nprobe
+        super()._copy_from(source)
 
-    def to(self, device: str | torch.device) -> IVFIndexBase:
-        """This index on ``device``: ``self`` if already there, else a copy."""
-        device = resolve_device(device)
-        if device == self._device:
-            return self
-        with self._lock.read():
-            other = type(self)(**self._config(), device=device)
-            other.memory_budget = self.memory_budget
-            other._install(self._compacted_host_copy(), self._store, self._next_id)
-        return other
+    def _save_meta(self) -> dict[str, Any]:
+        from gpuann.ivf._persist import save_meta
 
-    def save(self, path: Any) -> None:
-        """Write the index to ``path`` atomically; reload with :meth:`load` or
-        :func:`gpuann.load` (onto any device)."""
-        from gpuann.ivf._persist import save_ivf
+        return save_meta(self, super()._save_meta())
 
-        with self._lock.read():
-            save_ivf(self, path)
+    def _save_arrays(self) -> dict[str, torch.Tensor]:
+        from gpuann.ivf._persist import faiss_blob
+
+        return {**super()._save_arrays(), "faiss_index": faiss_blob(self)}
 
     @classmethod
-    def load(cls, path: Any, device: str | torch.device | None = None) -> IVFIndexBase:
-        """Load an index of this class saved with :meth:`save`."""
-        from gpuann.serialization import load
+    def _from_file(cls, meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> Index:
+        from gpuann.ivf._persist import new_from_meta
 
-        return load(path, device, kind=cls._kind)
+        index = new_from_meta(cls, meta, device)
+        index._restore(meta, arrays)
+        return index
+
+    def _restore(self, meta: dict, arrays: dict[str, torch.Tensor]) -> None:
+        from gpuann.ivf._persist import read_faiss_index
+
+        host = read_faiss_index(self, meta, arrays)
+        super()._restore(meta, arrays)
+        self._faiss.install(host)

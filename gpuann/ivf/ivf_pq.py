@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
+import torch  # noqa: F401  (the docstring examples use it)
 
+from gpuann._validate import positive_int
 from gpuann.ivf import _faiss
-from gpuann.ivf.base import MAX_POINTS_PER_LIST, IVFIndexBase, _positive_int
-from gpuann.metrics import Metric
-from gpuann.result import SearchResult
-from gpuann.serialization import register_index_kind
+from gpuann.ivf.base import IVFIndexBase
+from gpuann.ivf.training import MAX_POINTS_PER_LIST
 
-__all__ = ["DEFAULT_REFINE_FACTOR", "IVFPQIndex"]
-
-#: Candidates re-ranked per result by default (``refine_factor · k``).
-DEFAULT_REFINE_FACTOR = 4
+__all__ = ["IVFPQIndex"]
 
 
 class IVFPQIndex(IVFIndexBase):
@@ -31,24 +27,23 @@ class IVFPQIndex(IVFIndexBase):
         Sub-quantizers: each vector is stored in ``m · nbits / 8`` bytes.
     nbits : int
         Bits per sub-quantizer code (faiss-gpu supports at most 8).
-    metric : {"l2", "ip", "cosine"}
-    device : str or torch.device, optional
-        Default CUDA when available, else CPU.
+    metric, device, dtype, memory_budget, seed, nprobe
+        As for :class:`~gpuann.IVFFlatIndex`.
+    max_train_points : int, optional
+        Default ``256 · max(nlist, 2**nbits)``, what faiss's k-means would use for the larger
+        of the coarse quantizer and the PQ codebooks.
     refine : bool
         Also keep the full-precision vectors (float32, on the device) and re-rank
-        ``refine_factor · k`` PQ candidates exactly (faiss's ``IndexRefineFlat``).
+        ``refine_factor · k`` PQ candidates exactly (faiss's ``IndexRefineFlat``), with
+        :func:`gpuann.refine.rerank_rows`.
     refine_factor : int
-        Default re-ranking factor of :meth:`search`.
-    nprobe, seed, max_train_points, memory_budget
-        As for :class:`~gpuann.IVFFlatIndex`; ``max_train_points`` defaults to
-        ``256 · max(nlist, 2**nbits)``, what faiss's k-means would use for the larger of
-        the coarse quantizer and the PQ codebooks.
+        Default re-ranking factor of :meth:`search` (with ``refine``).
 
     Examples
     --------
     >>> g = torch.Generator().manual_seed(0)
     >>> x = torch.randn(3000, 16, generator=g)
-    >>> index = IVFPQIndex(16, nlist=8, m=4, nbits=6, refine=True, device="cpu")
+    >>> index = IVFPQIndex(16, 8, 4, nbits=6, device="cpu", refine=True)
     >>> index.train(x)
     >>> index.add(x)
     >>> D, I = index.search(x[:2], k=3, nprobe=8, refine_factor=8)
@@ -56,43 +51,30 @@ class IVFPQIndex(IVFIndexBase):
     [0, 1]
     """
 
-    _kind = "IVFPQIndex"
+    _config_keys: ClassVar[tuple[str, ...]] = (
+        *IVFIndexBase._config_keys,
+        "m",
+        "nbits",
+        "refine",
+        "refine_factor",
+    )
 
     def __init__(
         self,
         dim: int,
         nlist: int,
         m: int,
-        nbits: int = 8,
-        metric: str | Metric = "l2",
-        device: str | torch.device | None = None,
-        refine: bool = False,
         *,
-        refine_factor: int = DEFAULT_REFINE_FACTOR,
-        nprobe: int | None = None,
-        seed: int = 1234,
-        max_train_points: int | None = None,
-        memory_budget: int | None = None,
+        nbits: int = 8,
+        **options: Any,
     ) -> None:
-        self._m = _positive_int(m, "m")
-        self._nbits = _positive_int(nbits, "nbits")
-        if _positive_int(dim, "dim") % self._m:
+        self._m = positive_int(m, "m")
+        self._nbits = positive_int(nbits, "nbits")
+        if positive_int(dim, "dim") % self._m:
             raise ValueError(f"m: must divide dim={dim}, got m={m}")
         if self._nbits > 16:
             raise ValueError(f"nbits: expected 1 to 16, got {nbits}")
-        self._refine = bool(refine)
-        self.refine_factor = _positive_int(refine_factor, "refine_factor")
-        super().__init__(
-            dim,
-            nlist,
-            metric,
-            device,
-            nprobe=nprobe,
-            seed=seed,
-            max_train_points=max_train_points,
-            memory_budget=memory_budget,
-            keep_vectors=self._refine,
-        )
+        super().__init__(dim, nlist, **options)
 
     @property
     def m(self) -> int:
@@ -104,15 +86,13 @@ class IVFPQIndex(IVFIndexBase):
         """Bits per sub-quantizer code."""
         return self._nbits
 
-    @property
-    def refine(self) -> bool:
-        """Whether full-precision vectors are kept for exact re-ranking."""
-        return self._refine
+    def _specific_config(self) -> dict[str, Any]:
+        return {"m": self._m, "nbits": self._nbits}
 
     def _default_max_train(self) -> int:
         return MAX_POINTS_PER_LIST * max(self._nlist, 2**self._nbits)
 
-    def _specific_fields(self) -> dict[str, Any]:
+    def _display_extra(self) -> dict[str, Any]:
         return {"m": self._m, "nbits": self._nbits, "refine": self._refine}
 
     def _code_size(self) -> int:
@@ -123,7 +103,7 @@ class IVFPQIndex(IVFIndexBase):
         term tables when it built them (CPU: ``nlist · m · 2**nbits`` float32; gpuann's GPU
         copies are made without them)."""
         codebooks = self._m * 2**self._nbits * (self._dim // self._m) * 4
-        table = getattr(self._faiss_index, "precomputed_table", None)
+        table = getattr(self._faiss.index, "precomputed_table", None)
         return codebooks + (int(table.size()) * 4 if table is not None else 0)
 
     def _new_faiss_index(self) -> Any:
@@ -134,66 +114,3 @@ class IVFPQIndex(IVFIndexBase):
         index.cp.seed = self._seed
         index.pq.cp.seed = self._seed
         return index
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "dim": self._dim,
-            "nlist": self._nlist,
-            "m": self._m,
-            "nbits": self._nbits,
-            "metric": self._metric.value,
-            "refine": self._refine,
-            "refine_factor": self.refine_factor,
-            "seed": self._seed,
-            "max_train_points": self._max_train,
-        }
-
-    def search(
-        self,
-        queries: Any,
-        k: int,
-        nprobe: int | None = None,
-        *,
-        refine_factor: int | None = None,
-        check_finite: bool = True,
-    ) -> SearchResult:
-        """The ``k`` nearest stored vectors of each query among ``nprobe`` lists.
-
-        Parameters
-        ----------
-        queries : torch.Tensor or numpy.ndarray, shape (Q, dim), floating
-            Any float dtype; results come back where the queries were (numpy in, numpy out).
-        k : int
-        nprobe : int, optional
-            Lists to visit, 1 to ``nlist``; default :attr:`nprobe`.
-        refine_factor : int, optional
-            With ``refine=True``: re-rank ``refine_factor · k`` PQ candidates by exact
-            distance (default :attr:`refine_factor`). Passing it to an index built without
-            ``refine`` raises.
-        check_finite : bool
-            Raise on NaN or infinity in ``queries``.
-
-        Returns
-        -------
-        SearchResult
-            ``(distances, ids)``, each (Q, k): float32 and int64. Without refine the
-            distances are faiss's PQ estimates; with refine, exact. Equal distances ordered
-            by lower id; id ``-1`` with ±inf where fewer than ``k`` results were found.
-        """
-        if refine_factor is not None and not self._refine:
-            raise ValueError("refine_factor: this index was built with refine=False")
-        if self._refine:
-            factor = self.refine_factor if refine_factor is None else refine_factor
-            factor = _positive_int(factor, "refine_factor")
-        else:
-            factor = None
-        return self._search(queries, k, nprobe, factor, check_finite)
-
-
-def _load(meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> IVFPQIndex:
-    from gpuann.ivf._persist import load_ivf
-
-    return load_ivf(IVFPQIndex, meta, arrays, device)
-
-
-register_index_kind(IVFPQIndex._kind, _load)

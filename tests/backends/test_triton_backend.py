@@ -15,7 +15,12 @@ import gpuann
 from gpuann._triton import MAX_K
 from gpuann._triton.knn import fused_knn
 from gpuann.backends.base import SearchRequest
-from gpuann.backends.dispatch import BackendUnavailableError, get_backend, select_backend
+from gpuann.backends.dispatch import (
+    BackendUnavailableError,
+    explain,
+    get_backend,
+    select_backend,
+)
 from gpuann.backends.torch_backend import torch_exact_search
 from gpuann.metrics import Metric
 
@@ -148,14 +153,24 @@ def test_nan_scores_rank_after_every_number():
         torch.testing.assert_close(D, D_ref, equal_nan=True, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("k", [MAX_K, MAX_K + 52])
-def test_large_k(k):
-    # MAX_K runs fused; beyond it the tiled torch path takes over. Both must be exact.
+def test_k_at_the_kernel_limit_runs_fused():
     queries, database = torch.randn(2, 4), torch.randn(MAX_K + 60, 4)
-    request = _request(queries, database, k, "l2")
+    request = _request(queries, database, MAX_K, "l2")
+    assert select_backend(request, "triton").name == "triton"
     D, I = get_backend("triton").search(request)
     D_ref, I_ref, D_next = _reference(request)
     assert_same_knn(D, I, D_ref, I_ref, D_next, TOL[torch.float32])
+
+
+def test_k_above_the_kernel_limit_is_a_declared_reason():
+    # Not handed to torch inside the Triton backend: the dispatcher says so and moves on.
+    queries, database = torch.randn(2, 4), torch.randn(MAX_K + 60, 4)
+    request = _request(queries, database, MAX_K + 52, "l2")
+    reason = f"k={MAX_K + 52} is above the kernel's limit of {MAX_K}"
+    assert reason in get_backend("triton").not_supported_reasons(request)
+    with pytest.raises(BackendUnavailableError, match=reason):
+        select_backend(request, "triton")
+    assert f"triton: passed over: {reason}" in explain("exact_search", request, backend="triton")
 
 
 def test_small_budget_chunks_queries():

@@ -159,7 +159,9 @@ def test_out_of_memory_at_the_smallest_chunk_shrinks_transfers_then_raises(monke
 
     monkeypatch.setattr(StreamingExactSearch, "search", always_oom)
     with pytest.raises(torch.OutOfMemoryError):
-        run(paths, None, batch_size=8)  # one 8-row tile; 5000 rows travel as 2 tiles of 4096
+        # One 8-row tile; 5000 rows travel as 2 tiles of 4096 (given: the automatic transfer
+        # of a database read from disk is sized to the budget, here a single tile).
+        run(paths, None, batch_size=8, database_chunk_rows=8192)
     assert transfers == [(8, 8192), (8, 4096)]
     sizer = BatchSizer(8, 8, 4 * 4096, 4096)
     assert [sizer.shrink() for _ in range(3)] == [True, True, False]
@@ -191,7 +193,7 @@ def test_progress_bar_shows_throughput_and_can_be_silenced(job, capsys):
 
 def test_any_index_with_search_is_accepted(tmp_path, job):
     paths, _ = job
-    index = gpuann.FlatIndex(32, "cosine", device="cpu")
+    index = gpuann.FlatIndex(32, metric="cosine", device="cpu")
     index.add(np.load(paths["db"]), ids=np.arange(5000) * 3)
     queries = np.load(paths["queries"])
     expected = index.search(queries, K)

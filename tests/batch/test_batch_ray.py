@@ -41,7 +41,7 @@ def _assert_matches(got, expected):
 
 def test_ray_search_equals_the_local_path(local_ray):
     db, queries = data(4000, seed=31), data(300, seed=32)
-    index = gpuann.FlatIndex(db.shape[1], "ip", device="cpu")
+    index = gpuann.FlatIndex(db.shape[1], metric="ip", device="cpu")
     index.add(db, ids=np.arange(len(db)) + 1000)
     # An index object: saved once, shipped through the object store, loaded once per actor.
     _assert_matches(_run(queries, index), gpuann.batch_search(queries, index, K, progress=False))

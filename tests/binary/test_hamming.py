@@ -36,7 +36,20 @@ def _codes(seed, q, n, nbytes, tie_heavy):
     )
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+def _faiss_installed() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+FAISS = pytest.param(
+    "faiss", marks=pytest.mark.skipif(not _faiss_installed(), reason="faiss not installed")
+)
+
+
+@pytest.mark.parametrize("backend", ["triton", FAISS, "torch"])
 @pytest.mark.parametrize("tie_heavy", [False, True])
 @pytest.mark.parametrize(("q", "n", "nbytes", "k"), CASES)
 def test_matches_reference(q, n, nbytes, k, tie_heavy, backend):
@@ -62,10 +75,10 @@ def test_empty_database_and_no_queries():
 
 def test_backend_selection(monkeypatch):
     cpu = torch.device("cpu")
-    assert select_hamming_backend("auto", cpu, 10) == "torch"
+    assert select_hamming_backend("auto", cpu, 10) == ("faiss" if _faiss_installed() else "torch")
     with pytest.raises(ValueError, match="backend: expected one of"):
         select_hamming_backend("cuda", cpu, 10)
-    with pytest.raises(BackendUnavailableError, match="above the kernel's maximum"):
+    with pytest.raises(BackendUnavailableError, match="above the kernel's limit"):
         select_hamming_backend("triton", cpu, 5000)
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET=1"):
@@ -95,3 +108,30 @@ def test_compiles_fullgraph():
     D, I = fn(q, x)
     D_ref, I_ref = reference_hamming(queries, database, 4)
     np.testing.assert_array_equal(I.numpy(), I_ref)
+
+
+@pytest.mark.skipif(not _faiss_installed(), reason="faiss not installed")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("q", "n", "nbytes", "k"), [(1, 3000, 8, 10), (70, 4000, 4, 100)])
+def test_faiss_backend_ties_by_lower_row_at_any_thread_count(q, n, nbytes, k, threads):
+    """Tie-heavy codes (few distinct distances, many duplicates) across faiss's 65 536-row
+    blocks would expose any tie order other than (distance, row)."""
+    queries, database = _codes(q + n + threads, q, n, nbytes, tie_heavy=True)
+    database = database.repeat(200, 1)  # > 65 536 rows in blocks; Q = 1: parallel parts
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check(queries, database, k, "faiss")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_faiss_backend_declares_itself_missing(monkeypatch, request):
+    from gpuann.backends import faiss_hamming
+
+    monkeypatch.setattr(faiss_hamming, "_faiss_module", lambda: None)
+    faiss_hamming._install_reasons.cache_clear()
+    request.addfinalizer(faiss_hamming._install_reasons.cache_clear)
+    with pytest.raises(BackendUnavailableError, match="faiss is not installed"):
+        select_hamming_backend("faiss", torch.device("cpu"), 10)
+    assert select_hamming_backend("auto", torch.device("cpu"), 10) == "torch"

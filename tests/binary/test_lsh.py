@@ -1,4 +1,4 @@
-"""LSHIndex: recall vs nbits, full rescoring = exact search, faiss IndexLSH, protocol, errors."""
+"""LSHIndex: recall vs nbits, full re-ranking = exact search, faiss IndexLSH, protocol, errors."""
 
 from __future__ import annotations
 
@@ -10,42 +10,46 @@ from reference import DEVICES, assert_knn_matches
 
 import gpuann
 import gpuann.compat.faiss as gfaiss
-from gpuann import FlatIndex, LSHIndex, quantize_binary
+from gpuann import FlatIndex, LSHIndex, NotTrainedError, quantize_binary
+from gpuann.refine import DEFAULT_REFINE_FACTOR
+from gpuann.serialization import write_index_file
 
-#: recall@10 on clustered(seed=0, 4000 × 32, 100 queries); measured (cosine / l2):
-#: 64 bits 0.29 / 0.26 without rescoring, 0.94 / 0.93 with rescore=100;
-#: 256 bits 0.49 / 0.45, and 0.999 / 0.998.
-RECALL_FLOOR = {(64, 0): 0.22, (64, 100): 0.88, (256, 0): 0.40, (256, 100): 0.97}
+#: recall@10 on clustered(seed=0, 4000 × 32, 100 queries), by (nbits, refine_factor); measured
+#: (cosine / l2): 64 bits 0.29 / 0.26 without re-ranking, 0.94 / 0.93 with refine_factor=10
+#: (100 candidates); 256 bits 0.49 / 0.45, and 0.999 / 0.998.
+RECALL_FLOOR = {(64, 0): 0.22, (64, 10): 0.88, (256, 0): 0.40, (256, 10): 0.97}
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_recall_grows_with_nbits_and_rescoring(metric):
+def test_recall_grows_with_nbits_and_refining(metric):
     x, q = clustered(0, 4000, 100, 32)
-    exact = FlatIndex(32, metric, device="cpu")
+    exact = FlatIndex(32, metric=metric, device="cpu")
     exact.add(x)
     _, truth = exact.search(q, 10)
     found = {}
     for nbits in (64, 256):
-        index = LSHIndex(32, nbits, metric, device="cpu", rescore=100)
-        index.add(x)
-        for rescore in (0, 100):
-            found[nbits, rescore] = recall(index.search(q, 10, rescore=rescore).ids, truth)
+        for factor in (0, 10):
+            index = LSHIndex(
+                32, nbits, metric=metric, device="cpu", refine=factor > 0, refine_factor=10
+            )
+            index.add(x)
+            found[nbits, factor] = recall(index.search(q, 10).ids, truth)
     for key, floor in RECALL_FLOOR.items():
         assert found[key] >= floor, (
-            f"recall@10 {found[key]:.3f} < {floor} at (nbits, rescore)={key}"
+            f"recall@10 {found[key]:.3f} < {floor} at (nbits, refine_factor)={key}"
         )
-    assert found[256, 0] > found[64, 0] + 0.1 and found[64, 100] > found[64, 0] + 0.4
+    assert found[256, 0] > found[64, 0] + 0.1 and found[64, 10] > found[64, 0] + 0.4
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_full_rescoring_is_exact_search(metric):
+def test_full_refining_is_exact_search(metric):
     x, q = clustered(1, 300, 12, 8)
     ids = torch.arange(300) * 7 + 5
-    index = LSHIndex(8, 16, metric, device="cpu", rescore=300)
+    index = LSHIndex(8, 16, metric=metric, device="cpu", refine=True, refine_factor=30)
     index.add(x, ids=ids)
-    D, I = index.search(q, 10)
+    D, I = index.search(q, 10)  # 300 candidates: all of them
     assert_knn_matches(D, I, q, x, 10, metric, ids=ids.numpy())
-    D, I = index.search(q, 400)  # k > N: padded as exact search pads
+    D, I = index.search(q, 400, refine_factor=1)  # k > N: padded as exact search pads
     assert_knn_matches(D, I, q, x, 400, metric, ids=ids.numpy())
 
 
@@ -85,11 +89,11 @@ def test_quantize_binary_matches_packbits():
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_and_torch_backends_agree(device):
     x, q = clustered(2, 200, 5, 16)
-    index = LSHIndex(16, 40, "l2", device=device, rescore=20)
-    index.add(x)
-    for rescore in (0, 20):
-        a = index.search(q, 6, rescore=rescore, backend="triton")
-        b = index.search(q, 6, rescore=rescore, backend="torch")
+    for refine in (False, True):
+        index = LSHIndex(16, 40, metric="l2", device=device, refine=refine, refine_factor=3)
+        index.add(x)
+        a = index.search(q, 6, backend="triton")
+        b = index.search(q, 6, backend="torch")
         assert torch.equal(a.ids, b.ids) and torch.equal(a.distances, b.distances)
 
 
@@ -97,7 +101,14 @@ def test_triton_and_torch_backends_agree(device):
 def test_save_load_to_roundtrip(tmp_path, projection):
     x, q = clustered(3, 500, 10, 16)
     index = LSHIndex(
-        16, 16, "cosine", device="cpu", rescore=30, projection=projection, train_thresholds=True
+        16,
+        16,
+        metric="cosine",
+        device="cpu",
+        refine=True,
+        refine_factor=6,
+        projection=projection,
+        train_thresholds=True,
     )
     index.train(x)
     index.add(x, ids=torch.arange(500) + 100)
@@ -106,7 +117,8 @@ def test_save_load_to_roundtrip(tmp_path, projection):
     index.save(path)
     expected = index.search(q, 5)
     for other in (gpuann.load(path, device="cpu"), LSHIndex.load(path), index.to("cpu")):
-        assert isinstance(other, LSHIndex) and len(other) == 498
+        assert isinstance(other, LSHIndex) and len(other) == 498 and other.refine_factor == 6
+        assert other.projection == projection and other.train_thresholds and other.is_trained
         result = other.search(q, 5)
         assert torch.equal(result.ids, expected.ids) and torch.equal(
             result.distances, expected.distances
@@ -118,14 +130,18 @@ def test_seed_and_repr():
     x, _ = clustered(4, 50, 1, 8)
     a, b, c = (LSHIndex(8, 24, device="cpu", seed=s) for s in (1, 1, 2))
     assert torch.equal(a.encode(x), b.encode(x)) and not torch.equal(a.encode(x), c.encode(x))
-    assert "LSHIndex(n=0, dim=8, nbits=24, metric='cosine'" in repr(a)
+    assert repr(a).startswith(
+        "LSHIndex(n=0, dim=8, nbits=24, metric='cosine', projection='gaussian', refine=False, "
+        "trained=True, device='cpu'"
+    )
+    assert a.code_size == 3 and a.refine_factor == DEFAULT_REFINE_FACTOR
     # nothing stored yet: only the float32 (dim x nbits) projection matrix
     assert a.nbytes == 8 * 24 * 4 and repr(a).endswith("device='cpu', memory='768 B')")
 
 
 def test_hamming_only_results_and_removal():
     x, q = clustered(5, 300, 8, 16)
-    index = LSHIndex(16, 32, "l2", device="cpu")  # no vectors kept
+    index = LSHIndex(16, 32, metric="l2", device="cpu")  # no vectors kept
     index.add(x)
     D, I = index.search(q, 5)
     assert D.dtype == torch.float32 and bool((D.diff(dim=1) >= 0).all())
@@ -143,15 +159,20 @@ def test_bad_inputs():
         LSHIndex(8, 8, projection="pca")
     with pytest.raises(ValueError, match="nbits: projection='identity' needs nbits <= dim"):
         LSHIndex(8, 16, projection="identity")
-    with pytest.raises(ValueError, match="rescore: expected a non-negative int"):
-        LSHIndex(8, 8, rescore=-1)
+    with pytest.raises(ValueError, match="refine_factor: expected a positive int"):
+        LSHIndex(8, 8, refine=True, refine_factor=0)
+    with pytest.raises(TypeError):
+        LSHIndex(8, 8, "l2")  # options are keyword-only
     index = LSHIndex(8, 8, device="cpu", projection="itq")
-    with pytest.raises(RuntimeError, match="not trained"):
-        index.add(torch.randn(4, 8))
+    for call in (index.add, index.encode, lambda x: index.search(x, 1)):
+        with pytest.raises(NotTrainedError, match="not trained"):
+            call(torch.randn(4, 8))
     index = LSHIndex(8, 8, device="cpu")
     index.add(torch.randn(4, 8))
-    with pytest.raises(ValueError, match="rescore: this index keeps only codes"):
-        index.search(torch.randn(1, 8), 1, rescore=10)
+    with pytest.raises(ValueError, match="refine_factor: this index was built with refine=False"):
+        index.search(torch.randn(1, 8), 1, refine_factor=10)
+    with pytest.raises(RuntimeError, match="reconstruct: this index keeps only codes"):
+        index.reconstruct([0])
     with pytest.raises(ValueError, match="queries: expected 8 columns"):
         index.search(torch.randn(1, 9), 1)
     with pytest.raises(ValueError, match="queries: contains NaN"):
@@ -160,4 +181,86 @@ def test_bad_inputs():
         index.train(torch.randn(4, 8))
     with pytest.raises(ValueError, match="ids: 1 id"):
         index.add(torch.randn(2, 8), ids=[3, 9])
-    assert len(index) == 4
+    with pytest.raises(ValueError, match="ids: expected non-negative ids"):
+        index.add(torch.randn(2, 8), ids=[-1, 9])
+    refined = LSHIndex(8, 8, device="cpu", refine=True, dtype=torch.float16, metric="ip")
+    with pytest.raises(ValueError, match="x: values beyond float16's range"):
+        refined.add(torch.full((1, 8), 1e5))
+    with pytest.raises(ValueError, match="refine_factor: expected a positive int"):
+        refined.search(torch.randn(1, 8), 1, refine_factor=0)
+    assert len(index) == 4 and len(refined) == 0
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_zero_row_inputs_and_empty_index(refine):
+    """(0, d) inputs give empty results, an empty index gives -1 ids (issue 13)."""
+    index = LSHIndex(8, 12, metric="l2", device="cpu", refine=refine)
+    D, I = index.search(torch.randn(3, 8), 4)  # empty index, re-ranking or not
+    assert I.tolist() == [[-1] * 4] * 3 and torch.isposinf(D).all() and D.dtype == torch.float32
+    index.add(torch.zeros((0, 8)))
+    assert len(index) == 0 and index.encode(torch.zeros((0, 8))).shape == (0, 2)
+    index.add(torch.randn(5, 8))
+    D, I = index.search(np.zeros((0, 8), dtype=np.float32), 4)
+    assert D.shape == I.shape == (0, 4) and isinstance(I, np.ndarray)
+    with pytest.raises(ValueError, match="x: cannot train on zero vectors"):
+        LSHIndex(8, 8, device="cpu", projection="itq").train(torch.zeros((0, 8)))
+
+
+def test_capacity_follows_rows_with_out_of_order_single_adds():
+    """40 single-row adds with ids below the largest keep capacity <= max(2 * rows, 1024)."""
+    index = LSHIndex(8, 32, metric="l2", device="cpu", refine=True)
+    x = torch.randn(41, 8)
+    index.add(x[:1], ids=[10**6])
+    per_row = 4 + 8 + 8 * 4 + 4  # code (one word), id, vector, squared norm
+    fixed = 8 * 32 * 4  # the float32 projection matrix
+    for i in range(40):
+        index.add(x[i + 1 : i + 2], ids=[i])
+        assert index.nbytes - fixed <= max(2 * len(index), 1024) * per_row
+    assert torch.equal(index.reconstruct([0, 10**6]), torch.stack([x[1], x[0]]))
+
+
+def test_hashing_stays_in_the_memory_budget(monkeypatch):
+    """Queries and vectors are hashed in blocks whose (n, nbits) temporaries fit the budget
+    (hashing all rows at once overshot it by (n · nbits · 7) bytes); codes are unchanged."""
+    import gpuann.binary.projection as projection_module
+
+    budget, nbits = 2**20, 2048
+    blocked = LSHIndex(16, nbits, device="cpu", memory_budget=budget)
+    whole = LSHIndex(16, nbits, device="cpu")
+    x = torch.randn(500, 16)
+    rows_hashed = []
+    pack_bits = projection_module.pack_bits
+    monkeypatch.setattr(
+        projection_module,
+        "pack_bits",
+        lambda bits: rows_hashed.append(bits.shape[0]) or pack_bits(bits),
+    )
+    codes = blocked.encode(x)
+    assert max(rows_hashed) * nbits * 7 <= budget and sum(rows_hashed) == 500
+    assert torch.equal(codes, whole.encode(x))
+    blocked.add(x)
+    rows_hashed.clear()
+    assert torch.equal(blocked.search(x[:300], 1).ids[:, 0], torch.arange(300))
+    assert max(rows_hashed) * nbits * 7 <= budget
+
+
+def test_loads_files_of_the_first_layout(tmp_path):
+    """Files written by gpuann 0.1 (``rescore``/``keep_vectors`` meta, saved norms) load."""
+    x, q = clustered(6, 200, 5, 8)
+    index = LSHIndex(8, 16, metric="l2", device="cpu", refine=True, seed=5)
+    index.add(x)
+    arrays = {
+        "codes": index.encode(x),
+        "vectors": x,
+        "sqnorms": (x * x).sum(1),
+        "ids": torch.arange(200),
+        "projection": index._matrix,
+    }
+    meta = {"dim": 8, "nbits": 16, "metric": "l2", "rescore": 40, "projection": "gaussian",
+            "train_thresholds": False, "seed": 5, "keep_vectors": True, "dtype": "float32",
+            "next_id": 200, "is_trained": True}  # fmt: skip
+    write_index_file(tmp_path / "old.gpuann", "LSHIndex", meta, arrays)
+    loaded = gpuann.load(tmp_path / "old.gpuann", device="cpu")
+    assert loaded.refine and len(loaded) == 200
+    for a, b in zip(loaded.search(q, 5), index.search(q, 5), strict=True):
+        assert torch.equal(a, b)

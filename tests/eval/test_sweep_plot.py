@@ -112,3 +112,52 @@ def test_plot_is_labelled_log_scaled_and_saved(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(ax.figure)
+
+
+def test_many_indexes_get_their_own_markers_and_a_legend_beside_the_axes():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"index {i}" for i in range(8)]
+    df = pd.DataFrame(
+        {
+            "index": [n for n in names for _ in range(2)],
+            "k": 10,
+            "recall": [0.5, 0.9] * 8,
+            "qps": [1000.0 * (i + 1) for i in range(8) for _ in range(2)][::-1],
+        }
+    )
+    ax = plot_pareto(df)
+    markers = [line.get_marker() for line in ax.get_lines()]
+    assert len(markers) == 8 and len(set(markers)) == 8
+    ax.figure.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1  # beside the axes, covering no point
+    plt.close(ax.figure)
+    few = plot_pareto(df[df["index"].isin(names[:3])])
+    few.figure.canvas.draw()
+    inside = few.get_legend().get_window_extent()
+    assert inside.x1 <= few.get_window_extent().x1
+    plt.close(few.figure)
+
+
+def test_labels_that_would_overlap_are_left_out_but_points_stay():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(
+        {
+            "index": ["a", "a", "b", "b"],
+            "nprobe": [1, 16, 1, 16],
+            "k": 10,
+            "recall": [0.5, 0.99, 0.5001, 0.7],
+            "qps": [1000.0, 100.0, 1000.5, 400.0],
+        }
+    )
+    ax = plot_pareto(df)
+    # b's nprobe=1 point sits on a's: its label is dropped, every other point keeps one
+    assert sorted(t.get_text() for t in ax.texts) == ["nprobe=1", "nprobe=16", "nprobe=16"]
+    assert sum(len(line.get_xdata()) for line in ax.get_lines()) == 4
+    plt.close(ax.figure)

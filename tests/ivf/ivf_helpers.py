@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 import gpuann
-from gpuann.ivf.base import training_sample
-from gpuann.topk import topk_by_id
+from gpuann.ivf.training import training_sample
+from gpuann._tiebreak import topk_by_id
 
 #: The test workload: a seeded Gaussian mixture, clustered but with overlapping clusters.
 DIM, NB, NQ, NLIST = 32, 20_000, 200, 64
@@ -30,11 +30,18 @@ def mixture(n: int, d: int, n_clusters: int = 256, spread: float = 0.6, seed: in
 def build(kind: str, metric: str = "l2", data=None, ids=None, nlist: int = NLIST, **kwargs):
     """A trained, filled gpuann index (``kind``: "flat", "pq" or "pq_refine")."""
     if kind == "flat":
-        index = gpuann.IVFFlatIndex(data.shape[1], nlist, metric, "cpu", **kwargs)
+        index = gpuann.IVFFlatIndex(data.shape[1], nlist, metric=metric, device="cpu", **kwargs)
     else:
         kwargs.setdefault("max_train_points", PQ_MAX_TRAIN)
         index = gpuann.IVFPQIndex(
-            data.shape[1], nlist, PQ_M, PQ_NBITS, metric, "cpu", kind == "pq_refine", **kwargs
+            data.shape[1],
+            nlist,
+            PQ_M,
+            nbits=PQ_NBITS,
+            metric=metric,
+            device="cpu",
+            refine=kind == "pq_refine",
+            **kwargs,
         )
     index.train(data)
     index.add(data, ids=ids)
@@ -50,11 +57,11 @@ def faiss_twin(index, data, ids=None, fill: bool = True):
     quantizer = faiss.IndexFlat(index.dim, metric)
     if isinstance(index, gpuann.IVFPQIndex):
         ref = faiss.IndexIVFPQ(quantizer, index.dim, index.nlist, index.m, index.nbits, metric)
-        ref.pq.cp.seed = 1234
+        ref.pq.cp.seed = index.seed
     else:
         ref = faiss.IndexIVFFlat(quantizer, index.dim, index.nlist, metric)
-    ref.cp.seed = 1234
-    rows = training_sample(data.shape[0], index.max_train_points, seed=1234).numpy()
+    ref.cp.seed = index.seed
+    rows = training_sample(data.shape[0], index.max_train_points, seed=index.seed).numpy()
     ref.train(data[rows])
     if fill:
         ref.add_with_ids(data, np.arange(data.shape[0]) if ids is None else np.asarray(ids))

@@ -55,21 +55,34 @@ def test_out_arrays_reconstruct_reset(small):
     assert "IVFFlatIndex" in repr(index)
 
 
-def test_quantizer_dimension_checked():
+def test_quantizer_checked_and_filled(small):
+    xb, xq = small
     with pytest.raises(ValueError, match="quantizer: has d=8"):
         gfaiss.IndexIVFFlat(gfaiss.IndexFlatL2(8, "cpu"), 16, 4)
-    with pytest.raises(NotImplementedError, match="params"):
-        index = gfaiss.IndexIVFFlat(None, 4, 1)
-        index.train(np.tile(np.eye(4, dtype="float32"), (10, 1)))
-        index.search(np.eye(4, dtype="float32"), 1, params=object())
+    quantizer = gfaiss.IndexFlatL2(16, "cpu")
+    index = gfaiss.IndexIVFFlat(quantizer, 16, 8)
+    index.train(xb)
+    assert quantizer.ntotal == 8 and index.quantizer is quantizer
+    _, lists = quantizer.search(xb[:50], 1)  # each vector's list, as in faiss
+    assert lists.min() >= 0 and lists.max() < 8
+    index.add(xb)
+    with pytest.raises(NotImplementedError, match=r"params\.sel"):
+        index.search(xq, 1, params=gfaiss.SearchParametersIVF(sel=gfaiss.IDSelectorRange(0, 9)))
+    with pytest.raises(RuntimeError, match="add_with_ids"):  # one vector per id in gpuann
+        index.add_with_ids(xb[:1], np.array([5]))
+    with pytest.raises(NotImplementedError, match="quantizer"):
+        gfaiss.IndexIVFFlat(quantizer, 16, 8).train(xb)
 
 
 @pytest.mark.parametrize(
     ("description", "cls"),
     [
         ("Flat", gfaiss.IndexFlat),
+        ("IDMap,Flat", gfaiss.IndexIDMap),
+        ("IDMap2,Flat", gfaiss.IndexIDMap2),
         ("IVF8,Flat", gfaiss.IndexIVFFlat),
         ("IVF8,PQ4x6", gfaiss.IndexIVFPQ),
+        ("IVF8,PQ4x6,RFlat", gfaiss.IndexRefineFlat),
     ],
 )
 def test_compat_index_factory(description, cls):
@@ -78,14 +91,15 @@ def test_compat_index_factory(description, cls):
 
 
 def test_compat_refine_k_factor(small):
-    xb, xq = small
+    xb, _ = small
     index = gfaiss.index_factory(16, "IVF8,PQ4x6,RFlat")
-    assert isinstance(index.index, gpuann.IVFPQIndex) and index.index.refine and index.k_factor == 4
+    assert isinstance(index.base_index.index, gpuann.IVFPQIndex) and index.k_factor == 1
     index.train(xb)
     index.add(xb)
-    index.nprobe = 8
-    _, i = index.search(xb[:5], 1)
-    assert i[:, 0].tolist() == [0, 1, 2, 3, 4]  # exact re-ranking finds each vector itself
-    plain = gfaiss.index_factory(16, "IVF8,PQ4x6")
-    with pytest.raises(ValueError, match="k_factor"):
-        plain.k_factor = 2
+    index.base_index.nprobe = 8
+    index.k_factor = 8
+    D, I = index.search(xb[:5], 1)
+    assert I[:, 0].tolist() == [0, 1, 2, 3, 4]  # exact re-ranking finds each vector itself
+    np.testing.assert_allclose(D[:, 0], 0, atol=1e-5)
+    params = gfaiss.IndexRefineSearchParameters(k_factor=1)
+    assert index.search(xb[:5], 3, params=params)[1].shape == (5, 3)

@@ -32,7 +32,7 @@ def test_index_factory(description, cls, attrs):
 
 @pytest.mark.parametrize(
     "description",
-    ["HNSW32", "IVF64", "IVF64,Flat,RFlat", "IVFx,Flat", "IVF64,SQ8", "Flat,RFlat", ""],
+    ["HNSW32,RFlat", "IVF64", "IVF64,Flat,RFlat", "IVFx,Flat", "IVF64,SQ7", "Flat,RFlat", ""],
 )
 def test_index_factory_unsupported(description):
     with pytest.raises(ValueError, match="description: unsupported"):
@@ -123,3 +123,38 @@ def test_tune_nprobe_with_ids_and_unreachable_target(small):
     assert not tuned.reached and tuned.nprobe == 16 and tuned.recall < 1.0
     with pytest.raises(ValueError, match="target_recall"):
         gpuann.tune_nprobe(index, xq, xb, ids, target_recall=1.5)
+
+
+@pytest.mark.parametrize(
+    ("description", "kind", "inner"),
+    [
+        ("IVF16,SQ8", "IVFSQIndex", None),
+        ("IVF16,SQ8,RFlat", "IVFSQIndex", None),
+        ("HNSW16", "HNSWIndex", None),
+        ("HNSW16,SQ8", "HNSWIndex", None),
+        ("PCA8,IVF16,PQ4", "TransformedIndex", "IVFPQIndex"),
+        ("OPQ4_8,IVF16,PQ4", "TransformedIndex", "IVFPQIndex"),
+        ("PCA8,Flat", "TransformedIndex", "FlatIndex"),
+    ],
+)
+def test_factory_prefixes_and_codes_build_searchable_indexes(description, kind, inner):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 16, generator=g) @ torch.randn(16, 16, generator=g)
+    index = gpuann.index_factory(16, description, device="cpu")
+    assert type(index).__name__ == kind
+    if inner is not None:
+        assert type(index.index).__name__ == inner and index.index.dim == 8
+    if not getattr(index, "is_trained", True):
+        index.train(x)
+    index.add(x)
+    found = index.search(x[:20], 5).ids
+    recall = (found == torch.arange(20)[:, None]).any(dim=1).float().mean()
+    assert recall >= 0.9, f"{description}: self-recall {recall:.2f}"
+
+
+@pytest.mark.parametrize(
+    "bad", ["PCA8", "IVF16,SQ3", "HNSW16,PQ4", "PCA8,OPQ4,Flat", "IVF16,SQ8,RFlat,RFlat"]
+)
+def test_factory_refuses_what_it_does_not_support(bad):
+    with pytest.raises(ValueError, match="description: unsupported"):
+        gpuann.index_factory(16, bad, device="cpu")

@@ -1,8 +1,9 @@
 """Where faiss-gpu falls short, gpuann does not: each GPU-only path, run here on CPU.
 
-The private switches ``_use_tombstones`` (removal by tombstones, on for CUDA indexes) and
-``_device_k_limit`` (faiss-gpu's k / nprobe limit, 2048 on CUDA) put a CPU index on the code
-paths a CUDA index takes.
+The private switches of :class:`gpuann.ivf.gpu_gaps.GapFilledFaiss` (``index._faiss``):
+``use_tombstones`` (removal by tombstones, on for CUDA indexes) and ``device_k_limit``
+(faiss-gpu's k / nprobe limit, 2048 on CUDA) put a CPU index on the code paths a CUDA index
+takes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ KINDS = ["flat", "pq", "pq_refine"]
 
 def gpu_like(small, kind, **kwargs):
     index = build(kind, "l2", small[0], nlist=16, **kwargs)
-    index._use_tombstones = True
+    index._faiss.use_tombstones = True
     return index
 
 
@@ -33,7 +34,7 @@ def test_tombstones_give_the_results_of_real_removal(small, kind):
     _, first = real.search(xq, 10, nprobe=4)
     gone = np.unique(first[:, :4])
     assert real.remove(gone) == tomb.remove(gone) == gone.size
-    assert tomb._tombstones.numel() == gone.size and tomb.faiss_index.ntotal == 2000
+    assert tomb._faiss.tombstones.numel() == gone.size and tomb.faiss_index.ntotal == 2000
     for k in (1, 10, 50):
         a, b = real.search(xq, k, nprobe=4), tomb.search(xq, k, nprobe=4)
         np.testing.assert_array_equal(a.ids, b.ids)
@@ -44,11 +45,11 @@ def test_tombstones_give_the_results_of_real_removal(small, kind):
 
 def test_tombstones_are_compacted_past_the_limit(small):
     index = gpu_like(small, "flat")
-    index._max_tombstones = 10
+    index._faiss.max_tombstones = 10
     index.remove(np.arange(8))
-    assert index._tombstones.numel() == 8 and index.faiss_index.ntotal == 2000
+    assert index._faiss.tombstones.numel() == 8 and index.faiss_index.ntotal == 2000
     index.remove(np.arange(8, 12))  # 12 > 10: faiss removes them for good
-    assert index._tombstones.numel() == 0 and index.faiss_index.ntotal == 1988
+    assert index._faiss.tombstones.numel() == 0 and index.faiss_index.ntotal == 1988
     _, i = index.search(small[0][:12], 1, nprobe=16)
     assert (i >= 12).all()
 
@@ -57,7 +58,7 @@ def test_readding_a_tombstoned_id_compacts_first(small):
     index = gpu_like(small, "flat")
     index.remove([0])
     index.add(small[0][5:6], ids=[0])  # id 0 now names vector 5
-    assert index._tombstones.numel() == 0
+    assert index._faiss.tombstones.numel() == 0
     _, i = index.search(small[0][5:6], 2, nprobe=16)
     assert i.tolist() == [[0, 5]]
 
@@ -78,25 +79,25 @@ def test_tombstones_survive_save_and_move(small, tmp_path):
 def test_k_above_the_device_limit_searches_a_host_copy(small, kind, tombstones):
     xb, xq = small
     index = build(kind, "l2", xb, nlist=16)
-    index._use_tombstones = tombstones
+    index._faiss.use_tombstones = tombstones
     index.remove(np.arange(0, 2000, 7))
     expected = index.search(xq, 40, nprobe=8)
-    index._device_k_limit = 16  # as faiss-gpu's 2048, scaled down
+    index._faiss.device_k_limit = 16  # as faiss-gpu's 2048, scaled down
     host_calls = []
-    original = index._host_index
+    original = index._faiss.host_index
 
     def spy():
         host_calls.append(1)
         return original()
 
-    index._host_index = spy
+    index._faiss.host_index = spy
     got = index.search(xq, 40, nprobe=8)
     assert host_calls, "k above the limit must take the host path"
     np.testing.assert_array_equal(got.ids, expected.ids)
     np.testing.assert_allclose(got.distances, expected.distances, rtol=1e-6)
     host_calls.clear()
     index.search(xq, 2, nprobe=8)  # k + tombstones within the limit: no host path
-    assert bool(host_calls) == (tombstones and 2 + index._tombstones.numel() > 16)
+    assert bool(host_calls) == (tombstones and 2 + index._faiss.tombstones.numel() > 16)
 
 
 def test_pointer_path_for_train_add_search(small, monkeypatch):
@@ -130,3 +131,13 @@ def test_on_device(small, device):
     _, i = index.search(xq, 3000, nprobe=16)  # k > 2048: the host path on CUDA
     assert not torch.isin(i, torch.arange(0, 2000, 5, device=device)).any()
     assert index.search(xq.half(), 5).ids.shape == (20, 5)
+
+
+def test_update_with_tombstones_pending(small):
+    """update on the GPU path: remove + add on a host copy, tombstones kept as they were."""
+    index = gpu_like(small, "pq_refine")
+    index.remove([0, 1])
+    index.update([2], small[0][:1])
+    _, i = index.search(small[0][:1], 1, nprobe=16)
+    assert i.tolist() == [[2]]
+    assert index._faiss.tombstones.tolist() == [0, 1] and index.faiss_index.ntotal == 2000

@@ -175,7 +175,7 @@ def test_k_beyond_ntotal_pads(small, kind, metric):
 
 
 def test_trained_empty_index_returns_missing(small):
-    index = gpuann.IVFFlatIndex(16, 8, "ip", device="cpu")
+    index = gpuann.IVFFlatIndex(16, 8, metric="ip", device="cpu")
     index.train(small[0])
     d, i = index.search(small[1][:2], 3)
     assert (i == -1).all() and (d == -np.inf).all()
@@ -259,7 +259,7 @@ def test_len_repr_properties_and_to(small):
     assert index.metric is gpuann.Metric.COSINE and index.device == torch.device("cpu")
     assert repr(index) == (
         "IVFPQIndex(n=2000, dim=16, nlist=16, m=16, nbits=6, refine=True, metric='cosine', "
-        "nprobe=1, trained=True, device='cpu', memory='192.5 KiB')"
+        "nprobe=1, trained=True, device='cpu', memory='184.7 KiB')"
     )
     assert index.to("cpu") is index
     index.nprobe = 4
@@ -282,13 +282,16 @@ def test_nbytes_counts_every_part(small, kind, metric):
         code_size = (index.m * index.nbits + 7) // 8
         trained = index.m * 2**index.nbits * (dim // index.m) * 4
     table = nlist * index.m * 2**index.nbits * 4 if kind != "flat" and metric == "l2" else 0
-    ours = n * 8 + (n * (dim * 4 + 4) if kind == "pq_refine" else 0)  # ids (+ refine vectors)
+    # gpuann's id store: ids, and with refine the float32 vectors (+ squared norms for l2)
+    row_bytes = 8 + (dim * 4 + (4 if metric == "l2" else 0) if kind == "pq_refine" else 0)
+    ours = index._rows.nbytes
+    assert ours == index._rows.capacity * row_bytes and index._rows.capacity >= n
     faiss_part = n * (code_size + 8) + nlist * dim * 4 + trained
     assert index.nbytes == faiss_part + table + ours
     serialised = faiss.serialize_index(index.faiss_index).nbytes
     assert 0 < serialised - faiss_part < 1024, (serialised, faiss_part)
-    index.remove([0, 1])
-    assert index.nbytes == faiss_part + table + ours - 2 * (code_size + 8 + ours // n)
+    index.remove([0, 1])  # faiss frees two entries; the store keeps its capacity
+    assert index.nbytes == faiss_part + table + index._rows.nbytes - 2 * (code_size + 8)
     assert index_nbytes(index) == index.nbytes
 
 
@@ -296,11 +299,11 @@ def test_nbytes_counts_tombstones_and_untrained_state(small):
     index = gpuann.IVFFlatIndex(16, 16, device="cpu")
     assert index.nbytes == 0 and "trained=False" in repr(index) and "memory='0 B'" in repr(index)
     index = small_index(small)
-    index._use_tombstones = True  # the GPU path: faiss keeps the entries until compaction
+    index._faiss.use_tombstones = True  # the GPU path: faiss keeps the entries until compaction
     before = index.nbytes
     index.remove([5])
-    # one fewer id in gpuann's store (-8 B), one tombstone (+8 B); faiss still holds the entry
-    assert len(index) == 1999 and index.nbytes == before
+    # the store keeps its capacity, one tombstone (+8 B); faiss still holds the entry
+    assert len(index) == 1999 and index.nbytes == before + 8
 
 
 def test_concurrent_searches_and_adds(small):

@@ -1,4 +1,4 @@
-"""Tie-aware top-k selection and merging on torch tensors.
+"""Tie-aware ordering of scores: packed sort keys, top-k with ties to the lower column, merges.
 
 Every function here selects the *smallest* values (callers negate similarities) and breaks ties
 by a tie-break order given explicitly: the column position in a row, or an id. ``torch.topk``

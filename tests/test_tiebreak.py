@@ -1,4 +1,4 @@
-"""Property tests of the tie-aware selection and merge logic (gpuann.topk)."""
+"""Property tests of the tie-aware selection and merge logic (gpuann._tiebreak)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from gpuann.topk import merge_topk, ordered_key, topk_by_id, topk_lex
+from gpuann._tiebreak import merge_topk, ordered_key, topk_by_id, topk_lex
 
 # Few distinct values, so ties are everywhere; inf and nan included.
 VALUES = st.sampled_from([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 3.0, float("inf")])

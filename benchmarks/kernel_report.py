@@ -1,0 +1,339 @@
+"""Resource and cost report of gpuann's Triton kernels, compiled ahead of time (no GPU needed).
+
+Run from the repository root::
+
+    python -m benchmarks.kernel_report                     # sm_90 and sm_80, the report grid
+    python -m benchmarks.kernel_report --grid full         # the issue's whole grid (long)
+    python -m benchmarks.kernel_report --arch 90 --grid representative --no-replay   # quick
+
+For every default launch of ``gpuann._triton.catalog`` (the launchers' own plans over a grid
+of shapes) it compiles the kernel for the architecture with the triton wheel's ``ptxas`` and
+records registers, spill bytes, shared memory, resident warps per SM, the tensor-core
+instruction used (``wgmma``/``mma`` in the PTX; HGMMA/HMMA in the SASS) and SASS instruction
+counts — in all, in the tile loop, in its largest conditional branch (the merge of a tile into
+the running top-k) and in the rest (``steady``).
+
+Then, for the headline fused k-NN shapes, it measures how often that branch runs by replaying
+the kernel's scan order in torch (same blocks of queries, splits and tiles; a program's
+threshold is its queries' current k-th score) on seeded random data and on clustered data
+(a mixture of Gaussians: neighbours concentrate, as in real embeddings), and turns the counts
+into an issue-bound time **estimate**: warp-instructions / (SMs × 4 schedulers × clock). Beside
+it, the same kind of estimate for torch ``mm + topk`` (FLOPs at peak + the score matrix written
+and read at HBM bandwidth). These are models, never measurements: ``benchmarks.gpu_suite``
+measures on a GPU.
+
+Writes ``<out>/kernel_report_sm<arch>.json`` and ``.md`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import harness
+
+__all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_merge_frequency"]
+
+#: Per architecture: the GPU modelled (SMs, boost clock, dense 16-bit tensor FLOP/s, HBM B/s).
+GPUS = {
+    90: {"name": "H100 SXM", "sms": 132, "clock_hz": 1.98e9, "flops16": 989e12, "bw": 3.35e12},
+    80: {"name": "A100 SXM 80GB", "sms": 108, "clock_hz": 1.41e9, "flops16": 312e12, "bw": 2.04e12},
+}
+#: Headline fused k-NN shapes of the estimate (float16 storage and queries, squared L2).
+HEADLINE = [
+    {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float16"}
+    for k in (10, 100, 512)
+]
+#: Queries replayed per shape (whole blocks of the kernel, so block-wide branches are exact).
+REPLAY_QUERIES = 128
+
+
+def replay_merge_frequency(
+    queries: Any, database: Any, k: int, block_m: int, block_n: int, per_split: int
+) -> dict[str, float]:
+    """How often the fused kernel's merge branch runs, replaying its scan order in torch.
+
+    Each program (a block of ``block_m`` queries over one split of ``per_split`` rows) scans
+    its rows in tiles of ``block_n``; a tile is merged when any of its queries has a score
+    strictly below that query's current k-th best (the kernel's ``hits > 0``).
+
+    Returns
+    -------
+    dict
+        ``block_tiles``: fraction of (program, tile) pairs that merge; ``query_tiles``: of
+        (query, tile) pairs with a hit; ``scores``: of scores that beat their threshold.
+    """
+    import torch
+
+    n_rows = database.shape[0]
+    sq = (database.float() ** 2).sum(1)
+    n_blocks = queries.shape[0] // block_m
+    merged = tiles = query_hits = score_hits = 0
+    for start in range(0, n_rows, per_split):
+        stop = min(start + per_split, n_rows)
+        best = torch.full((queries.shape[0], k), math.inf)
+        for t0 in range(start, stop, block_n):
+            t1 = min(t0 + block_n, stop)
+            scores = sq[t0:t1][None, :] - 2.0 * (queries @ database[t0:t1].T)
+            kth = best[:, -1:]
+            beat = scores < kth
+            hit = beat.any(1)
+            merged += int(hit.view(n_blocks, block_m).any(1).sum())
+            tiles += n_blocks
+            query_hits += int(hit.sum())
+            score_hits += int(beat.sum())
+            if hit.any():
+                both = torch.cat([best, scores], dim=1)
+                best = torch.topk(both, k, dim=1, largest=False, sorted=True).values
+    n_q = queries.shape[0]
+    total_tiles = tiles // max(n_blocks, 1)
+    return {
+        "block_tiles": merged / max(tiles, 1),
+        "query_tiles": query_hits / max(n_q * total_tiles, 1),
+        "scores": score_hits / max(n_q * n_rows, 1),
+    }
+
+
+def _data(kind: str, n_rows: int, dim: int, n_queries: int) -> tuple[Any, Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    if kind == "random":
+        x = torch.randn(n_rows, dim, generator=gen)
+        q = torch.randn(n_queries, dim, generator=gen)
+    else:  # clustered: 1000 Gaussian clusters, queries drawn like the rows
+        centers = torch.randn(1000, dim, generator=gen) * 2.0
+        x = centers[torch.randint(0, 1000, (n_rows,), generator=gen)]
+        x += torch.randn(n_rows, dim, generator=gen)
+        q = centers[torch.randint(0, 1000, (n_queries,), generator=gen)]
+        q += torch.randn(n_queries, dim, generator=gen)
+    return q.half().float(), x.half().float()
+
+
+def estimate(
+    shape: dict[str, Any], plan: Any, sass: dict[str, int] | None, p_merge: float, gpu: dict
+) -> dict[str, Any]:
+    """Issue-bound time estimate of the fused kernel, and the torch ``mm + topk`` model."""
+    q, n, d = shape["queries"], shape["rows"], shape["dim"]
+    launch = plan.partial
+    n_blocks, n_splits = launch.grid
+    per_split = dict(launch.args)["rows_per_split"]
+    block_n = dict(launch.constexprs)["BN"]
+    out: dict[str, Any] = {"p_merge_block_tiles": p_merge}
+    issue_rate = gpu["sms"] * 4 * gpu["clock_hz"]
+    if sass and "steady" in sass:
+        tiles = n_blocks * n_splits * math.ceil(per_split / block_n)
+        per_tile = sass["steady"] + p_merge * sass["branch"]
+        warp_instr = tiles * launch.num_warps * per_tile
+        out["fused_estimate_ms"] = 1e3 * warp_instr / issue_rate
+        out["fused_no_merge_estimate_ms"] = (
+            1e3 * tiles * launch.num_warps * sass["steady"] / issue_rate
+        )
+    flops = 2.0 * q * n * d
+    score_bytes = 2.0 * q * n * 2  # float16 scores written by mm, read by topk
+    out["torch_mm_topk_estimate_ms"] = 1e3 * (flops / gpu["flops16"] + score_bytes / gpu["bw"])
+    out["tensor_core_floor_ms"] = 1e3 * flops / gpu["flops16"]
+    out["hbm_floor_ms"] = 1e3 * (n + q) * d * 2 / gpu["bw"]
+    out["l2_reread_note"] = f"database read by {n_blocks} query blocks (through L2)"
+    return out
+
+
+def _rows(cases: list[Any], results: list[Any]) -> list[dict[str, Any]]:
+    from gpuann._triton import aot
+
+    rows = []
+    for case, res in zip(cases, results, strict=True):
+        sass = res.sass or {}
+        row = {
+            "op": case.op,
+            **dict(case.params),
+            "config": case.launch.label(),
+            **res.to_dict(),
+            "sass_total": sass.get("total"),
+            "sass_loop": sass.get("loop"),
+            "sass_steady": sass.get("steady"),
+            "sass_branch": sass.get("branch"),
+            "sass_tensor": sass.get("HGMMA", 0) + sass.get("HMMA", 0),
+            "problems": aot.problems(res),
+        }
+        row.pop("sass", None)
+        row["sass_opcodes"] = {op: c for op, c in sass.items() if op.isupper()}
+        rows.append(row)
+    return rows
+
+
+COLUMNS = [
+    harness.Column("op", "op", align="left"),
+    harness.Column("Q", "Q"),
+    harness.Column("rows", "rows"),
+    harness.Column("d", "d"),
+    harness.Column("words", "words"),
+    harness.Column("k", "k"),
+    harness.Column("dtype", "dtype", align="left"),
+    harness.Column("metric", "metric", align="left"),
+    harness.Column("filters", "filters", align="left"),
+    harness.Column("config", "config", align="left"),
+    harness.Column("registers", "regs"),
+    harness.Column("spill_stores", "spill st B"),
+    harness.Column("spill_loads", "spill ld B"),
+    harness.Column("shared", "smem KiB", lambda s: f"{s / 1024:.0f}"),
+    harness.Column("resident_warps", "warps/SM"),
+    harness.Column("tensor_core", "MMA", align="left"),
+    harness.Column("sass_total", "SASS"),
+    harness.Column("sass_steady", "steady"),
+    harness.Column("sass_branch", "branch"),
+    harness.Column("problems", "problems", lambda p: "; ".join(p) or "ok", align="left"),
+]
+ESTIMATE_COLUMNS = [
+    harness.Column("k", "k"),
+    harness.Column("data", "data", align="left"),
+    harness.Column("p_merge_block_tiles", "P(merge) block", "{:.4f}".format),
+    harness.Column("p_query_tiles", "P(hit) query", "{:.4f}".format),
+    harness.Column("p_scores", "P(beat) score", "{:.5f}".format),
+    harness.Column("fused_estimate_ms", "fused est. ms", "{:.2f}".format),
+    harness.Column("fused_no_merge_estimate_ms", "no-merge est. ms", "{:.2f}".format),
+    harness.Column("torch_mm_topk_estimate_ms", "torch est. ms", "{:.2f}".format),
+    harness.Column("tensor_core_floor_ms", "TC floor ms", "{:.2f}".format),
+    harness.Column("hbm_floor_ms", "HBM floor ms", "{:.3f}".format),
+    harness.Column("replayed_for", "replayed for", align="left"),
+]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="90,80", help="compute capabilities, e.g. 90,80")
+    p.add_argument("--grid", choices=("report", "full", "representative"), default="report")
+    p.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results")
+    p.add_argument("--workers", type=int, default=None, help="compiling processes")
+    p.add_argument("--no-replay", action="store_true", help="skip the branch-frequency replay")
+    args = p.parse_args(argv)
+    args.arch = [int(a) for a in args.arch.split(",") if a]
+    return args
+
+
+def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str, Any]]:
+    """Plans of the headline shapes and their replayed branch frequencies.
+
+    ``memo`` keeps frequencies across architectures: the second architecture reuses the
+    first one's replay (same tiles; its split differs with the SM count, noted in the output).
+    """
+    import torch
+
+    from gpuann._triton import catalog
+    from gpuann._triton.knn import plan_fused_knn
+
+    out = []
+    for shape in HEADLINE:
+        plan = plan_fused_knn(
+            shape["queries"],
+            shape["rows"],
+            shape["dim"],
+            shape["k"],
+            storage_dtype=torch.float16,
+            query_dtype=torch.float16,
+            l2=True,
+            has_sqnorms=True,
+            sm_count=catalog.SM_COUNT[arch],
+        )
+        entry = {"shape": shape, "plan": plan, "freq": {}}
+        if not no_replay:
+            cfg = plan.config
+            per_split = dict(plan.partial.args)["rows_per_split"]
+            n_q = max(cfg.block_m, REPLAY_QUERIES // cfg.block_m * cfg.block_m)
+            kinds = ("random", "clustered") if shape["k"] <= 100 else ("random",)
+            for kind in kinds:
+                key = (shape["k"], kind, cfg.block_m, cfg.block_n)
+                if key in memo:
+                    entry["freq"][kind] = {**memo[key], "replayed_for": memo[key]["replayed_for"]}
+                    continue
+                q, x = _data(kind, shape["rows"], shape["dim"], n_q)
+                t0 = time.perf_counter()
+                freq = replay_merge_frequency(q, x, shape["k"], cfg.block_m, cfg.block_n, per_split)
+                freq["replay_s"] = time.perf_counter() - t0
+                freq["replayed_for"] = f"sm_{arch} (rows_per_split={per_split})"
+                memo[key] = freq
+                entry["freq"][kind] = freq
+                print(f"  replay sm_{arch} k={shape['k']} {kind}: {freq}", flush=True)
+        out.append(entry)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from gpuann._triton import aot, catalog
+
+    grid = {"full": catalog.FULL, "report": catalog.REPORT}.get(args.grid, catalog.REPRESENTATIVE)
+    env = harness.environment_info("cpu")
+    memo: dict[Any, Any] = {}
+    for arch in args.arch:
+        t0 = time.perf_counter()
+        cases = [c for c in catalog.all_cases(grid, arch) if c.default]
+        print(f"sm_{arch}: compiling {len(cases)} default launches", flush=True)
+        results = aot.compile_launches(
+            [c.launch for c in cases], arch, sass=True, workers=args.workers
+        )
+        rows = _rows(cases, results)
+        replays = _replays(arch, args.no_replay, memo)
+        gpu = GPUS[arch]
+        estimates = []
+        heads = aot.compile_launches([r["plan"].partial for r in replays], arch, sass=True)
+        for entry, res in zip(replays, heads, strict=True):
+            for kind, freq in entry["freq"].items() or [("none", {"block_tiles": 0.0})]:
+                est = estimate(entry["shape"], entry["plan"], res.sass, freq["block_tiles"], gpu)
+                est.update(
+                    k=entry["shape"]["k"],
+                    data=kind,
+                    p_query_tiles=freq.get("query_tiles"),
+                    p_scores=freq.get("scores"),
+                    config=entry["plan"].partial.label(),
+                    replayed_for=freq.get("replayed_for"),
+                )
+                estimates.append(est)
+        bad = [r for r in rows if r["problems"]]
+        payload = {
+            "arch": arch,
+            "gpu_model": gpu,
+            "environment": env,
+            "grid": args.grid,
+            "seconds": time.perf_counter() - t0,
+            "note": (
+                "Compiled ahead of time on a machine without a GPU. Times are issue-bound "
+                "ESTIMATES from static SASS counts and replayed branch frequencies, not "
+                "measurements."
+            ),
+            "launches": rows,
+            "estimates": estimates,
+        }
+        stem = f"kernel_report_sm{arch}"
+        harness.write_json(args.out / f"{stem}.json", payload)
+        text = [
+            f"# Kernel report, sm_{arch} ({gpu['name']} model)",
+            "",
+            f"triton {env['versions'].get('triton')}, {env['date']}, grid `{args.grid}`: "
+            f"{len(rows)} default launches, {len(bad)} with problems. Compiled ahead of time "
+            "without a GPU; nothing here was run on one.",
+            "",
+            "## Estimates (issue-bound model, not measurements)",
+            "",
+            f"Headline: Q=4096, N=10⁶, d=128, float16, L2. Issue rate {gpu['sms']} SMs × 4 × "
+            f"{gpu['clock_hz'] / 1e9:.2f} GHz; torch: FLOPs at {gpu['flops16'] / 1e12:.0f} "
+            f"TFLOP/s + the float16 score matrix written and read at {gpu['bw'] / 1e12:.2f} TB/s.",
+            "",
+            harness.markdown_table(estimates, ESTIMATE_COLUMNS),
+            "",
+            "## Default launches",
+            "",
+            harness.markdown_table(rows, COLUMNS),
+            "",
+        ]
+        harness.write_text(args.out / f"{stem}.md", "\n".join(text))
+        print(f"sm_{arch}: {len(bad)} problems; wrote {args.out / stem}.json/.md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Environment flags, parsed in one place.
+
+Every switch gpuann reads from the environment is here, with one spelling of "true"/"false":
+``1/true/on/yes`` and ``0/false/off/no`` (case-insensitive). They are read at call time, not at
+import, so a test or a notebook can set them after ``import gpuann``.
+
+- ``TRITON_INTERPRET``: Triton's own interpreter flag; when on, the Triton backend runs on CPU
+  tensors (slowly: for tests).
+- ``GPUANN_AUTOTUNE``: ``0`` turns off autotuning (fixed, pre-checked configurations are used);
+  on by default on CUDA, always off under the interpreter.
+- ``GPUANN_AOT_CACHE``: the folder of the ahead-of-time compile checks' disk cache (default
+  ``~/.cache/gpuann/aot``); ``0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["aot_cache_dir", "autotune_enabled", "env_flag", "interpreter_enabled"]
+
+_TRUE = frozenset({"1", "true", "on", "yes"})
+_FALSE = frozenset({"0", "false", "off", "no", ""})
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The boolean value of environment variable ``name`` (``default`` when unset).
+
+    An unrecognised value raises, naming the variable, rather than being read as either.
+
+    >>> env_flag("GPUANN_SURELY_UNSET_FLAG", True)
+    True
+    """
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}: expected one of 1/true/on/yes or 0/false/off/no, got {raw!r}")
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET`` asks for the Triton interpreter (kernels run on the CPU)."""
+    return env_flag("TRITON_INTERPRET", False)
+
+
+def autotune_enabled() -> bool:
+    """True unless ``GPUANN_AUTOTUNE=0`` or the interpreter runs (fixed configs are used then)."""
+    return env_flag("GPUANN_AUTOTUNE", True) and not interpreter_enabled()
+
+
+def aot_cache_dir() -> Path | None:
+    """The compile checks' disk cache folder (``GPUANN_AOT_CACHE``), or None when turned off."""
+    raw = os.environ.get("GPUANN_AOT_CACHE")
+    if raw is not None and raw.strip().lower() in _FALSE:
+        return None
+    return Path(raw) if raw else Path.home() / ".cache" / "gpuann" / "aot"

@@ -1,0 +1,156 @@
+"""int8 storage for :class:`gpuann.FlatIndex` (``dtype=torch.int8``): codes, scoring, refine.
+
+Vectors are stored as int8 codes with per-dimension ranges (:class:`gpuann.quantize.
+ScalarQuantizer`): a quarter of float32's memory. A search runs the shared exact engine on the
+codes with the query scaled per dimension, ``q' = q · step``, so that the engine's scores are
+``‖x̂‖² − 2⟨q', c⟩`` (l2) or ``⟨q', c⟩`` (ip): the order of the true scores against the decoded
+vectors ``x̂ = mid + step · c``, up to a constant per query. The winners (``k``, or
+``refine_factor · k`` with ``refine=True``) are then re-scored with
+:func:`gpuann.refine.rerank_rows`: against the decoded codes, or against float32 copies of the
+vectors kept in host memory (``refine=True``), which makes the final distances exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gpuann._rows import IdRows
+from gpuann.metrics import Metric
+from gpuann.quantize import ScalarQuantizer
+from gpuann.refine import rerank_rows
+
+__all__ = ["Int8Codes"]
+
+
+class Int8Codes:
+    """The int8 side of a FlatIndex: its quantiser and, with ``refine``, the float vectors.
+
+    Parameters
+    ----------
+    dim : int
+    metric : Metric
+    device : torch.device
+        Where the codes live (the index's device).
+    refine : bool
+        Keep float32 copies of the vectors in host memory for exact re-scoring.
+    """
+
+    def __init__(self, dim: int, metric: Metric, device: torch.device, refine: bool) -> None:
+        self.dim, self.metric, self.device, self.refine = dim, metric, device, refine
+        self.quantizer = ScalarQuantizer(dim, device)
+        #: Float32 vectors, same ids and row order as the codes, in host memory.
+        self.host = IdRows(torch.device("cpu"), {"vectors": ((dim,), torch.float32)})
+
+    # ---------------------------------------------------------------- storage
+    def columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        columns = {"vectors": ((self.dim,), torch.int8)}
+        if self.metric is Metric.L2:
+            columns["sqnorms"] = ((), torch.float32)
+        return columns
+
+    def derive(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.metric is not Metric.L2:
+            return {}
+        decoded = self.quantizer.decode(codes)
+        return {"sqnorms": (decoded * decoded).sum(dim=1)}
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Columns of float32 ``x`` (the raw vectors travel too, for the host copy)."""
+        codes = self.quantizer.encode(x)
+        return {"vectors": codes, **self.derive(codes), "float_vectors": x}
+
+    def decode(self, rows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The stored vectors of ``rows``: exact with ``refine``, else decoded codes."""
+        if self.refine:
+            return self.host.data["vectors"][rows.cpu()].to(self.device)
+        return self.quantizer.decode(codes[rows])
+
+    # ---------------------------------------------------------------- keeping the host copy in step
+    def insert(self, ids: torch.Tensor, columns: dict[str, torch.Tensor]) -> None:
+        x = columns.pop("float_vectors")
+        if self.refine:
+            self.host.insert(ids.cpu(), {"vectors": x.cpu()})
+
+    def remove(self, rows: torch.Tensor) -> None:
+        if self.refine:
+            self.host.remove_rows(rows.cpu())
+
+    def update(self, rows: torch.Tensor, columns: dict[str, torch.Tensor]) -> None:
+        x = columns.pop("float_vectors")
+        if self.refine:
+            self.host.set_rows(rows.cpu(), {"vectors": x.cpu()})
+
+    # ---------------------------------------------------------------- search
+    def engine_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """Queries scaled per dimension for the engine's scores on the codes."""
+        return queries.float() * self.quantizer.step
+
+    def rescore(
+        self,
+        queries: torch.Tensor,
+        codes: torch.Tensor,
+        rows: torch.Tensor,
+        k: int,
+        memory_budget: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best of the candidate ``rows`` (Q, C), scored against decoded codes or,
+        with ``refine``, the exact host vectors."""
+        metric = Metric.L2 if self.metric is Metric.L2 else Metric.IP
+        if self.refine:
+            host = self.host.data["vectors"]
+
+            def gather(safe: torch.Tensor) -> torch.Tensor:
+                flat = host.index_select(0, safe.reshape(-1).cpu())
+                return flat.view(*safe.shape, -1)
+        else:
+            quantizer = self.quantizer
+
+            def gather(safe: torch.Tensor) -> torch.Tensor:
+                flat = codes.index_select(0, safe.reshape(-1))
+                return quantizer.decode(flat.view(*safe.shape, -1))
+
+        return rerank_rows(
+            queries.float(), None, None, rows, k, metric, memory_budget, gather=gather
+        )
+
+    def range_tile(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decoded float32 rows of a tile of codes (range search scores them exactly)."""
+        return self.quantizer.decode(codes)
+
+    # ---------------------------------------------------------------- files
+    def arrays(self) -> dict[str, torch.Tensor]:
+        arrays: dict[str, Any] = {}
+        if self.quantizer.is_trained:
+            arrays = {"sq_mid": self.quantizer.mid, "sq_step": self.quantizer.step}
+        if self.refine:
+            arrays["refine_vectors"] = self.host.view("vectors")
+        return arrays
+
+    def restore(self, arrays: dict[str, torch.Tensor], ids: torch.Tensor, next_id: int) -> None:
+        from gpuann.serialization import IndexFileError
+
+        if "sq_mid" in arrays:
+            mid, step = arrays["sq_mid"], arrays.get("sq_step")
+            if step is None or mid.shape != (self.dim,) or step.shape != (self.dim,):
+                raise IndexFileError("sq_mid/sq_step do not match the index's dim")
+            self.quantizer.set_state(mid, step)
+        elif ids.numel():
+            raise IndexFileError("an int8 index with vectors needs sq_mid and sq_step")
+        if self.refine:
+            vectors = arrays.get("refine_vectors")
+            if vectors is None or vectors.shape != (ids.shape[0], self.dim):
+                raise IndexFileError("refine_vectors do not match the stored ids")
+            self.host.load(ids.cpu(), {"vectors": vectors.float()}, next_id)
+
+    def copy_to(self, device: torch.device) -> Int8Codes:
+        other = Int8Codes(self.dim, self.metric, device, self.refine)
+        other.quantizer = self.quantizer.to(device)
+        other.host = self.host.copy_to(torch.device("cpu"))
+        return other
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the host copy (the codes are counted by the index's row store)."""
+        return self.host.nbytes

@@ -1,0 +1,190 @@
+"""faiss-compatible names over gpuann indexes: change ``import faiss`` and keep your code.
+
+>>> import numpy as np
+>>> import gpuann.compat.faiss as faiss
+>>> data = np.random.default_rng(0).random((1000, 16), dtype="float32")
+>>> index = faiss.IndexFlatL2(16)
+>>> index.add(data)
+>>> D, I = index.search(data[:2], 3)
+>>> I[:, 0].tolist(), index.ntotal
+([0, 1], 1000)
+
+It behaves as faiss to the letter where it can (results, ``-1`` ids with ``±3.4028235e38``
+distances, error classes, files faiss reads), with these additions: numpy or torch tensors
+(on any device) are accepted and returned in kind; the index lives on the GPU when one is
+present; equal distances are ordered by lower id; searches are safe from several threads.
+It can stand in for faiss in code that imports faiss itself
+(``sys.modules["faiss"] = gpuann.compat.faiss``); faiss-cpu, when installed, is still used
+for IVF and for faiss's file format. Importing this module does not import faiss.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpuann.compat.faiss._base import Index
+from gpuann.compat.faiss._common import (
+    FLT_MAX,
+    IO_FLAG_MMAP,
+    IO_FLAG_ONDISK_SAME_DIR,
+    IO_FLAG_READ_ONLY,
+    IO_FLAG_SKIP_IVF_DATA,
+    METRIC_INNER_PRODUCT,
+    METRIC_L2,
+    ArgumentError,
+    FaissRuntimeError,
+    IndexFileError,
+    MissingFileError,
+    UnknownIdError,
+    as_vectors,
+    check_k,
+    fill_missing,
+    metric_name,
+)
+from gpuann.compat.faiss.binary import IndexBinaryFlat, IndexLSH
+from gpuann.compat.faiss.flat import (
+    IndexFlat,
+    IndexFlatIP,
+    IndexFlatL2,
+    IndexIDMap,
+    IndexIDMap2,
+    Int64Vector,
+    vector_to_array,
+)
+from gpuann.compat.faiss.io import (
+    deserialize_index,
+    deserialize_index_binary,
+    read_index,
+    read_index_binary,
+    serialize_index,
+    serialize_index_binary,
+    write_index,
+    write_index_binary,
+)
+from gpuann.compat.faiss.ivf import (
+    FAISS_SEED,
+    DirectMap,
+    IndexIVF,
+    IndexIVFFlat,
+    IndexIVFPQ,
+    index_factory,
+)
+from gpuann.compat.faiss.refine import IndexRefineFlat, IndexRefineSearchParameters
+from gpuann.compat.faiss.selectors import (
+    IDSelector,
+    IDSelectorAnd,
+    IDSelectorArray,
+    IDSelectorBatch,
+    IDSelectorBitmap,
+    IDSelectorNot,
+    IDSelectorOr,
+    IDSelectorRange,
+    IDSelectorXOr,
+    SearchParameters,
+    SearchParametersIVF,
+)
+from gpuann.exact import knn as _knn
+
+__all__ = [
+    "FAISS_SEED",
+    "IO_FLAG_MMAP",
+    "IO_FLAG_ONDISK_SAME_DIR",
+    "IO_FLAG_READ_ONLY",
+    "IO_FLAG_SKIP_IVF_DATA",
+    "METRIC_INNER_PRODUCT",
+    "METRIC_L2",
+    "ArgumentError",
+    "DirectMap",
+    "FaissRuntimeError",
+    "IDSelector",
+    "IDSelectorAnd",
+    "IDSelectorArray",
+    "IDSelectorBatch",
+    "IDSelectorBitmap",
+    "IDSelectorNot",
+    "IDSelectorOr",
+    "IDSelectorRange",
+    "IDSelectorXOr",
+    "Index",
+    "IndexBinaryFlat",
+    "IndexFileError",
+    "IndexFlat",
+    "IndexFlatIP",
+    "IndexFlatL2",
+    "IndexIDMap",
+    "IndexIDMap2",
+    "IndexIVF",
+    "IndexIVFFlat",
+    "IndexIVFPQ",
+    "IndexLSH",
+    "IndexRefineFlat",
+    "IndexRefineSearchParameters",
+    "Int64Vector",
+    "MissingFileError",
+    "SearchParameters",
+    "SearchParametersIVF",
+    "UnknownIdError",
+    "clone_index",
+    "deserialize_index",
+    "deserialize_index_binary",
+    "downcast_index",
+    "index_factory",
+    "knn",
+    "normalize_L2",
+    "omp_get_max_threads",
+    "omp_set_num_threads",
+    "read_index",
+    "read_index_binary",
+    "serialize_index",
+    "serialize_index_binary",
+    "vector_to_array",
+    "write_index",
+    "write_index_binary",
+]
+
+
+def knn(xq: Any, xb: Any, k: int, metric: int = METRIC_L2) -> tuple[Any, Any]:
+    """faiss ``knn``: exact ``(D, I)`` of ``xq`` against ``xb`` without building an index."""
+    d = np.shape(xb)[1] if np.ndim(xb) == 2 else -1
+    xq, xb, k = as_vectors(xq, d, "xq"), as_vectors(xb, d, "xb"), check_k(k)
+    distances, ids = _knn(xq, xb, k, metric=metric_name(metric))
+    missing = FLT_MAX if metric == METRIC_L2 else -FLT_MAX
+    return fill_missing(distances, ids, missing), ids
+
+
+def normalize_L2(x: np.ndarray | torch.Tensor) -> None:
+    """Normalise the rows of ``x`` in place, as faiss does (zero rows stay zero)."""
+    if isinstance(x, np.ndarray):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        np.divide(x, np.maximum(norms, 1e-12), out=x)
+    else:
+        x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def omp_set_num_threads(num_threads: int) -> None:
+    """Threads of gpuann's CPU search (torch's) and, when installed, of faiss's OpenMP."""
+    torch.set_num_threads(int(num_threads))
+    from gpuann.compat.faiss.io import _real_faiss
+
+    real = _real_faiss()
+    if real is not None:
+        real.omp_set_num_threads(int(num_threads))
+
+
+def omp_get_max_threads() -> int:
+    """Threads of gpuann's CPU search (torch's)."""
+    return torch.get_num_threads()
+
+
+def downcast_index(index: Index) -> Index:
+    """``index`` itself: the shim's classes are already the most derived ones."""
+    return index
+
+
+def clone_index(index: Index) -> Index:
+    """An independent copy of ``index`` (through gpuann's safe serialisation)."""
+    return copy.deepcopy(index)

@@ -1,0 +1,102 @@
+"""Input preparation shared by every index: validation, conversion, the NaN/inf policy.
+
+Values are checked *after* conversion to the dtype they are computed in, so a float64 value
+beyond float32's range is an error, not an ``inf``; for l2/ip, squared norms beyond float32's
+range are refused too (distances would be infinite). Cosine normalisation is scale-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gpuann._validate import as_float_matrix, positive_int
+from gpuann.metrics import Metric
+
+__all__ = ["check_memory_budget", "check_values", "prepare_vectors"]
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_memory_budget(value: Any, name: str = "memory_budget") -> int | None:
+    """``None`` (the default budget) or a positive int number of bytes."""
+    return None if value is None else positive_int(value, name)
+
+
+def check_values(x: torch.Tensor, name: str, metric: Metric, dtype: torch.dtype) -> None:
+    """Raise unless ``x`` is finite in ``dtype`` and (for l2/ip) its squared norms fit float32.
+
+    One reduction and one host sync.
+    """
+    if not x.numel():
+        return
+    peak = float(x.detach().abs().amax())
+    if peak != peak or peak == float("inf"):
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"{name}: contains NaN or infinite values in {str(dtype).removeprefix('torch.')} "
+            f"(rows {bad}{'…' if len(bad) == 5 else ''}); values beyond the dtype's range "
+            "become infinite. Pass check_finite=False to skip this check"
+        )
+    if metric is not Metric.COSINE and peak * peak * x.shape[1] > _F32_MAX:
+        raise ValueError(
+            f"{name}: values up to {peak:.3g} give squared norms or inner products beyond "
+            f"float32's range ({_F32_MAX:.3g}); distances would be infinite. Rescale the "
+            "vectors (or use metric='cosine')"
+        )
+
+
+def prepare_vectors(
+    x: Any,
+    name: str,
+    *,
+    dim: int,
+    metric: Metric,
+    device: torch.device,
+    check_finite: bool,
+    dtype: torch.dtype | None = torch.float32,
+) -> tuple[torch.Tensor, bool, torch.device]:
+    """Validated vectors in ``dtype`` on ``device``, normalised for cosine.
+
+    Parameters
+    ----------
+    x : torch.Tensor or numpy.ndarray, shape (n, dim), floating
+    name : str
+        The argument's name, for errors.
+    dtype : torch.dtype, optional
+        The dtype to return; ``None`` keeps ``x``'s (float64 becomes float32).
+    check_finite : bool
+        Check the values once converted: NaN/inf, values beyond ``dtype``'s range, squared
+        norms beyond float32's (l2/ip).
+
+    Returns
+    -------
+    vectors : torch.Tensor, shape (n, dim), ``dtype``, on ``device``
+    was_numpy : bool
+    source_device : torch.device
+        Where ``x`` was (results go back there).
+
+    Cosine normalisation is scale-safe: a row whose largest magnitude is outside
+    ``[1e-18, 1e18]`` is divided by it before its norm is taken, so tiny or huge norms neither
+    underflow nor overflow in float32 (other rows are normalised exactly as
+    ``torch.nn.functional.normalize`` does).
+    """
+    x, was_numpy = as_float_matrix(x, name, dim=dim)
+    source = x.device
+    x = x.to(device)
+    if dtype is None:
+        dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
+    checking = check_finite and not torch.compiler.is_compiling()
+    if metric is Metric.COSINE:
+        if checking:
+            check_values(x, name, metric, x.dtype)
+        scale = x.abs().amax(dim=1, keepdim=True)
+        extreme = (scale > 1e18) | (scale < 1e-18)
+        x = torch.where(extreme, x / torch.where(scale > 0, scale, torch.ones_like(scale)), x)
+        x = torch.nn.functional.normalize(x.float(), dim=1).to(dtype)
+    else:
+        x = x.to(dtype)
+        if checking:
+            check_values(x, name, metric, dtype)
+    return x, was_numpy, source

@@ -1,0 +1,147 @@
+"""From faiss's labels to gpuann's results: tie order, padding, and exact re-ranking.
+
+faiss returns each query's labels (the user's ids) sorted by distance, in any order among
+equal distances, with ``±FLT_MAX`` next to missing ones. gpuann's results put equal distances
+in order of lower id and report missing results as id ``-1`` with ``±inf``; with ``refine``
+the candidates are re-scored exactly by the one re-ranking implementation,
+:func:`gpuann.refine.rerank_rows`, within the memory budget.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpuann._rows import IdRows
+from gpuann._tiebreak import topk_by_id
+from gpuann.ivf.gpu_gaps import GapFilledFaiss
+from gpuann.metrics import Metric
+from gpuann.refine import rerank_rows
+
+__all__ = ["FETCH_BYTES_PER_CANDIDATE", "faiss_range_search", "pad", "refined_search", "tie_order"]
+
+#: Working bytes per (query, candidate) of a re-ranked search besides the re-ranking itself:
+#: faiss's distance and label, the candidate's row and found flag, the masked row.
+FETCH_BYTES_PER_CANDIDATE = 4 + 8 + 8 + 1 + 8
+
+
+def refined_search(
+    lists: GapFilledFaiss,
+    rows: IdRows,
+    queries: torch.Tensor,
+    k: int,
+    nprobe: int,
+    factor: int,
+    metric: Metric,
+    budget: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``factor · k`` faiss candidates per query re-scored exactly against the stored vectors.
+
+    A block of queries at a time, sized so that the block's faiss results, candidate rows
+    and gathered vectors together fit ``budget`` bytes (:func:`gpuann.refine.rerank_rows`
+    then gathers the whole block in one pass).
+
+    Parameters
+    ----------
+    lists : GapFilledFaiss
+        The faiss index (its labels are ids of ``rows``).
+    rows : IdRows
+        With columns ``vectors`` (n, dim) float32 and, for l2, ``sqnorms`` (n,) float32.
+    queries : torch.Tensor, shape (Q, dim), float32, contiguous (normalised for cosine)
+    k, nprobe, factor : int
+    metric : Metric
+    budget : int
+        Bytes of working memory.
+
+    Returns
+    -------
+    distances : torch.Tensor, shape (Q, k), float32 (±inf where missing)
+    ids : torch.Tensor, shape (Q, k), int64 (``-1`` where missing)
+    """
+    stored, wanted = rows.n, k * factor
+    dead = lists.tombstones.numel()
+    width = min(wanted + dead, max(1, stored + dead))  # what the faiss search fetches
+    dim = queries.shape[1]
+    per_query = width * (FETCH_BYTES_PER_CANDIDATE + dim * 8 + 32)
+    block = max(1, budget // per_query)
+    vectors = rows.view("vectors")
+    sqnorms = rows.view("sqnorms") if metric is Metric.L2 else None
+    n_queries = queries.shape[0]
+    out_d = torch.empty((n_queries, k), device=queries.device)
+    out_i = torch.empty((n_queries, k), dtype=torch.int64, device=queries.device)
+    for q0 in range(0, n_queries, block):
+        q = queries[q0 : q0 + block]
+        _, labels, _ = lists.search(q, wanted, nprobe, stored)
+        found_rows, found = rows.positions(labels)
+        candidates = torch.where(found, found_rows, -1)  # missing or tombstoned: none
+        del labels, found_rows, found
+        d, best = rerank_rows(q, vectors, sqnorms, candidates, k, metric, budget)
+        out_d[q0 : q0 + block], out_i[q0 : q0 + block] = d, rows.ids_of(best)
+    return out_d, out_i
+
+
+def tie_order(
+    distances: torch.Tensor, labels: torch.Tensor, k: int, metric: Metric, masked: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest first, equal distances by lower id, missing (-1) last with ±inf.
+
+    faiss returns each row sorted by distance with missing entries last, in any order among
+    equal distances. On CPU, when no two neighbouring valid entries are equal and nothing was
+    masked (``masked``: tombstones), that order is already the final one and the sort is
+    skipped (one comparison pass; on CUDA the check would cost a host sync, so the rows are
+    always sorted there).
+    """
+    missing = metric.missing_distance
+    if not masked and labels.shape[1] == k and labels.device.type == "cpu":
+        d, i = distances.numpy(), labels.numpy()  # numpy: less per-op overhead here
+        if not ((d[:, 1:] == d[:, :-1]) & (i[:, 1:] >= 0)).any():
+            d[i < 0] = missing  # ``distances`` is a fresh buffer from the faiss call
+            return distances, labels
+    descending = metric.descending
+    values, labels = topk_by_id(-distances if descending else distances, labels, k)
+    values = -values if descending else values
+    return values.masked_fill(labels < 0, missing), labels
+
+
+def pad(
+    distances: torch.Tensor, labels: torch.Tensor, k: int, metric: Metric
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Results widened to ``k`` columns with missing entries (id ``-1``, ±inf)."""
+    short = k - labels.shape[1]
+    if short <= 0:
+        return distances, labels
+    n = labels.shape[0]
+    fill_d = torch.full((n, short), metric.missing_distance, device=distances.device)
+    fill_i = torch.full((n, short), -1, dtype=torch.int64, device=labels.device)
+    return torch.cat([distances, fill_d], dim=1), torch.cat([labels, fill_i], dim=1)
+
+
+def faiss_range_search(
+    lists: GapFilledFaiss,
+    queries: torch.Tensor,
+    radius: float,
+    nprobe: int,
+    metric: Metric,
+    max_results: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Range search over ``nprobe`` lists on the host copy (faiss-gpu has none), tombstoned
+    ids dropped, each query's results ordered by distance then id (CPU tensors)."""
+    from gpuann.ivf import _faiss
+    from gpuann.range_search import DEFAULT_MAX_RESULTS, order_ranges
+
+    found = _faiss.range_search(lists.host_index(), queries, radius, nprobe)
+    lims, distances, labels = (torch.from_numpy(a) for a in found)
+    if lists.tombstones.numel():
+        alive = ~torch.isin(labels, lists.tombstones.cpu())
+        counts = torch.zeros(lims.numel() - 1, dtype=torch.int64)
+        query = torch.repeat_interleave(torch.arange(counts.numel()), lims.diff())
+        counts.index_add_(0, query[alive], torch.ones_like(query[alive]))
+        lims = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+        distances, labels = distances[alive], labels[alive]
+    limit = DEFAULT_MAX_RESULTS if max_results is None else max_results
+    if labels.numel() > limit:
+        raise ValueError(
+            f"radius: more than max_results={limit} results ({labels.numel()}); pass a "
+            "tighter radius or a larger max_results"
+        )
+    distances, labels = order_ranges(lims, distances, labels, descending=metric is not Metric.L2)
+    return lims, distances, labels

@@ -1,0 +1,218 @@
+"""``GapFilledFaiss``: the faiss IVF index of a gpuann index, with faiss-gpu's gaps filled.
+
+An IVF index keeps its ids in gpuann's id-sorted store (:class:`gpuann._rows.IdRows`) and its
+inverted lists in faiss; this class is the faiss half. Where faiss-gpu falls short, it fills
+in (each path also runs on CPU through the private switches, so CPU-only tests cover them):
+
+- **Removal by tombstones.** faiss-gpu IVF has no ``remove_ids``: a removed id becomes a
+  *tombstone*, filtered from results at search time after over-fetching ``k + #tombstones``
+  candidates, which is exact: at most ``#tombstones`` of the fetched results can be dead. Past
+  ``max_tombstones`` pending removals (or when a removed id is added again) the index is
+  *compacted*: copied to the host, ``remove_ids`` run there, and copied back. A CPU index
+  compacts at once, so it never holds tombstones after a mutation. Tombstoning first and
+  compacting afterwards makes a removal all-or-nothing: a failed compaction leaves
+  tombstones, which still give the right results.
+- **The k limit.** ``k`` (or ``nprobe``) above faiss-gpu's 2048 runs on a cached CPU copy of the
+  index (a documented host round trip; the copy is dropped after any change).
+- **Thread safety.** faiss-gpu is not thread-safe: calls on a GPU index are serialised per
+  device; CPU calls run concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager, nullcontext, suppress
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpuann.ivf import _faiss
+
+__all__ = ["MAX_TOMBSTONES", "GapFilledFaiss"]
+
+#: Pending GPU removals kept as tombstones before the index is compacted.
+MAX_TOMBSTONES = 1024
+
+
+class GapFilledFaiss:
+    """A faiss IVF index on ``device`` (a faiss-gpu index on CUDA), driven through tensors.
+
+    Parameters
+    ----------
+    cpu_index : faiss.IndexIVF
+        A CPU index; it is cloned onto ``device``.
+    device : torch.device
+
+    Attributes
+    ----------
+    index : faiss.Index
+        The faiss index searches run on.
+    tombstones : torch.Tensor, shape (t,), int64, ascending, on ``device``
+        Removed ids faiss still holds.
+    use_tombstones : bool
+        Remove by tombstones (on for CUDA; a private switch for tests).
+    device_k_limit : int or None
+        The largest ``k``/``nprobe`` the device index accepts (2048 on CUDA, None on CPU).
+    max_tombstones : int
+    """
+
+    def __init__(self, cpu_index: Any, device: torch.device) -> None:
+        self.device = device
+        on_gpu = device.type == "cuda"
+        self.use_tombstones = on_gpu
+        self.device_k_limit: int | None = _faiss.GPU_MAX_K if on_gpu else None
+        self.max_tombstones = MAX_TOMBSTONES
+        self._cache_mutex = threading.Lock()
+        self.install(cpu_index)
+
+    # ---------------------------------------------------------------- state
+    def install(self, cpu_index: Any) -> None:
+        """Adopt (a device clone of) ``cpu_index``; no tombstones, no host cache."""
+        self.index = _faiss.index_to_device(cpu_index, self.device)
+        self.tombstones = torch.empty(0, dtype=torch.int64, device=self.device)
+        self._host_cache: Any = None
+
+    @property
+    def is_cpu(self) -> bool:
+        """Whether the faiss index is a CPU one."""
+        return not hasattr(self.index, "getDevice")
+
+    @property
+    def ntotal(self) -> int:
+        """Entries faiss holds (tombstoned ones included)."""
+        return int(self.index.ntotal)
+
+    def serial(self) -> AbstractContextManager:
+        """Serialises faiss calls on a GPU (faiss-gpu is not thread-safe); CPU runs freely."""
+        return nullcontext() if self.is_cpu else _faiss.device_lock(self.device)
+
+    def drop_cache(self) -> None:
+        """Forget the host copy (after any change)."""
+        self._host_cache = None
+
+    # ---------------------------------------------------------------- mutations
+    def train(self, x: torch.Tensor) -> None:
+        """Train on contiguous float32 ``x`` on the device."""
+        with self.serial():
+            _faiss.train(self.index, x)
+        self.drop_cache()
+
+    def add(self, x: torch.Tensor, ids: torch.Tensor) -> None:
+        """Add ``x`` with labels ``ids``; a re-added tombstoned id compacts first (its dead
+        copy must not mask the new one). Raises with nothing added when faiss fails."""
+        if self.tombstones.numel() and bool(torch.isin(ids, self.tombstones).any()):
+            self.compact()
+        with self.serial():
+            _faiss.add_with_ids(self.index, x, ids)
+        self.drop_cache()
+
+    def tombstone(self, ids: torch.Tensor) -> None:
+        """Mark ``ids`` (held by faiss, not tombstoned yet) removed; no faiss call."""
+        self.tombstones = torch.cat([self.tombstones, ids]).sort().values
+        self.drop_cache()
+
+    def settle(self) -> None:
+        """Compact when due (a CPU index at once, a GPU one past ``max_tombstones``).
+
+        Best effort: a failed compaction keeps the tombstones, which stay correct.
+        """
+        due = not self.use_tombstones or self.tombstones.numel() > self.max_tombstones
+        if self.tombstones.numel() and due:
+            with suppress(RuntimeError, MemoryError, ValueError):
+                self.compact()
+
+    def compact(self) -> None:
+        """Remove the tombstoned ids from faiss for good (all-or-nothing)."""
+        if not self.tombstones.numel():
+            return
+        if self.is_cpu:
+            _faiss.remove_ids(self.index, self.tombstones)
+        else:
+            with self.serial():
+                host = _faiss.index_to_cpu(self.index)
+            _faiss.remove_ids(host, self.tombstones)
+            self.index = _faiss.index_to_device(host, self.device)
+        self.tombstones = self.tombstones[:0]
+        self.drop_cache()
+
+    def replace(self, x: torch.Tensor, ids: torch.Tensor) -> None:
+        """Give the stored ``ids`` the vectors ``x``: remove + add on a copy, then swap it in,
+        so a failure leaves the index as it was."""
+        host = _faiss.index_to_cpu(self.host_index())
+        _faiss.remove_ids(host, ids)
+        _faiss.add_with_ids(host, x.cpu().contiguous(), ids.cpu())
+        self.index = host if self.is_cpu else _faiss.index_to_device(host, self.device)
+        self.drop_cache()
+
+    def reset(self) -> None:
+        """Remove every entry (training kept)."""
+        with self.serial():
+            self.index.reset()
+        self.tombstones = self.tombstones[:0]
+        self.drop_cache()
+
+    # ---------------------------------------------------------------- host copies
+    def host_index(self) -> Any:
+        """A CPU faiss index with the same content (tombstones included): the index itself
+        on CPU, else a cached copy, rebuilt after any change."""
+        if self.is_cpu:
+            return self.index
+        with self._cache_mutex:
+            if self._host_cache is None:
+                with self.serial():
+                    self._host_cache = _faiss.index_to_cpu(self.index)
+            return self._host_cache
+
+    def compacted_host_copy(self) -> Any:
+        """A new CPU faiss index without tombstoned ids (for saving and moving)."""
+        host = _faiss.index_to_cpu(self.host_index())
+        if self.tombstones.numel():
+            _faiss.remove_ids(host, self.tombstones)
+        return host
+
+    def reconstruct(self, ids: torch.Tensor, dim: int) -> torch.Tensor:
+        """faiss's decoding of the stored ``ids``: (n, dim) float32 on the device."""
+        faiss = _faiss.import_faiss()
+        host = self.host_index()
+        with self._cache_mutex:  # the first call builds faiss's id -> entry map
+            if host.direct_map.type != faiss.DirectMap.Hashtable:
+                host.set_direct_map_type(faiss.DirectMap.Hashtable)  # kept current by faiss
+            keys = np.ascontiguousarray(ids.cpu().numpy())
+            out = host.reconstruct_batch(keys) if keys.size else np.empty((0, dim), "float32")
+        return torch.from_numpy(out).to(self.device)
+
+    # ---------------------------------------------------------------- search
+    def search(
+        self, q: torch.Tensor, k: int, nprobe: int, stored: int
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The ``k`` best live faiss labels of each query (those of a real removal).
+
+        Fetches ``k + #tombstones`` (at most what faiss holds, ``stored + #tombstones``), which
+        is exact: at most ``#tombstones`` of them are dead.
+
+        Returns
+        -------
+        distances : torch.Tensor, shape (Q, w), float32 (faiss's raw values), ``w <= k``
+        labels : torch.Tensor, shape (Q, w), int64, ``-1`` where missing
+        masked : bool
+            Whether tombstones were masked (the rows then need re-sorting).
+        """
+        tombstones = self.tombstones
+        fetch = min(k + tombstones.numel(), max(1, stored + tombstones.numel()))
+        limit = self.device_k_limit
+        if limit is not None and (fetch > limit or nprobe > limit):
+            # faiss-gpu cannot select more than GPU_MAX_K: search the host copy instead.
+            distances, labels = _faiss.search(self.host_index(), q.cpu(), fetch, nprobe)
+            distances, labels = distances.to(self.device), labels.to(self.device)
+        else:
+            with self.serial():
+                distances, labels = _faiss.search(self.index, q, fetch, nprobe)
+        if tombstones.numel():
+            # dead entries last (live ones keep faiss's order), then the first k: the labels
+            # a real removal would have given
+            dead = torch.isin(labels, tombstones)
+            order = torch.argsort(dead.to(torch.int8), dim=1, stable=True)[:, :k]
+            labels = labels.masked_fill(dead, -1).gather(1, order)
+            distances = distances.gather(1, order)
+        return distances, labels, bool(tombstones.numel())

@@ -1,0 +1,98 @@
+"""int8 storage in FlatIndex: ranges, memory, recall with and without exact re-scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpuann
+from gpuann.eval import ground_truth, recall_at_k
+
+
+def _clustered(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(64, d, generator=g)
+    return centers[torch.randint(0, 64, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_refine_recovers_exact_results_and_int8_alone_is_close(metric):
+    x, q = _clustered(6000, 48, 0), _clustered(100, 48, 1)
+    truth = ground_truth(q, x, k=10, metric=metric)
+    approx = gpuann.FlatIndex(48, metric=metric, dtype=torch.int8, device="cpu")
+    refined = gpuann.FlatIndex(48, metric=metric, dtype=torch.int8, refine=True, device="cpu")
+    exact = gpuann.FlatIndex(48, metric=metric, device="cpu")
+    for index in (approx, refined, exact):
+        index.train(x)
+        index.add(x)
+    assert recall_at_k(approx.search(q, 10).ids, truth) >= 0.9
+    result = refined.search(q, 10, refine_factor=4)
+    assert recall_at_k(result.ids, truth) >= 0.99
+    reference = exact.search(q, 10)
+    same = result.ids == reference.ids
+    torch.testing.assert_close(result.distances[same], reference.distances[same])
+
+
+def test_memory_is_a_quarter_of_float32_plus_what_refine_keeps():
+    x = _clustered(4000, 128, 2)
+    sizes = {}
+    for name, kwargs in {
+        "float32": {},
+        "int8": {"dtype": torch.int8},
+        "int8+refine": {"dtype": torch.int8, "refine": True},
+    }.items():
+        index = gpuann.FlatIndex(128, metric="ip", device="cpu", **kwargs)
+        index.add(x)
+        sizes[name] = index.nbytes
+    per_row = {name: size / 4000 for name, size in sizes.items()}
+    assert per_row["float32"] == 128 * 4 + 8
+    assert per_row["int8"] == 128 + 8  # codes and ids (no norms for ip)
+    assert per_row["int8+refine"] == per_row["int8"] + 128 * 4 + 8
+
+
+def test_ranges_come_from_train_or_the_first_add_and_later_values_are_clipped():
+    index = gpuann.FlatIndex(2, dtype=torch.int8, device="cpu")
+    assert not index.is_trained
+    index.add(torch.tensor([[0.0, -1.0], [1.0, 1.0]]))
+    assert index.is_trained
+    index.add(torch.tensor([[5.0, 0.0]]))  # beyond the learned range: clipped to 1.0
+    assert index.reconstruct([2]).tolist() == [[1.0, 0.0]]
+    with pytest.raises(RuntimeError, match="train: the int8 ranges are fixed"):
+        index.train(torch.randn(10, 2))
+    trained = gpuann.FlatIndex(2, dtype=torch.int8, device="cpu")
+    trained.train(torch.tensor([[-4.0, -4.0], [4.0, 4.0]]))
+    trained.add(torch.tensor([[3.0, -3.0]]))
+    torch.testing.assert_close(
+        trained.reconstruct([0]), torch.tensor([[3.0, -3.0]]), atol=0.04, rtol=0
+    )
+
+
+def test_bad_options_name_the_argument():
+    with pytest.raises(ValueError, match="refine: only for dtype=torch.int8"):
+        gpuann.FlatIndex(4, refine=True, device="cpu")
+    index = gpuann.FlatIndex(4, dtype=torch.int8, device="cpu")
+    index.add(torch.randn(10, 4))
+    with pytest.raises(ValueError, match="refine_factor: this index was built with refine=False"):
+        index.search(torch.randn(1, 4), 2, refine_factor=3)
+    with pytest.raises(ValueError, match="differentiable: not available with int8"):
+        index.search(torch.randn(1, 4), 2, differentiable=True)
+
+
+def test_merging_needs_the_same_ranges():
+    a = gpuann.FlatIndex(3, dtype=torch.int8, device="cpu")
+    b = gpuann.FlatIndex(3, dtype=torch.int8, device="cpu")
+    a.add(torch.randn(5, 3))
+    b.add(torch.randn(5, 3) * 3, ids=range(10, 15))
+    with pytest.raises(ValueError, match="other: its int8 ranges differ"):
+        a.merge_from(b)
+    assert len(a) == 5 and len(b) == 5
+
+
+def test_filters_and_range_search_work_on_int8():
+    x = _clustered(500, 8, 3)
+    index = gpuann.FlatIndex(8, dtype=torch.int8, refine=True, device="cpu")
+    index.add(x)
+    found = index.search(x[:3], 4, exclude_ids=torch.arange(3)[:, None]).ids
+    assert not (found == torch.arange(3)[:, None]).any()
+    lims, D, I = index.range_search(x[:2], 0.5)
+    assert lims[-1] >= 2 and set(I[lims[0] : lims[1]].tolist()) >= {0}

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gpuann._validate import as_float_matrix, check_k
+from gpuann._validate import as_float_matrix, check_k, check_result_size
 from gpuann._validate import check_finite as _require_finite
 from gpuann.backends.base import SearchRequest
 from gpuann.backends.dispatch import register_request, select_backend
@@ -272,6 +272,8 @@ def _prepare(
     queries, was_numpy = as_float_matrix(
         queries, "queries", dim=database.shape[1], dim_source="the database's columns"
     )
+    if not torch.compiler.is_compiling():
+        check_result_size(queries.shape[0], k, database.device)
     if check_finite and not torch.compiler.is_compiling():
         with torch.no_grad():
             _check_finite_rows(database, "database")

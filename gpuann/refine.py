@@ -29,6 +29,8 @@ __all__ = ["DEFAULT_REFINE_FACTOR", "RefineOptions", "check_refine_factor", "rer
 DEFAULT_REFINE_FACTOR = 4
 #: Working bytes per (query, candidate) pair beyond the gathered vector.
 _BYTES_PER_PAIR = 32
+#: Bytes of gathered candidate vectors per block on the CPU.
+_CPU_BLOCK_BYTES = 2 << 20
 
 
 def check_refine_factor(value: Any, refine: bool, default: int) -> int | None:
@@ -119,6 +121,10 @@ def rerank_rows(
     itemsize = vectors.element_size() if vectors is not None else 4
     per_query = n_candidates * (dim * (4 + itemsize) + _BYTES_PER_PAIR)
     block = max(1, budget // max(1, per_query))
+    if queries.device.type == "cpu":
+        # Cache-sized blocks: a gather of tens of MiB is a fresh mapping on every call (page
+        # faults cost more than the arithmetic); a few MiB is reused from the heap.
+        block = min(block, max(1, _CPU_BLOCK_BYTES // max(1, n_candidates * dim * 4)))
     out_values = torch.empty((n_queries, k), device=queries.device)
     out_rows = torch.empty((n_queries, k), dtype=torch.int64, device=queries.device)
     l2 = metric is Metric.L2

@@ -238,8 +238,8 @@ def test_binary_range_search_equals_faiss():
     assert lims.tolist() == f_lims.tolist() and lims[-1] > 4
     for q in range(4):
         a, b = slice(lims[q], lims[q + 1]), slice(f_lims[q], f_lims[q + 1])
-        assert sorted(zip(D[a].tolist(), I[a].tolist())) == sorted(
-            zip(f_D[b].tolist(), f_I[b].tolist())
+        assert sorted(zip(D[a].tolist(), I[a].tolist(), strict=True)) == sorted(
+            zip(f_D[b].tolist(), f_I[b].tolist(), strict=True)
         )
 
 

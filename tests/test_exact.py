@@ -177,3 +177,9 @@ def test_check_finite_is_one_pass_and_names_the_row(monkeypatch):
     database[140_001, 2] = float("inf")
     with pytest.raises(ValueError, match=r"database: contains NaN or infinite.*140001"):
         gpuann.knn(database[:3], database, 2)
+
+
+def test_an_impossible_k_is_named_not_an_allocation_failure():
+    """Issue 13: k = 10**12 surfaced as a failed 8 TB allocation."""
+    with pytest.raises(ValueError, match="k: 1000000000000 results for each of 2 queries"):
+        gpuann.knn(torch.randn(2, 4), torch.randn(10, 4), 10**12)

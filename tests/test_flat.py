@@ -220,3 +220,35 @@ def test_concurrent_searches_with_mutations():
         t.join()
     assert not errors, errors
     assert len(index) == 2000
+
+
+# ---------------------------------------------------------------- extreme values (issue 13)
+def test_values_beyond_float16_are_refused_not_stored_as_inf():
+    index = gpuann.FlatIndex(4, device="cpu", dtype=torch.float16)
+    with pytest.raises(ValueError, match="x: contains NaN or infinite values in float16"):
+        index.add(torch.full((2, 4), 1e5))
+    assert len(index) == 0
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e25])
+def test_cosine_is_exact_for_tiny_and_huge_norms(scale):
+    """Norms below ~1e-19 or above ~1e19 under/overflowed in float32 before normalising."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g)
+    index = gpuann.FlatIndex(8, metric="cosine", device="cpu")
+    index.add(x * scale)
+    reference = gpuann.FlatIndex(8, metric="cosine", device="cpu")
+    reference.add(x)
+    q = torch.randn(5, 8, generator=g)
+    assert torch.equal(index.search(q * scale, 3).ids, reference.search(q, 3).ids)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_squared_norms_beyond_float32_are_refused(metric):
+    index = gpuann.FlatIndex(4, metric=metric, device="cpu")
+    index.add(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="x: values up to 1e\\+20 give squared norms"):
+        index.add(torch.full((1, 4), 1e20))
+    with pytest.raises(ValueError, match="queries: values up to"):
+        index.search(torch.full((1, 4), 1e20), 1)
+    assert len(index) == 3

@@ -68,7 +68,7 @@ def test_ranges_come_from_train_or_the_first_add_and_later_values_are_clipped():
 
 
 def test_bad_options_name_the_argument():
-    with pytest.raises(ValueError, match="refine: only for dtype=torch.int8"):
+    with pytest.raises(ValueError, match=r"refine: only for dtype=torch\.int8"):
         gpuann.FlatIndex(4, refine=True, device="cpu")
     index = gpuann.FlatIndex(4, dtype=torch.int8, device="cpu")
     index.add(torch.randn(10, 4))

@@ -52,9 +52,12 @@ def _reference(model: dict[int, np.ndarray], queries: np.ndarray, k: int, metric
 class IndexMachine(RuleBasedStateMachine):
     metric = "l2"
 
+    def make(self):
+        return gpuann.FlatIndex(DIM, metric=self.metric, device="cpu")
+
     def __init__(self) -> None:
         super().__init__()
-        self.index = gpuann.FlatIndex(DIM, metric=self.metric, device="cpu")
+        self.index = self.make()
         self.model: dict[int, np.ndarray] = {}
         self.next_id = 0
 
@@ -146,6 +149,11 @@ class InnerProductMachine(IndexMachine):
     metric = "ip"
 
 
+class KDTreeMachine(IndexMachine):
+    def make(self):
+        return gpuann.KDTreeIndex(DIM, device="cpu")
+
+
 _settings = settings(
     max_examples=25,
     stateful_step_count=20,
@@ -155,7 +163,11 @@ _settings = settings(
 )
 
 
-@pytest.mark.parametrize("machine", [IndexMachine, InnerProductMachine], ids=["l2", "ip"])
+@pytest.mark.parametrize(
+    "machine",
+    [IndexMachine, InnerProductMachine, KDTreeMachine],
+    ids=["flat-l2", "flat-ip", "kdtree"],
+)
 def test_every_call_succeeds_exactly_or_fails_cleanly(machine):
     machine.TestCase.settings = _settings
     machine.TestCase().runTest()

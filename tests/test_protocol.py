@@ -88,7 +88,7 @@ CASES = [
         lambda: _trained(gpuann.IVFSQIndex(DIM, 8, device="cpu", nprobe=8)),
         exact=False,
         lossless=False,
-    ),  # fmt: skip
+    ),
     Case(
         "IVFSQIndex-refine",
         lambda: _trained(gpuann.IVFSQIndex(DIM, 8, device="cpu", nprobe=8, refine=True)),

@@ -102,8 +102,14 @@ def test_binary_range_search_equals_faiss_index_binary_flat():
     f_lims, f_D, f_I = reference.range_search(queries.numpy(), 25)
     assert lims.tolist() == f_lims.tolist() and lims[-1] > 10
     for i in range(queries.shape[0]):
-        got = list(zip(D[lims[i] : lims[i + 1]].tolist(), I[lims[i] : lims[i + 1]].tolist()))
+        got = list(
+            zip(D[lims[i] : lims[i + 1]].tolist(), I[lims[i] : lims[i + 1]].tolist(), strict=True)
+        )
         want = sorted(
-            zip(f_D[f_lims[i] : f_lims[i + 1]].tolist(), f_I[f_lims[i] : f_lims[i + 1]].tolist())
+            zip(
+                f_D[f_lims[i] : f_lims[i + 1]].tolist(),
+                f_I[f_lims[i] : f_lims[i + 1]].tolist(),
+                strict=True,
+            )
         )
         assert got == want

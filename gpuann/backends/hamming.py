@@ -106,7 +106,9 @@ def _fixed_config(device: torch.device, k_pad: int) -> dict[str, int]:
     """Tile sizes used when autotuning is off (and always under the interpreter)."""
     if device.type == "cpu":  # interpreter: small tiles keep each numpy op cheap
         return {"BLOCK_Q": 16, "BLOCK_N": 32, "num_warps": 1}
-    block_q = max(1, min(32, 4096 // k_pad))
+    # BLOCK_Q × K_PAD int64 keys live in registers: 2048 of them compile without a spill for
+    # sm_90 and sm_80 (tests/kernels/test_aot_compile.py); 4096 spilled at K_PAD = 128.
+    block_q = max(1, min(32, 2048 // k_pad))
     return {"BLOCK_Q": block_q, "BLOCK_N": 128, "num_warps": 4}
 
 
@@ -124,7 +126,7 @@ def _autotuned_kernel():
     def prune(configs, named_args, **kwargs):
         # The accumulator (BLOCK_Q × K_PAD int64) lives in registers: keep it small.
         k_pad = kwargs.get("K_PAD", named_args.get("K_PAD", 1))
-        fits = [c for c in configs if c.kwargs["BLOCK_Q"] * k_pad <= 8192]
+        fits = [c for c in configs if c.kwargs["BLOCK_Q"] * k_pad <= 2048]
         return fits or [min(configs, key=lambda c: c.kwargs["BLOCK_Q"])]
 
     return triton.autotune(
@@ -151,7 +153,12 @@ def _triton_hamming_topk(q_words: torch.Tensor, db_words: torch.Tensor, k: int) 
     n_database = db_words.shape[0]
     k_pad = _next_pow2(k)
     device = db_words.device
-    autotune = autotune_enabled() and device.type == "cuda"
+    # Never tune inside a CUDA-graph capture: timing candidates there is impossible.
+    autotune = (
+        autotune_enabled()
+        and device.type == "cuda"
+        and not torch.cuda.is_current_stream_capturing()
+    )
     config = _fixed_config(device, k_pad)
     block_q, block_n = (16, 128) if autotune else (config["BLOCK_Q"], config["BLOCK_N"])
     n_query_blocks = -(-n_queries // block_q)
@@ -172,13 +179,16 @@ def _triton_hamming_topk(q_words: torch.Tensor, db_words: torch.Tensor, k: int) 
         out.stride(1),
     )
     use_popc = device.type == "cuda" and torch.version.hip is None
-    if autotune:
-        kernel = _autotuned_kernel()
-        grid = lambda meta: (-(-n_queries // meta["BLOCK_Q"]), splits)  # noqa: E731
-        kernel[grid](*args, K=k, K_PAD=k_pad, USE_POPC=use_popc)
-    else:
-        grid = (n_query_blocks, splits)
-        hamming_topk_kernel[grid](*args, K=k, K_PAD=k_pad, USE_POPC=use_popc, **config)
+    from gpuann._triton.config import device_guard
+
+    with device_guard(device):  # tensors on cuda:1 while cuda:0 is current must not fault
+        if autotune:
+            kernel = _autotuned_kernel()
+            grid = lambda meta: (-(-n_queries // meta["BLOCK_Q"]), splits)  # noqa: E731
+            kernel[grid](*args, K=k, K_PAD=k_pad, USE_POPC=use_popc)
+        else:
+            grid = (n_query_blocks, splits)
+            hamming_topk_kernel[grid](*args, K=k, K_PAD=k_pad, USE_POPC=use_popc, **config)
     keys = out[:, :, :k].permute(1, 0, 2).reshape(n_queries, splits * k)
     return torch.topk(keys, min(k, n_database), dim=1, largest=False, sorted=True).values
 

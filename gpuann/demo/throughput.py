@@ -76,7 +76,7 @@ def throughput(dev: torch.device, n: int, print_fn: Callable[[str], None] = prin
         ratio = best[name] / best["gpuann.knn"]
         print_fn(
             f"  {name:<20} {seconds * 1e3:8.1f} ms  {_QUERIES / seconds:10.0f} queries/s"
-            f"  {'' if name == 'gpuann.knn' else f'gpuann: ×{ratio:.2f} its speed'}".rstrip()
+            f"  {'' if name == 'gpuann.knn' else f'gpuann is ×{ratio:.2f} as fast'}".rstrip()
         )
     if faiss_fn is None and dev.type == "cpu":
         print_fn("  (faiss is not installed: pip install faiss-cpu to compare with it)")

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 import gpuann
-from gpuann.ivf.training import training_sample
 from gpuann._tiebreak import topk_by_id
+from gpuann.ivf.training import training_sample
 
 #: The test workload: a seeded Gaussian mixture, clustered but with overlapping clusters.
 DIM, NB, NQ, NLIST = 32, 20_000, 200, 64

@@ -31,7 +31,9 @@ from gpuann.budget import DEFAULT_CPU_BUDGET
 __all__ = ["FaissHamming", "HammingRequest", "TorchHamming", "TritonHamming"]
 
 #: Temporary bytes per (query, row) pair in the torch loop: distances, keys, XOR words.
-_TORCH_BYTES_PER_PAIR = 24
+_TORCH_BYTES_PER_PAIR = 64
+#: Bytes per query and kept key: the running list, its concatenation with a tile, topk's copy.
+_TORCH_BYTES_PER_KEPT = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,11 +218,14 @@ def _torch_hamming_topk(
     n_database = db_words.shape[0]
     device = db_words.device
     use_numpy = device.type == "cpu" and hasattr(np, "bitwise_count")
-    q_block = min(n_queries, 1024)
-    db_block = max(
-        256, budget // (_TORCH_BYTES_PER_PAIR * max(q_block, 1) * (1 if use_numpy else 2))
-    )
     kk = min(k, n_database)
+    # Half the budget at most for the running lists (large k: fewer queries per block), the
+    # rest for the tile: distances, XOR words, packed keys and topk's copies (measured: about
+    # 57 bytes per pair with numpy's popcount).
+    q_block = max(1, min(n_queries, 1024, budget // 2 // max(1, kk * _TORCH_BYTES_PER_KEPT)))
+    tile_budget = budget - q_block * kk * _TORCH_BYTES_PER_KEPT
+    per_pair = _TORCH_BYTES_PER_PAIR * (1 if use_numpy else 2)
+    db_block = max(256, tile_budget // (per_pair * q_block))
     results = []
     for q0 in range(0, n_queries, q_block):
         q = q_words[q0 : q0 + q_block]

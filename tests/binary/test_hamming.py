@@ -135,3 +135,39 @@ def test_faiss_backend_declares_itself_missing(monkeypatch, request):
     with pytest.raises(BackendUnavailableError, match="faiss is not installed"):
         select_hamming_backend("faiss", torch.device("cpu"), 10)
     assert select_hamming_backend("auto", torch.device("cpu"), 10) == "torch"
+
+
+def test_torch_backend_stays_within_its_memory_budget(tmp_path):
+    """Issue 13: the torch Hamming tiles overshot a 64 MiB budget (75 MiB at k = 10)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import gc, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from gpuann.binary import BinaryFlatIndex\n"
+        "def status(f):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(f): return int(line.split()[1]) * 1024\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "db = torch.randint(0, 256, (200_000, 32), dtype=torch.uint8, generator=g)\n"
+        "q = torch.randint(0, 256, (2048, 32), dtype=torch.uint8, generator=g)\n"
+        "index = BinaryFlatIndex(256, device='cpu', memory_budget=64 << 20)\n"
+        "index.add(db)\n"
+        "index.search(q[:10], 10, backend='torch')\n"
+        "gc.collect()\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = status('VmRSS')\n"
+        "index.search(q, 10, backend='torch')\n"
+        "print((status('VmHWM') - base) / 2**20)\n"
+    )
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, check=True
+    )
+    grown = float(out.stdout.strip().splitlines()[-1])
+    assert grown < 64, f"the search grew the process by {grown:.1f} MiB on a 64 MiB budget"

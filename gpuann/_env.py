@@ -8,6 +8,8 @@ import, so a test or a notebook can set them after ``import gpuann``.
   tensors (slowly: for tests).
 - ``GPUANN_AUTOTUNE``: ``0`` turns off autotuning (fixed, pre-checked configurations are used);
   on by default on CUDA, always off under the interpreter.
+- ``GPUANN_CPU_BLAS``: ``auto`` (default), ``numpy`` or ``torch``: which BLAS multiplies blocks
+  of few queries on the CPU (see :mod:`gpuann.engine.cpu_blas`).
 - ``GPUANN_AOT_CACHE``: the folder of the ahead-of-time compile checks' disk cache (default
   ``~/.cache/gpuann/aot``); ``0`` turns it off.
 """
@@ -17,7 +19,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["aot_cache_dir", "autotune_enabled", "env_flag", "interpreter_enabled"]
+__all__ = [
+    "aot_cache_dir",
+    "autotune_enabled",
+    "cpu_blas_mode",
+    "env_flag",
+    "interpreter_enabled",
+]
 
 _TRUE = frozenset({"1", "true", "on", "yes"})
 _FALSE = frozenset({"0", "false", "off", "no", ""})
@@ -58,3 +66,19 @@ def aot_cache_dir() -> Path | None:
     if raw is not None and raw.strip().lower() in _FALSE:
         return None
     return Path(raw) if raw else Path.home() / ".cache" / "gpuann" / "aot"
+
+
+_CPU_BLAS_MODES = ("auto", "numpy", "torch")
+
+
+def cpu_blas_mode() -> str:
+    """``GPUANN_CPU_BLAS``: ``auto`` (default), ``numpy`` or ``torch``; anything else raises.
+
+    >>> cpu_blas_mode() in ("auto", "numpy", "torch")
+    True
+    """
+    raw = os.environ.get("GPUANN_CPU_BLAS")
+    value = "auto" if raw is None or not raw.strip() else raw.strip().lower()
+    if value not in _CPU_BLAS_MODES:
+        raise ValueError(f"GPUANN_CPU_BLAS: expected one of auto/numpy/torch, got {raw!r}")
+    return value

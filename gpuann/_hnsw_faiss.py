@@ -1,4 +1,5 @@
-"""The faiss calls behind :class:`gpuann.HNSWIndex`: building, searching, (de)serialising.
+"""The faiss calls behind :class:`gpuann.HNSWIndex`: building, searching, (de)serialising,
+and ordering faiss's results into gpuann's (:func:`order_results`).
 
 faiss is imported on first use, never when gpuann is imported. Every faiss HNSW index here is
 a CPU index (faiss-gpu has no HNSW); tensors reach it as numpy views of CPU memory, without a
@@ -23,6 +24,7 @@ __all__ = [
     "deserialize",
     "import_faiss",
     "new_hnsw",
+    "order_results",
     "reseed",
     "search",
     "serialize",
@@ -30,6 +32,7 @@ __all__ = [
 
 #: Version of the HNSW part of an index file (inside gpuann's FORMAT_VERSION 1).
 HNSW_LAYOUT = 1
+_INT64_MAX = 2**63 - 1
 
 
 def import_faiss() -> Any:
@@ -122,6 +125,39 @@ def search(
     distances, labels = index.search(as_numpy(q), k, params=params)
     del selector  # the selector (and its bitmap) must outlive the search, not the params
     return distances, labels
+
+
+def order_results(
+    d: np.ndarray,
+    labels: np.ndarray,
+    label_to_id: np.ndarray,
+    k: int,
+    metric: Metric,
+    tombstones: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """User ids, and the first ``k`` live results per row by (distance, id), missing last.
+
+    ``d`` and ``labels`` are faiss's (Q, fetched) results; ``label_to_id`` maps a label to its
+    id, ``-1`` for a tombstone (``tombstones`` of them). Missing results are ``-1`` with the
+    metric's missing distance. In numpy: on these small (Q, k) arrays it costs microseconds,
+    where torch's per-op dispatch would cost more than faiss's own search of a few queries.
+    """
+    missing = metric.missing_distance
+    ids = np.where(labels >= 0, label_to_id[labels], -1)  # label -1 reads the last: masked
+    gone = ids < 0
+    if gone.any():
+        d = np.where(gone, np.float32(missing), d)
+    if tombstones or bool((d[:, 1:] == d[:, :-1]).any()):  # drop removed, order ties
+        key = np.where(gone, np.inf, -d if metric.descending else d)
+        order = np.lexsort((np.where(gone, _INT64_MAX, ids), key))[:, :k]
+        d, ids = np.take_along_axis(d, order, 1), np.take_along_axis(ids, order, 1)
+    else:
+        d, ids = d[:, :k], ids[:, :k]
+    if d.shape[1] < k:
+        pad = ((0, 0), (0, k - d.shape[1]))
+        d = np.pad(d, pad, constant_values=np.float32(missing))
+        ids = np.pad(ids, pad, constant_values=-1)
+    return np.ascontiguousarray(d, dtype=np.float32), np.ascontiguousarray(ids)
 
 
 @functools.lru_cache(maxsize=64)

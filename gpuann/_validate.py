@@ -101,6 +101,8 @@ def as_float_matrix(
         The argument's name, used in error messages.
     dim : int, optional
         The number of columns expected.
+    dim_source : str
+        Where ``dim`` comes from, as the error for other column counts words it.
 
     Returns
     -------

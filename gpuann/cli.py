@@ -18,6 +18,7 @@ __all__ = ["main"]
 
 MiB = 1 << 20
 _INDEX_TYPES = ("flat", "ivf-flat", "ivf-pq")
+_METRICS = ("l2", "ip", "cosine")
 _EPILOG_SEARCH = """examples:
   gpuann search --database db.npy --queries q.npy -k 10 --metric cosine --out results/
   gpuann search --index index.gpuann --queries q.npy -k 10 --out results/
@@ -58,6 +59,12 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_vectors_options(parser: argparse.ArgumentParser) -> None:
+    """``--vectors`` and its ``--metric`` (default l2): the input of self-join and build."""
+    parser.add_argument("--vectors", required=True, metavar="V.npy", help="(N, d) float vectors")
+    parser.add_argument("--metric", choices=_METRICS, default="l2")
+
+
 def _positive(text: str) -> int:
     """An argparse type: a positive int (0 or negatives are errors, never "the default")."""
     try:
@@ -90,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--queries", required=True, metavar="Q.npy", help="(Q, d) float queries")
     search.add_argument(
         "--metric",
-        choices=("l2", "ip", "cosine"),
+        choices=_METRICS,
         default=None,
         help="with --database (default l2); an index uses its own",
     )
@@ -102,8 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Exact kNN of every row of a .npy file against all the others (itself "
         "excluded); resumable and out-of-core like search.",
     )
-    join.add_argument("--vectors", required=True, metavar="V.npy", help="(N, d) float vectors")
-    join.add_argument("--metric", choices=("l2", "ip", "cosine"), default="l2")
+    _add_vectors_options(join)
     _add_job_options(join)
 
     build = commands.add_parser(
@@ -112,9 +118,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Build an index over the rows of a .npy file (ids: row numbers) and save "
         "it to one file that gpuann search --index and gpuann.load read.",
     )
-    build.add_argument("--vectors", required=True, metavar="V.npy", help="(N, d) float vectors")
+    _add_vectors_options(build)
     build.add_argument("--index-type", choices=_INDEX_TYPES, default="flat")
-    build.add_argument("--metric", choices=("l2", "ip", "cosine"), default="l2")
     build.add_argument("--out", required=True, metavar="FILE", help="index file to write")
     build.add_argument(
         "--dtype",

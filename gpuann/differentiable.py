@@ -7,11 +7,13 @@ to the database when it requires grad.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from gpuann.metrics import Metric, as_metric
 
-__all__ = ["differentiable_distances"]
+__all__ = ["differentiable_distances", "grad_queries"]
 
 
 def _gather_rows_impl(database: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -34,6 +36,22 @@ def _gather_rows(database: torch.Tensor, positions: torch.Tensor) -> torch.Tenso
     if database.requires_grad or not torch.compiler.is_compiling():
         return database[positions.clamp(min=0)]
     return _gather_rows_op(database, positions)
+
+
+def grad_queries(queries: Any, differentiable: bool) -> torch.Tensor | None:
+    """The queries a ``search(..., differentiable=True)`` recomputes distances for, else ``None``.
+
+    Raises ``TypeError`` when ``differentiable`` and ``queries`` is not a tensor (numpy
+    queries have no autograd).
+
+    >>> grad_queries(torch.zeros(1, 2), False) is None
+    True
+    """
+    if not differentiable:
+        return None
+    if not isinstance(queries, torch.Tensor):
+        raise TypeError("differentiable=True: queries must be a torch.Tensor")
+    return queries
 
 
 def differentiable_distances(

@@ -23,6 +23,7 @@ from gpuann.backends.base import SearchRequest
 from gpuann.backends.dispatch import register_request, select_backend
 from gpuann.budget import check_budget
 from gpuann.differentiable import differentiable_distances
+from gpuann.engine.eligibility import FILTER_FIELDS
 from gpuann.filters import as_allow_ids, as_exclude_ids, row_mask
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
@@ -39,50 +40,41 @@ def _exact_search_impl(
     metric: str,
     backend: str,
     memory_budget: int,
-    excluded_rows: torch.Tensor | None = None,
-    allowed_rows: torch.Tensor | None = None,
-    row_labels: torch.Tensor | None = None,
-    query_labels: torch.Tensor | None = None,
-    row_rank: torch.Tensor | None = None,
+    *filters: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's body: ``filters`` are the tensors of :data:`FILTER_FIELDS`, in that order."""
     request = SearchRequest(
-        queries=queries,
-        database=database,
-        k=k,
-        metric=Metric(metric),
-        database_sqnorms=database_sqnorms,
-        column_scale=column_scale,
-        memory_budget=check_budget(memory_budget or None, database.device),
-        excluded_rows=excluded_rows,
-        allowed_rows=allowed_rows,
-        row_labels=row_labels,
-        query_labels=query_labels,
-        row_rank=row_rank,
+        queries,
+        database,
+        k,
+        Metric(metric),
+        database_sqnorms,
+        column_scale,
+        check_budget(memory_budget or None, database.device),
+        **dict(zip(FILTER_FIELDS, filters, strict=False)),
     )
     return select_backend(request, backend).search(request)
 
 
+#: The op's schema: the arguments of ``_exact_search_impl``, the filters named after
+#: :class:`~gpuann.engine.eligibility.RowFilters`' fields (each optional, default None).
+_EXACT_SEARCH_SCHEMA = (
+    "(Tensor queries, Tensor database, Tensor? database_sqnorms, Tensor? column_scale, "
+    "SymInt k, str metric, str backend, SymInt memory_budget, "
+    + ", ".join(f"Tensor? {name}=None" for name in FILTER_FIELDS)
+    + ") -> (Tensor, Tensor)"
+)
+
 _exact_search_op = torch.library.custom_op(
-    "gpuann::exact_search", _exact_search_impl, mutates_args=()
+    "gpuann::exact_search",
+    _exact_search_impl,
+    mutates_args=(),
+    schema=_EXACT_SEARCH_SCHEMA,
 )
 
 
 @_exact_search_op.register_fake
-def _exact_search_fake(
-    queries,
-    database,
-    database_sqnorms,
-    column_scale,
-    k,
-    metric,
-    backend,
-    memory_budget,
-    excluded_rows=None,
-    allowed_rows=None,
-    row_labels=None,
-    query_labels=None,
-    row_rank=None,
-):
+def _exact_search_fake(queries, database, database_sqnorms, column_scale, k, *rest):
     shape = (queries.shape[0], k)
     return (
         queries.new_empty(shape, dtype=torch.float32),

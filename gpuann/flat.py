@@ -15,11 +15,11 @@ import torch
 
 from gpuann._int8 import Int8Codes
 from gpuann._validate import positive_int, resolve_device, storage_dtype
-from gpuann.differentiable import differentiable_distances
+from gpuann.differentiable import differentiable_distances, grad_queries
 from gpuann.exact import exact_search
 from gpuann.filters import as_allow_ids, as_exclude_ids, lookup_rows, row_mask
 from gpuann.index import Index
-from gpuann.metrics import Metric, as_metric
+from gpuann.metrics import Metric, as_metric, squared_norms
 from gpuann.range_search import tiled_range_search
 from gpuann.refine import DEFAULT_REFINE_FACTOR, RefineOptions
 from gpuann.result import SearchResult
@@ -136,8 +136,7 @@ class FlatIndex(RefineOptions, Index):
             return self._int8.derive(columns["vectors"])
         if self._metric is not Metric.L2:
             return {}
-        xf = columns["vectors"].float()
-        return {"sqnorms": (xf * xf).sum(dim=1)}
+        return {"sqnorms": squared_norms(columns["vectors"])}
 
     def _decode(self, rows: torch.Tensor) -> torch.Tensor:
         if self._int8 is None:
@@ -239,8 +238,7 @@ class FlatIndex(RefineOptions, Index):
             stored vectors are eligible. Ties are ordered by lower id. Filters apply inside
             the search, with no host sync.
         """
-        if differentiable and not isinstance(queries, torch.Tensor):
-            raise TypeError("differentiable=True: queries must be a torch.Tensor")
+        grad = grad_queries(queries, differentiable)
         if differentiable and self._int8 is not None:
             raise ValueError("differentiable: not available with int8 storage")
         factor = self._refine_factor_for(refine_factor)
@@ -252,7 +250,7 @@ class FlatIndex(RefineOptions, Index):
             memory_budget=memory_budget,
             exclude_ids=exclude_ids,
             allow_ids=allow_ids,
-            differentiable=queries if differentiable else None,
+            differentiable=grad,
             refine_factor=factor,
         )
 
@@ -284,16 +282,17 @@ class FlatIndex(RefineOptions, Index):
             self._int8.engine_queries(queries) if self._int8 is not None else queries,
             vectors,
             wanted,
-            Metric.L2 if self._metric is Metric.L2 else Metric.IP,
+            self._metric.scoring,
             database_sqnorms=rows.view("sqnorms") if self._metric is Metric.L2 else None,
             backend=backend,
-            memory_budget=memory_budget if memory_budget is not None else self.memory_budget,
+            memory_budget=self._budget(memory_budget),
             excluded_rows=excluded_rows,
             allowed_rows=allowed_rows,
         )
         if self._int8 is not None and n:
-            budget = memory_budget if memory_budget is not None else self.memory_budget
-            distances, found = self._int8.rescore(queries, vectors, found, k, budget)
+            distances, found = self._int8.rescore(
+                queries, vectors, found, k, self._budget(memory_budget)
+            )
         distances, found = distances[:, :k], found[:, :k]
         if differentiable is not None:
             distances = differentiable_distances(

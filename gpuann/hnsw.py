@@ -5,6 +5,9 @@ one. This index keeps, on top of the shared :class:`~gpuann.index.Index` id stor
 label (a column of the store) and the reverse map ``label_to_id`` (``-1`` for a removed
 vector). A removed vector stays in the graph as a *tombstone* — it still routes searches, it
 is never returned — and :meth:`HNSWIndex.compact` rebuilds the graph without them.
+
+The faiss calls and the ordering of faiss's results are in :mod:`gpuann._hnsw_faiss`, the
+file format in :mod:`gpuann._hnsw_persist`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from gpuann import _hnsw_faiss as hf
+from gpuann import _hnsw_persist as hnsw_persist
 from gpuann._validate import positive_int
 from gpuann.errors import NotTrainedError
 from gpuann.index import DEFAULT_SEED, Index
@@ -27,7 +31,6 @@ __all__ = ["HNSWIndex"]
 #: Above this many extra results, searches with tombstones filter them inside faiss (an
 #: ``IDSelectorBitmap``) instead of fetching ``k + tombstones`` results and dropping them.
 OVERFETCH_LIMIT = 256
-_INT64_MAX = 2**63 - 1
 
 
 class HNSWIndex(Index):
@@ -355,42 +358,16 @@ class HNSWIndex(Index):
 
     def _search(self, queries: torch.Tensor, k: int, **options: Any) -> tuple[Any, Any]:
         ef, nq, ntotal = options["ef_search"], queries.shape[0], self._faiss.ntotal
-        missing = self._metric.missing_distance
         if not len(self) or not nq:
-            distances = torch.full((nq, k), missing, device=self._device)
-            return distances, torch.full((nq, k), -1, dtype=torch.int64, device=self._device)
+            return self._no_results(nq, k)
         allowed = None
         fetch = min(k + self._tombstones, ntotal)
         if self._tombstones > OVERFETCH_LIMIT:
             allowed, fetch = self._allowed_bitmap(), min(k, ntotal)
         d, labels = hf.search(self._faiss, queries, fetch, ef, allowed)
-        d, ids = self._order(d, labels, k, missing)
-        return torch.from_numpy(d).to(self._device), torch.from_numpy(ids).to(self._device)
-
-    def _order(
-        self, d: np.ndarray, labels: np.ndarray, k: int, missing: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """User ids, and the first ``k`` live results per row by (distance, id), missing last.
-
-        In numpy: on these small (Q, k) arrays it costs microseconds, where torch's per-op
-        dispatch would cost more than faiss's own search of a few queries.
-        """
         label_to_id = self._label_to_id.numpy()
-        ids = np.where(labels >= 0, label_to_id[labels], -1)  # label -1 reads the last: masked
-        gone = ids < 0
-        if gone.any():
-            d = np.where(gone, np.float32(missing), d)
-        if self._tombstones or bool((d[:, 1:] == d[:, :-1]).any()):  # drop removed, order ties
-            key = np.where(gone, np.inf, -d if self._metric.descending else d)
-            order = np.lexsort((np.where(gone, _INT64_MAX, ids), key))[:, :k]
-            d, ids = np.take_along_axis(d, order, 1), np.take_along_axis(ids, order, 1)
-        else:
-            d, ids = d[:, :k], ids[:, :k]
-        if d.shape[1] < k:
-            pad = ((0, 0), (0, k - d.shape[1]))
-            d = np.pad(d, pad, constant_values=np.float32(missing))
-            ids = np.pad(ids, pad, constant_values=-1)
-        return np.ascontiguousarray(d, dtype=np.float32), np.ascontiguousarray(ids)
+        d, ids = hf.order_results(d, labels, label_to_id, k, self._metric, self._tombstones)
+        return torch.from_numpy(d).to(self._device), torch.from_numpy(ids).to(self._device)
 
     def _allowed_bitmap(self) -> np.ndarray:
         """Bitmap of live labels for faiss's ``IDSelectorBitmap`` (cached until a change)."""
@@ -401,47 +378,14 @@ class HNSWIndex(Index):
 
     # ---------------------------------------------------------------- persistence
     def _save_meta(self) -> dict[str, Any]:
-        faiss = hf.import_faiss()
-        meta = {**super()._save_meta(), "tombstones": self._tombstones}
-        return {**meta, "hnsw_layout": hf.HNSW_LAYOUT, "faiss_version": faiss.__version__}
+        return hnsw_persist.save_meta(super()._save_meta(), self._tombstones)
 
     def _save_arrays(self) -> dict[str, torch.Tensor]:
-        arrays = super()._save_arrays()
-        # the byte array last: the wider arrays before it stay aligned in the payload
-        return {
-            **arrays,
-            "label_to_id": self._label_to_id,
-            "faiss_index": hf.serialize(self._faiss),
-        }
+        return hnsw_persist.save_arrays(super()._save_arrays(), self._label_to_id, self._faiss)
 
     def _restore(self, meta: dict, arrays: dict[str, torch.Tensor]) -> None:
-        from gpuann.serialization import IndexFileError
-
-        if meta.get("hnsw_layout") != hf.HNSW_LAYOUT:
-            raise IndexFileError(f"unsupported HNSW layout {meta.get('hnsw_layout')!r}")
-        blob, label_map = arrays.get("faiss_index"), arrays.get("label_to_id")
-        if blob is None or blob.dtype != torch.uint8 or blob.ndim != 1:
-            raise IndexFileError("faiss_index is missing or not a byte array")
-        if label_map is None or label_map.dtype != torch.int64 or label_map.ndim != 1:
-            raise IndexFileError("label_to_id is missing or not a 1-D int64 array")
-        try:
-            host = hf.deserialize(blob)
-        except RuntimeError as err:
-            raise IndexFileError(f"faiss cannot read the stored index: {err}") from None
         expected = (type(self._faiss).__name__, self._dim, self._faiss.metric_type, self._m)
-        if hf.describe(host) != expected:
-            raise IndexFileError(f"the faiss index is {hf.describe(host)}, the header {expected}")
-        if label_map.shape[0] != host.ntotal:
-            raise IndexFileError("label_to_id does not match the faiss index's size")
-        labels, ids = arrays.get("label"), arrays.get("ids")
-        if labels is not None and ids is not None and labels.shape == ids.shape and labels.numel():
-            if int(labels.min()) < 0 or int(labels.max()) >= host.ntotal:
-                raise IndexFileError("labels are outside the faiss index")
-            if not torch.equal(label_map[labels], ids):
-                raise IndexFileError("label_to_id does not agree with the ids' labels")
-        live = int((label_map >= 0).sum())
-        if labels is None or live != labels.shape[0]:
-            raise IndexFileError("label_to_id's live entries do not match the ids")
+        host, label_map, live = hnsw_persist.read_graph(meta, arrays, expected)
         super()._restore(meta, arrays)
         self._faiss = host
         self._faiss.hnsw.efConstruction = self._ef_construction

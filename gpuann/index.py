@@ -9,8 +9,10 @@ The base owns what every index shares, so each class supplies only its storage a
   float64 value beyond float32's range is an error, not an ``inf``), scale-safe cosine
   normalisation;
 - id management over one id-sorted row store (:class:`gpuann._rows.IdRows`): ``add`` with
-  ids, ``remove``, ``update``, ``reconstruct``, ``reset`` — all-or-nothing;
-- ``to``, ``save``/``load`` through small hooks, and the text and HTML reprs.
+  ids, ``remove``, ``update``, ``reconstruct``, ``reset`` — all-or-nothing
+  (:class:`gpuann._mutations.Mutations`);
+- ``to``, ``save``/``load`` through small hooks (:class:`gpuann._persistence.Persistence`),
+  and the text and HTML reprs.
 
 A subclass sets ``_columns()`` (what one row holds), ``_encode`` (prepared vectors → columns)
 and ``_search`` (prepared queries → distances and ids); the hooks ``_before_insert``,
@@ -24,17 +26,18 @@ everywhere: ``metric``, ``device``, ``dtype``, ``memory_budget``, ``seed`` (defa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from gpuann._mutations import Mutations
 from gpuann._persistence import Persistence
 from gpuann._rows import IdRows
 from gpuann._rwlock import ReadWriteLock
 from gpuann._validate import (
-    as_ids,
     check_k,
     check_result_size,
     non_negative_int,
@@ -72,7 +75,7 @@ class Searchable(Protocol):
     def search(self, queries: Any, k: int) -> SearchResult: ...
 
 
-class Index(Persistence):
+class Index(Mutations, Persistence):
     """The base of every gpuann index: locking, validation, ids, persistence, display.
 
     Parameters
@@ -188,6 +191,15 @@ class Index(Persistence):
         """The stored vectors of ``rows`` (for :meth:`reconstruct`)."""
         return self._rows.data["vectors"][rows]
 
+    def _require(self, ids: torch.Tensor) -> torch.Tensor:
+        """Storage positions of ``ids``; raise :class:`~gpuann.UnknownIdError` if any is not
+        stored (read or write lock held)."""
+        return self._rows.require(ids)
+
+    def _writing(self) -> contextlib.AbstractContextManager:
+        """The context of every mutation: the write lock."""
+        return self._lock.write()
+
     def _display_extra(self) -> dict[str, Any]:
         """Fields a subclass adds to the repr, after ``dim`` (Python values only)."""
         return {}
@@ -256,115 +268,6 @@ class Index(Persistence):
     def _repr_html_(self) -> str:
         return html_repr(self)
 
-    # ---------------------------------------------------------------- mutations
-    def add(self, x: Any, ids: Any = None, *, check_finite: bool = True) -> None:
-        """Add vectors.
-
-        Parameters
-        ----------
-        x : torch.Tensor or numpy.ndarray, shape (n, dim)
-        ids : int64 tensor, array or list, shape (n,), optional
-            Unique non-negative ids not already in the index. Default: consecutive ids after
-            the largest id ever used.
-        check_finite : bool
-            Raise on NaN/inf, or values beyond the storage dtype's range.
-
-        On any error the index is left unchanged.
-        """
-        x, _, _ = self._prepare(x, "x", check_finite)
-        columns = self._encode(x)
-        with self._lock.write():
-            new_ids, order = self._rows.new_ids(ids, x.shape[0])
-            if order is not None:
-                columns = {name: value[order] for name, value in columns.items()}
-            if not new_ids.numel():
-                return
-            self._before_insert(new_ids, columns)
-            self._rows.insert(new_ids, columns)
-            self._after_change()
-
-    def remove(self, ids: Any, *, strict: bool = True) -> int:
-        """Remove vectors by id and return how many were removed.
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list
-            Repeated ids count once.
-        strict : bool
-            True (default): an id not in the index raises :class:`~gpuann.UnknownIdError`
-            and nothing is removed; False: unknown ids are ignored, as faiss does.
-        """
-        ids = as_ids(ids, -1, device=self._device, unique=False).unique()
-        with self._lock.write():
-            if strict:
-                rows = self._rows.require(ids)
-            else:
-                rows, found = self._rows.positions(ids)
-                rows, ids = rows[found], ids[found]
-            if not rows.numel():
-                return 0
-            self._before_remove(ids, rows)
-            removed = self._rows.remove_rows(rows)
-            self._after_change()
-            return removed
-
-    def update(self, ids: Any, x: Any, *, check_finite: bool = True) -> None:
-        """Replace the vectors of ids already in the index.
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list, shape (n,), unique
-        x : torch.Tensor or numpy.ndarray, shape (n, dim)
-        """
-        x, _, _ = self._prepare(x, "x", check_finite)
-        ids = as_ids(ids, x.shape[0], device=self._device)
-        columns = self._encode(x)
-        with self._lock.write():
-            rows = self._rows.require(ids)
-            self._before_update(rows, columns)
-            self._rows.set_rows(rows, columns)
-            self._after_change()
-
-    def reset(self) -> None:
-        """Remove every vector (ids restart at 0)."""
-        with self._lock.write():
-            self._reset_storage()
-            self._after_change()
-
-    def _reset_storage(self) -> None:
-        self._rows.reset()
-
-    def renumber(self) -> None:
-        """Give the stored vectors ids ``0..n-1`` in id order (faiss ``IndexFlat`` semantics).
-
-        For code that follows faiss's convention that ids are positions (``gpuann.compat``).
-        """
-        with self._lock.write():
-            self._renumber_storage()
-            self._after_change()
-
-    def _renumber_storage(self) -> None:
-        self._rows.renumber()
-
-    def reconstruct(self, ids: Any) -> Any:
-        """The stored vectors of ``ids`` (normalised for cosine).
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list, shape (n,); repeats allowed
-
-        Returns
-        -------
-        torch.Tensor, shape (n, dim), on the index device; a numpy array when ``ids`` is one.
-        """
-        as_numpy = isinstance(ids, np.ndarray)
-        ids = as_ids(ids, -1, device=self._device, unique=False)
-        with self._lock.read():
-            out = self._decode(self._rows.require(ids))
-        if as_numpy:
-            return out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
-        return out
-
     # ---------------------------------------------------------------- search
     def _run_search(
         self, queries: Any, k: int, *, check_finite: bool = True, **options: Any
@@ -380,6 +283,18 @@ class Index(Persistence):
         with self._lock.read():
             distances, ids = self._search(q, k, **options)
         return self._output(distances, ids, was_numpy, source)
+
+    def _budget(self, memory_budget: int | None) -> int | None:
+        """This search's memory budget: ``memory_budget``, else the index's."""
+        return memory_budget if memory_budget is not None else self.memory_budget
+
+    def _no_results(self, n_queries: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(distances, ids)`` of shape (Q, k) with every result missing (±inf, ``-1``)."""
+        shape = (n_queries, k)
+        return (
+            torch.full(shape, self._metric.missing_distance, device=self._device),
+            torch.full(shape, -1, dtype=torch.int64, device=self._device),
+        )
 
     @staticmethod
     def _output(distances: Any, ids: Any, was_numpy: bool, source: torch.device) -> SearchResult:
@@ -430,7 +345,7 @@ class Index(Persistence):
                 q,
                 float(radius),
                 max_results=max_results,
-                memory_budget=budget if budget is not None else self.memory_budget,
+                memory_budget=self._budget(budget),
             )
         if was_numpy:
             return RangeResult(lims.cpu().numpy(), distances.cpu().numpy(), ids.cpu().numpy())

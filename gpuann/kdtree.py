@@ -20,8 +20,9 @@ The shared :class:`~gpuann.index.Index` protocol: user ids, ``add`` / ``remove``
 ascending, equal distances ordered by lower id, ``save`` / ``load``, ``to``. The points are kept
 in float64 on the CPU in the shared id-sorted store (:class:`gpuann._rows.IdRows`), with no
 spare capacity (the tree is rebuilt on every change anyway). The index's ``device`` is where
-queries are expected and where ``ids`` and ``reconstruct`` results go; the tree itself always
-lives on the CPU, so queries from another device are copied there and back.
+queries are expected and where ``ids`` and ``reconstruct`` results go (``reconstruct`` gives
+the float64 points; a float64 numpy array for numpy ids); the tree itself always lives on the
+CPU, so queries from another device are copied there and back.
 
 Ties: ``cKDTree.query(k)`` picks an arbitrary point among those tied at the k-th distance.
 Each query therefore fetches ``k + 1`` neighbours and recomputes their squared distances in
@@ -194,22 +195,6 @@ class KDTreeIndex(Index):
             "device": self._home,
             "memory": Bytes(self.nbytes),
         }
-
-    def reconstruct(self, ids: Any) -> Any:
-        """The stored points of ``ids``.
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list, shape (n,); repeats allowed
-
-        Returns
-        -------
-        torch.Tensor, shape (n, dim), float64, on ``device``; a float64 numpy array when
-        ``ids`` is one.
-        """
-        as_numpy = isinstance(ids, np.ndarray)
-        out = super().reconstruct(torch.from_numpy(ids) if as_numpy else ids)
-        return out.numpy() if as_numpy else out.to(self._home)
 
     def to(self, device: str | torch.device) -> KDTreeIndex:
         """This index with ``device`` as its home: ``self`` if it already is, else a copy (the

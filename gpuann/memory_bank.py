@@ -26,15 +26,13 @@ work queued on the device, which runs in that order on one stream).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-import numpy as np
 import torch
 
 from gpuann._ring import RingState
-from gpuann._validate import as_ids, as_new_ids, positive_int, storage_dtype
-from gpuann.differentiable import differentiable_distances
+from gpuann._validate import as_new_ids, positive_int, storage_dtype
+from gpuann.differentiable import differentiable_distances, grad_queries
 from gpuann.display import Bytes, text_repr
 from gpuann.exact import exact_search
 from gpuann.filters import as_allow_ids, as_exclude_ids, as_labels, row_mask
@@ -77,6 +75,13 @@ class MemoryBank(RingState, torch.nn.Module, Index):
         Which slots hold an embedding (buffer).
     count : torch.Tensor, shape (), int64
         Embeddings ever added: the write pointer is ``count % capacity`` (buffer).
+
+    Notes
+    -----
+    The storage policy is :class:`gpuann._ring.RingState`'s. ``remove``, ``update`` and
+    ``reconstruct`` (those of :class:`~gpuann.index.Index`) act on the ids' slots in place and
+    sync with the host once to check the ids; ``reset`` empties every slot without
+    reallocating, and automatic ids restart at 0.
 
     Examples
     --------
@@ -142,12 +147,6 @@ class MemoryBank(RingState, torch.nn.Module, Index):
         super()._apply(fn, *args, **kwargs)
         self._device, self._dtype = self.embeddings.device, self.embeddings.dtype
         return self
-
-    def _writing(self) -> contextlib.AbstractContextManager:
-        """The write lock, skipped under ``torch.compile`` tracing (as the read lock is)."""
-        if torch.compiler.is_compiling():
-            return contextlib.nullcontext()
-        return self._lock.write()
 
     # ---------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -216,100 +215,19 @@ class MemoryBank(RingState, torch.nn.Module, Index):
 
         On any error the bank is left unchanged.
         """
+        x, ids, labels = self._collect(x, ids, labels)
         x, _, _ = self._prepare(x, "x", check_finite)
         device, n = self._device, x.shape[0]
         if labels is not None:
             labels = as_labels(labels, n, "labels", device)
         if ids is not None:
             ids = as_new_ids(ids, n, device=device)
-        if n == 0:
-            return
-        keep = min(n, self.capacity)  # of a batch larger than the bank, the last rows survive
-        offsets = torch.arange(n - keep, n, device=device)
-        x = x.detach()[n - keep :]
-        with self._writing():
-            if ids is None:
-                if self._given_ids and (
-                    self._ids_exhausted or int(self.next_id) + n - 1 > 2**63 - 1
-                ):
-                    raise OverflowError(
-                        f"ids: automatic ids would pass 2**63 - 1 (next id {int(self.next_id)}, "
-                        f"{n} vectors); pass ids explicitly"
-                    )
-                new_ids = self.next_id + offsets
-                if self._given_ids:
-                    self._refuse_stored(new_ids, "automatic ids")
-                self.next_id.add_(n)
-            else:
-                new_ids = ids[n - keep :]
-                stale = self._slots_of(new_ids)
-                if not replace:
-                    self._refuse_stored(new_ids, "ids", stale)
-                self._given_ids = True
-                self.filled &= ~row_mask(stale, self.capacity)  # replaced: drop older copies
-                top = int(ids.max())  # ids were checked on the host already: no new sync
-                self._ids_exhausted = self._ids_exhausted or top == 2**63 - 1
-                self.next_id.fill_(max(int(self.next_id), min(top + 1, 2**63 - 1)))
-            slots = (self.count + offsets) % self.capacity
-            self.embeddings.index_copy_(0, slots, x)
-            self.slot_ids.index_copy_(0, slots, new_ids)
-            new_labels = labels[n - keep :] if labels is not None else torch.full_like(new_ids, -1)
-            self.labels.index_copy_(0, slots, new_labels)
-            self.filled.index_fill_(0, slots, True)
-            if self.sqnorms is not None:
-                xf = x.float()
-                self.sqnorms.index_copy_(0, slots, (xf * xf).sum(dim=1))
-            self.count.add_(n)
+        if n:
+            self._enqueue(x, ids, labels, replace)
 
-    @torch.no_grad()
-    def remove(self, ids: Any, *, strict: bool = True) -> int:
-        """Empty the slots of ``ids`` and return how many were removed (one host sync).
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list
-            Repeated ids count once.
-        strict : bool
-            True (default): an id not stored raises :class:`~gpuann.UnknownIdError` and
-            nothing is removed; False: unknown ids are ignored.
-        """
-        ids = as_ids(ids, -1, device=self._device, unique=False).unique()
-        with self._writing():
-            slots = self._require(ids) if strict else self._slots_of(ids)
-            slots = slots[slots >= 0]
-            self.filled[slots] = False
-            self.slot_ids[slots] = -1
-            self.labels[slots] = -1
-            return int(slots.numel())
-
-    @torch.no_grad()
-    def update(self, ids: Any, x: Any, *, check_finite: bool = True) -> None:
-        """Replace the embeddings of stored ids in place (their slots, labels and ages kept).
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list, shape (n,), unique
-        x : torch.Tensor or numpy.ndarray, shape (n, dim)
-        """
-        x, _, _ = self._prepare(x, "x", check_finite)
-        ids = as_ids(ids, x.shape[0], device=self._device)
-        with self._writing():
-            slots = self._require(ids)
-            self.embeddings[slots] = x
-            if self.sqnorms is not None:
-                xf = x.float()
-                self.sqnorms[slots] = (xf * xf).sum(dim=1)
-
-    def reset(self) -> None:
-        """Forget every embedding (automatic ids restart at 0); no reallocation."""
-        with self._writing():
-            self.filled.zero_()
-            self.slot_ids.fill_(-1)
-            self.labels.fill_(-1)
-            self.count.zero_()
-            self.next_id.zero_()
-            self._given_ids = False
-            self._ids_exhausted = False
+    def _collect(self, x: Any, ids: Any, labels: Any) -> tuple[Any, Any, Any]:
+        """The batch an ``add`` enqueues, as given (``DistributedMemoryBank``: every rank's)."""
+        return x, ids, labels
 
     def renumber(self) -> None:
         """Not supported: a ring's automatic ids follow the add counter."""
@@ -341,24 +259,6 @@ class MemoryBank(RingState, torch.nn.Module, Index):
             )
         self.add(x, ids=ids, labels=labels, check_finite=False)
         other.reset()
-
-    def reconstruct(self, ids: Any) -> Any:
-        """The stored embeddings of ``ids`` (normalised for cosine; one host sync).
-
-        Parameters
-        ----------
-        ids : int64 tensor, array or list, shape (n,); repeats allowed
-
-        Returns
-        -------
-        torch.Tensor, shape (n, dim), ``dtype``, on the bank's device; a float32 numpy array
-        when ``ids`` is one.
-        """
-        as_numpy = isinstance(ids, np.ndarray)
-        ids = as_ids(ids, -1, device=self._device, unique=False)
-        with self._lock.read():
-            out = self.embeddings[self._require(ids)]
-        return out.float().cpu().numpy() if as_numpy else out
 
     # ---------------------------------------------------------------- searching
     def search(
@@ -404,8 +304,7 @@ class MemoryBank(RingState, torch.nn.Module, Index):
             are eligible; numpy when ``queries`` is numpy, else on the queries' device. The
             search always scans all ``capacity`` slots (a static shape), skipping empty ones.
         """
-        if differentiable and not isinstance(queries, torch.Tensor):
-            raise TypeError("differentiable=True: queries must be a torch.Tensor")
+        grad = grad_queries(queries, differentiable)
         return self._run_search(
             queries,
             k,
@@ -413,7 +312,7 @@ class MemoryBank(RingState, torch.nn.Module, Index):
             exclude_labels=exclude_labels,
             exclude_ids=exclude_ids,
             allow_ids=allow_ids,
-            differentiable=queries if differentiable else None,
+            differentiable=grad,
             backend=backend,
             memory_budget=memory_budget,
         )
@@ -444,10 +343,10 @@ class MemoryBank(RingState, torch.nn.Module, Index):
             queries,
             self.embeddings,
             k,
-            Metric.L2 if self._metric is Metric.L2 else Metric.IP,
+            self._metric.scoring,
             database_sqnorms=self.sqnorms,
             backend=backend,
-            memory_budget=memory_budget if memory_budget is not None else self.memory_budget,
+            memory_budget=self._budget(memory_budget),
             excluded_rows=excluded_rows,
             allowed_rows=allowed,
             row_labels=self.labels if query_labels is not None else None,

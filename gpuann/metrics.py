@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Metric", "as_metric"]
+import torch
+
+__all__ = ["Metric", "as_metric", "squared_norms"]
 
 
 class Metric(str, enum.Enum):
@@ -25,6 +27,16 @@ class Metric(str, enum.Enum):
     def descending(self) -> bool:
         """True when larger values mean nearer neighbours."""
         return self is not Metric.L2
+
+    @property
+    def scoring(self) -> Metric:
+        """What the exact engine scores with: ``L2``, or ``IP`` for ``IP`` and ``COSINE``
+        (cosine vectors are normalised on the way in).
+
+        >>> Metric.COSINE.scoring
+        <Metric.IP: 'ip'>
+        """
+        return Metric.L2 if self is Metric.L2 else Metric.IP
 
     @property
     def missing_distance(self) -> float:
@@ -50,3 +62,13 @@ def as_metric(metric: str | Metric) -> Metric:
     except ValueError:
         choices = ", ".join(repr(m.value) for m in Metric)
         raise ValueError(f"metric: expected one of {choices}, got {metric!r}") from None
+
+
+def squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of each row of ``x``, accumulated in float32 (an l2 index's ``sqnorms``).
+
+    >>> squared_norms(torch.tensor([[3.0, 4.0]], dtype=torch.float16))
+    tensor([25.])
+    """
+    xf = x.float()
+    return (xf * xf).sum(dim=1)

@@ -13,7 +13,7 @@ equal distances by lower row, which in an id-sorted store is lower id.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -21,9 +21,15 @@ import torch
 from gpuann._tiebreak import topk_by_id
 from gpuann._validate import positive_int
 from gpuann.budget import check_budget
-from gpuann.metrics import Metric
+from gpuann.metrics import Metric, squared_norms
 
-__all__ = ["DEFAULT_REFINE_FACTOR", "RefineOptions", "check_refine_factor", "rerank_rows"]
+__all__ = [
+    "DEFAULT_REFINE_FACTOR",
+    "KeptVectors",
+    "RefineOptions",
+    "check_refine_factor",
+    "rerank_rows",
+]
 
 #: Candidates re-scored per result when ``refine_factor`` is not given.
 DEFAULT_REFINE_FACTOR = 4
@@ -70,6 +76,41 @@ class RefineOptions:
     def _refine_factor_for(self, value: Any) -> int | None:
         """This search's factor: ``None`` without ``refine``, else ``value`` or the default."""
         return check_refine_factor(value, self._refine, self.refine_factor)
+
+
+class KeptVectors(RefineOptions):
+    """:class:`RefineOptions` for an index that keeps the full-precision vectors in its id
+    store when ``refine`` (a mixin of :class:`gpuann.Index`, listed before it).
+
+    With ``refine`` the store holds a ``vectors`` column in the storage dtype and, for l2, the
+    float32 ``sqnorms`` derived from it (not saved); without, neither.
+    """
+
+    _derived_columns = ("sqnorms",)
+    _dim: int
+    _dtype: torch.dtype
+    _metric: Metric
+
+    def _kept_columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The kept columns' ``{name: (row shape, dtype)}`` (none without ``refine``)."""
+        if not self._refine:
+            return {}
+        columns = {"vectors": ((self._dim,), self._dtype)}
+        if self._metric is Metric.L2:
+            columns["sqnorms"] = ((), torch.float32)
+        return columns
+
+    def _kept(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The kept columns of prepared vectors ``x`` (none without ``refine``)."""
+        if not self._refine:
+            return {}
+        columns = {"vectors": x.to(self._dtype)}
+        return {**columns, **self._derive(columns)}
+
+    def _derive(self, columns: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self._refine or self._metric is not Metric.L2:
+            return {}
+        return {"sqnorms": squared_norms(columns["vectors"])}
 
 
 def rerank_rows(

@@ -13,6 +13,13 @@ config
     Tile configurations, fixed defaults, the shape-keyed autotuning cache, device helpers.
 knn
     The fused distance + top-k launcher (``fused_knn``).
+knn_plan
+    The plan of a fused k-NN call (``plan_fused_knn``), made from shapes alone.
+launch
+    ``KernelLaunch``: one launch without tensors, what the launchers run and the AOT checks
+    compile.
+resources
+    What a compiled kernel needs on its GPU (``Resources``), occupancy, and the verdict.
 topk
     The batched top-k launcher (``triton_topk``) and the merge of partial lists.
 """

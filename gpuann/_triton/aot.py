@@ -15,8 +15,11 @@ compiled. Results are cached in the process by (kernel source digest, launch, ta
 disk under ``GPUANN_AOT_CACHE`` (default ``~/.cache/gpuann/aot``; ``0`` turns the disk cache
 off).
 
-Launchers describe a launch with :class:`KernelLaunch` (see ``gpuann._triton.knn``), so the
-checks compile what the launchers run, not a copy of their logic.
+Launchers describe a launch with :class:`~gpuann._triton.launch.KernelLaunch` (see
+``gpuann._triton.knn_plan``), so the checks compile what the launchers run, not a copy of
+their logic; what a compiled launch needs is a :class:`~gpuann._triton.resources.Resources`,
+judged by :func:`~gpuann._triton.resources.problems` (both modules' names are re-exported
+here).
 """
 
 from __future__ import annotations
@@ -31,11 +34,22 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gpuann._triton.launch import KernelLaunch
+from gpuann._triton.resources import (
+    ARCHS,
+    SHARED_PER_BLOCK,
+    SPILL_TOLERANCE,
+    Resources,
+    problems,
+    resident_warps,
+    sass_summary,
+)
 
 __all__ = [
     "ARCHS",
@@ -47,223 +61,16 @@ __all__ = [
     "kernel_source_digest",
     "problems",
     "resident_warps",
+    "sass_summary",
 ]
 
-#: Compute capabilities checked: sm_90 (H100/H200) and sm_80 (A100).
-ARCHS = (90, 80)
-#: Largest dynamic shared memory one block may use (bytes).
-SHARED_PER_BLOCK = {90: 227 * 1024, 80: 163 * 1024}
-#: Shared memory of one multiprocessor (bytes); each resident block also reserves 1 KiB.
-SHARED_PER_SM = {90: 228 * 1024, 80: 164 * 1024}
-_REGISTERS_PER_SM = 65536
-_MAX_WARPS_PER_SM = 64
-_MAX_BLOCKS_PER_SM = 32
-_MAX_REGISTERS_PER_THREAD = 255
-
+#: What ``ptxas -v`` reports, by :class:`Resources` field.
 _PTXAS_RE = {
     "stack": re.compile(r"(\d+) bytes stack frame"),
     "spill_stores": re.compile(r"(\d+) bytes spill stores"),
     "spill_loads": re.compile(r"(\d+) bytes spill loads"),
     "registers": re.compile(r"Used (\d+) registers"),
 }
-#: triton's SASS listing (``CompiledKernel.asm["sass"]``): ``ctrl<TAB>[@P] OPCODE ops;`` lines
-#: and ``LBBn:`` labels.
-_SASS_INSTR = re.compile(r"^[^\t]*\t(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[A-Z0-9_.]+)?([^;]*);")
-_SASS_LABEL = re.compile(r"^(\w+):\s*$")
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelLaunch:
-    """One kernel launch, without tensors: what decides how the kernel compiles.
-
-    Attributes
-    ----------
-    kernel : str
-        ``"<module>:<function>"`` of a kernel in ``gpuann._kernels`` (e.g.
-        ``"fused_knn:fused_knn_kernel"``).
-    grid : tuple of int
-    args : tuple of (name, value)
-        The runtime (non-constexpr) arguments: ints and floats as passed, pointers as the
-        ``torch.dtype`` of the tensor passed.
-    constexprs : tuple of (name, value)
-    num_warps, num_stages : int
-    """
-
-    kernel: str
-    grid: tuple[int, ...]
-    args: tuple[tuple[str, Any], ...]
-    constexprs: tuple[tuple[str, Any], ...]
-    num_warps: int
-    num_stages: int
-
-    @classmethod
-    def make(
-        cls,
-        kernel: str,
-        grid: Sequence[int],
-        args: Mapping[str, Any],
-        constexprs: Mapping[str, Any],
-        num_warps: int,
-        num_stages: int,
-    ) -> KernelLaunch:
-        """Build from mappings (kept in the given order)."""
-        return cls(
-            kernel,
-            tuple(int(g) for g in grid),
-            tuple(args.items()),
-            tuple(constexprs.items()),
-            int(num_warps),
-            int(num_stages),
-        )
-
-    def kwargs(self) -> dict[str, Any]:
-        """Scalar arguments, constexprs and launch options as keyword arguments of a launch."""
-        out = {n: v for n, v in self.args if not isinstance(v, torch.dtype)}
-        out.update(self.constexprs)
-        out["num_warps"] = self.num_warps
-        out["num_stages"] = self.num_stages
-        return out
-
-    def pointer_dtypes(self) -> dict[str, torch.dtype]:
-        """Pointer arguments and the dtype of the tensor each receives."""
-        return {n: v for n, v in self.args if isinstance(v, torch.dtype)}
-
-    def launch(self, fn: Any, tensors: Mapping[str, torch.Tensor], **floats: float) -> None:
-        """Launch ``fn`` (the jit function named by ``kernel``) with these tensors.
-
-        ``floats`` replace float arguments of the plan (their values never specialise a
-        compilation, so plans hold a placeholder).
-        """
-        expected = self.pointer_dtypes()
-        if set(tensors) != set(expected):
-            raise ValueError(f"{self.kernel}: tensors {sorted(tensors)} != {sorted(expected)}")
-        for name, tensor in tensors.items():
-            if tensor.dtype != expected[name]:
-                raise ValueError(
-                    f"{self.kernel}: {name} is {tensor.dtype}, planned {expected[name]}"
-                )
-        kwargs = self.kwargs()
-        for name, value in floats.items():
-            if not isinstance(kwargs.get(name), float):
-                raise ValueError(f"{self.kernel}: {name} is not a float argument")
-            kwargs[name] = float(value)
-        fn[self.grid](**tensors, **kwargs)
-
-    def compile_key(self) -> str:
-        """What the compiled code depends on (the grid does not enter)."""
-        args = [
-            (n, str(v) if isinstance(v, torch.dtype) else _spec_of_int(v)) for n, v in self.args
-        ]
-        return json.dumps(
-            [
-                self.kernel,
-                args,
-                [list(c) for c in self.constexprs],
-                self.num_warps,
-                self.num_stages,
-            ],
-            default=str,
-        )
-
-    def label(self) -> str:
-        """Short human-readable description: constexprs that are not flags, and options."""
-        parts = [f"{n}={v}" for n, v in self.constexprs if not isinstance(v, bool)]
-        flags = [n for n, v in self.constexprs if v is True]
-        text = " ".join([*parts, f"w{self.num_warps}", f"s{self.num_stages}"])
-        return text + (" [" + ",".join(flags) + "]" if flags else "")
-
-
-def _spec_of_int(value: Any) -> str:
-    """How triton's binder specialises a scalar: 1 → constexpr, %16 → 'D', width."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return repr(value)
-    width = "i32" if -(2**31) <= value < 2**31 else "i64"
-    if value == 1:
-        return "one"
-    return width + ("D" if value % 16 == 0 else "")
-
-
-@dataclasses.dataclass(frozen=True)
-class Resources:
-    """What one compiled kernel needs on its target.
-
-    Attributes
-    ----------
-    arch : int
-        Compute capability (90, 80).
-    registers : int
-        Registers per thread.
-    spill_stores, spill_loads, stack : int
-        Bytes per thread (``ptxas -v``): spill stores, spill loads, stack frame.
-    shared : int
-        Shared memory per block, bytes.
-    num_warps : int
-    tensor_core : str or None
-        ``"wgmma"`` (Hopper warpgroup MMA), ``"mma"`` (``mma.sync``) or None, from the PTX.
-    sass : dict of str to int, or None
-        SASS opcode counts (only when asked for); ``"total"`` is their sum.
-    error : str or None
-        Why it did not compile (the other fields are 0 then).
-    """
-
-    arch: int
-    registers: int = 0
-    spill_stores: int = 0
-    spill_loads: int = 0
-    stack: int = 0
-    shared: int = 0
-    num_warps: int = 0
-    tensor_core: str | None = None
-    sass: dict[str, int] | None = None
-    error: str | None = None
-
-    @property
-    def spills(self) -> int:
-        """Spill bytes per thread, stores and loads together."""
-        return self.spill_stores + self.spill_loads
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields, with ``resident_warps`` added."""
-        out = dataclasses.asdict(self)
-        out["resident_warps"] = resident_warps(self) if self.error is None else 0
-        return out
-
-
-def resident_warps(res: Resources) -> int:
-    """Warps of this kernel one multiprocessor holds at once (registers, shared memory, caps)."""
-    if res.error is not None or res.num_warps <= 0:
-        return 0
-    regs = -(-max(res.registers, 1) // 8) * 8  # allocated in units of 8 per thread (256/warp)
-    by_regs = _REGISTERS_PER_SM // (regs * 32 * res.num_warps)
-    by_warps = _MAX_WARPS_PER_SM // res.num_warps
-    by_shared = SHARED_PER_SM[res.arch] // (res.shared + 1024) if res.shared else _MAX_BLOCKS_PER_SM
-    return max(0, min(by_regs, by_warps, by_shared, _MAX_BLOCKS_PER_SM)) * res.num_warps
-
-
-#: Spill bytes per thread (stores + loads) tolerated below the register limit: ptxas trades a
-#: few spilled words for occupancy on its own (e.g. 96 registers and 8 B spilled, where
-#: ``maxnreg=255`` gives 166 registers and none), which is not register pressure.
-SPILL_TOLERANCE = 64
-
-
-def problems(res: Resources, *, allow_spills: bool = False) -> list[str]:
-    """Why a launch could not run (or runs badly) on its target; empty when fine.
-
-    A spill counts unless ``allow_spills``, except ptxas's own occupancy trade-off: registers
-    below 255 and at most ``SPILL_TOLERANCE`` bytes per thread.
-    """
-    if res.error is not None:
-        return [f"does not compile: {res.error}"]
-    out = []
-    limit = SHARED_PER_BLOCK[res.arch]
-    if res.shared > limit:
-        out.append(f"needs {res.shared / 1024:.1f} KiB of shared memory > {limit // 1024} KiB")
-    if res.registers > _MAX_REGISTERS_PER_THREAD:
-        out.append(f"{res.registers} registers per thread")
-    pressure = res.registers >= _MAX_REGISTERS_PER_THREAD or res.spills > SPILL_TOLERANCE
-    if not allow_spills and res.spills and pressure:
-        out.append(f"spills {res.spill_stores} B stores / {res.spill_loads} B loads per thread")
-    return out
 
 
 # ---------------------------------------------------------------------------- caching
@@ -478,48 +285,6 @@ def _compile_payload(payload: dict[str, Any]) -> dict[str, Any]:
     )
     if payload["sass"]:
         out["sass"] = sass_summary(compiled.asm["sass"])
-    return out
-
-
-def sass_summary(sass: str) -> dict[str, int]:
-    """Static SASS counts: every opcode, ``total``, and the tile loop's structure.
-
-    ``loop``: instructions in the largest loop (the tile loop: a backward branch's range);
-    ``branch``: the largest range a forward conditional branch inside it skips (e.g. the
-    merge of a tile into the running top-k); ``steady``: ``loop - branch``, what every tile
-    costs when that branch is not taken. Counts are per warp and static (each executes once
-    per pass).
-    """
-    instructions = []  # (opcode, predicated, operands)
-    labels: dict[str, int] = {}
-    for line in sass.splitlines():
-        label = _SASS_LABEL.match(line)
-        if label:
-            labels[label.group(1)] = len(instructions)
-            continue
-        match = _SASS_INSTR.match(line)
-        if match:
-            instructions.append((match.group(2), bool(match.group(1)), match.group(3).strip()))
-    counts: dict[str, int] = {}
-    for opcode, _, _ in instructions:
-        counts[opcode] = counts.get(opcode, 0) + 1
-    out = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-    out["total"] = len(instructions)
-    loops, forwards = [], []
-    for i, (opcode, predicated, operands) in enumerate(instructions):
-        if opcode != "BRA" or operands.split(" ")[-1] not in labels:
-            continue
-        j = labels[operands.split(" ")[-1]]
-        if j <= i:
-            loops.append((j, i))
-        elif predicated:
-            forwards.append((i, j))
-    if loops:
-        start, end = max(loops, key=lambda r: r[1] - r[0])
-        inside = [j - i for i, j in forwards if start <= i and j <= end + 1]
-        out["loop"] = end - start + 1
-        out["branch"] = max(inside, default=0)
-        out["steady"] = out["loop"] - out["branch"]
     return out
 
 

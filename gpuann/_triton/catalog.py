@@ -1,7 +1,7 @@
 """Every launch the Triton launchers make, over a grid of shapes: what the AOT checks compile.
 
 Each :class:`Case` pairs a shape (as a dict of named parameters) with the
-:class:`~gpuann._triton.aot.KernelLaunch` the launcher's own plan function produces for it —
+:class:`~gpuann._triton.launch.KernelLaunch` the launcher's own plan function produces for it —
 ``plan_fused_knn``, ``plan_topk``, ``plan_merge`` — at the default configuration and, with
 ``candidates=True``, at every autotune candidate. The Hamming kernel's launcher lives in
 ``gpuann.backends.hamming``; its launches are rebuilt here from that module's fixed and autotune
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from gpuann._triton import MAX_K, TOPK_MAX_K, cdiv, next_power_of_2
-from gpuann._triton.aot import KernelLaunch
 from gpuann._triton.config import knn_candidates, topk_candidates
+from gpuann._triton.launch import KernelLaunch
 
 __all__ = [
     "CANDIDATES",
@@ -168,7 +168,7 @@ def fused_knn_cases(
     grid: Mapping[str, Any], arch: int, *, candidates: bool = False
 ) -> Iterator[Case]:
     """Fused k-NN launches (and their merges) over ``grid`` for a GPU of ``arch``."""
-    from gpuann._triton.knn import plan_fused_knn
+    from gpuann._triton.knn_plan import plan_fused_knn
 
     base = itertools.product(
         grid["queries"], grid["dims"], grid["k"], grid["dtypes"], grid["metrics"], grid["filters"]

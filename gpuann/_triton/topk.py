@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from gpuann._triton import TOPK_MAX_K, cdiv, interpreter_enabled, log2, next_power_of_2
-from gpuann._triton.aot import KernelLaunch
 from gpuann._triton.config import (
     TileConfig,
     choose_splits,
@@ -20,6 +19,7 @@ from gpuann._triton.config import (
     topk_candidates,
     topk_default,
 )
+from gpuann._triton.launch import KernelLaunch
 
 __all__ = [
     "FINISH_L2",

@@ -16,29 +16,9 @@ Add one with :func:`register_backend`; see why a request runs where it does with
 """
 
 # Each backend module registers its backends (ordered by their declared ``priority``).
+from gpuann.backends import dispatch as _dispatch
 from gpuann.backends import hamming, row_selection, torch_backend, triton_backend  # noqa: F401
 from gpuann.backends.base import Backend, ExactBackend, SearchRequest
-from gpuann.backends.dispatch import (
-    BackendUnavailableError,
-    available_backends,
-    explain,
-    get_backend,
-    register_backend,
-    register_request,
-    registered_backends,
-    select_backend,
-)
+from gpuann.backends.dispatch import *  # noqa: F403  (the dispatcher's API, its __all__)
 
-__all__ = [
-    "Backend",
-    "BackendUnavailableError",
-    "ExactBackend",
-    "SearchRequest",
-    "available_backends",
-    "explain",
-    "get_backend",
-    "register_backend",
-    "register_request",
-    "registered_backends",
-    "select_backend",
-]
+__all__ = ["Backend", "ExactBackend", "SearchRequest", *_dispatch.__all__]

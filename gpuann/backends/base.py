@@ -20,7 +20,14 @@ import torch
 from gpuann.engine.eligibility import RowFilters
 from gpuann.metrics import Metric
 
-__all__ = ["Backend", "ExactBackend", "Request", "SearchRequest", "triton_runtime_reasons"]
+__all__ = [
+    "Backend",
+    "DatabaseRequest",
+    "ExactBackend",
+    "Request",
+    "SearchRequest",
+    "triton_runtime_reasons",
+]
 
 
 class Request(Protocol):
@@ -123,8 +130,27 @@ class Backend(abc.ABC):
         return f"<{type(self).__name__} {self.op}:{self.name}>"
 
 
+class DatabaseRequest:
+    """Base of the requests that search a ``database`` tensor: its device and dtype are theirs.
+
+    Subclasses are dataclasses with a ``database`` field.
+    """
+
+    database: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        """The database's device (where the search runs)."""
+        return self.database.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The database's storage dtype."""
+        return self.database.dtype
+
+
 @dataclasses.dataclass(frozen=True)
-class SearchRequest:
+class SearchRequest(DatabaseRequest, RowFilters):
     """One exact k-nearest-neighbour search, already validated.
 
     Attributes
@@ -143,7 +169,9 @@ class SearchRequest:
     memory_budget : int
         Bytes of working memory the search may use.
     excluded_rows, allowed_rows, row_labels, query_labels, row_rank : torch.Tensor or None
-        The row filters and tie order (see :class:`~gpuann.engine.eligibility.RowFilters`).
+        The row filters and tie order, keyword-only (the fields of
+        :class:`~gpuann.engine.eligibility.RowFilters`, whose ``filtered`` and
+        :meth:`~gpuann.engine.eligibility.RowFilters.row_filters` a request has too).
 
     Filters are applied inside the search: an ineligible row is never returned, and a query
     with fewer than ``k`` eligible rows gets ``-1`` (with ±inf) in the remaining places.
@@ -158,31 +186,6 @@ class SearchRequest:
     database_sqnorms: torch.Tensor | None
     column_scale: torch.Tensor | None
     memory_budget: int
-    excluded_rows: torch.Tensor | None = None
-    allowed_rows: torch.Tensor | None = None
-    row_labels: torch.Tensor | None = None
-    query_labels: torch.Tensor | None = None
-    row_rank: torch.Tensor | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.database.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The database's storage dtype."""
-        return self.database.dtype
-
-    @property
-    def filters(self) -> RowFilters:
-        return RowFilters(
-            self.excluded_rows, self.allowed_rows, self.row_labels, self.query_labels, self.row_rank
-        )
-
-    @property
-    def filtered(self) -> bool:
-        """True when some rows may be ineligible (any filter is set)."""
-        return self.filters.filtered
 
 
 class ExactBackend(Backend):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gpuann._env import autotune_enabled
-from gpuann.backends.base import Backend, triton_runtime_reasons
+from gpuann.backends.base import Backend, DatabaseRequest, triton_runtime_reasons
 from gpuann.backends.dispatch import register_backend, register_request
 from gpuann.backends.faiss_hamming import FaissHamming
 from gpuann.budget import DEFAULT_CPU_BUDGET
@@ -37,7 +37,7 @@ _TORCH_BYTES_PER_KEPT = 32
 
 
 @dataclasses.dataclass(frozen=True)
-class HammingRequest:
+class HammingRequest(DatabaseRequest):
     """One Hamming k-NN search on packed codes, already validated.
 
     Attributes
@@ -56,14 +56,6 @@ class HammingRequest:
     database: torch.Tensor
     k: int
     memory_budget: int = DEFAULT_CPU_BUDGET
-
-    @property
-    def device(self) -> torch.device:
-        return self.database.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.database.dtype
 
 
 class TritonHamming(Backend):

@@ -51,7 +51,7 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
         k_found,
         request.metric is Metric.L2,
         plan,
-        filters=request.filters,
+        filters=request.row_filters(),
         memory_budget=request.memory_budget,
     )
     search.add(Chunk(0, database, request.database_sqnorms, request.column_scale))

@@ -90,11 +90,9 @@ def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
     per_query = next_power_of_2(min(k, max(database.shape[0], 1))) * 8  # one split's list
     allowance = max(request.memory_budget // 2, per_query)
     chunk = max(1, min(queries.shape[0], allowance // per_query))
-    labels = request.row_labels is not None and request.query_labels is not None
     results = []
     for q0 in range(0, max(queries.shape[0], 1), chunk):
         q = queries[q0 : q0 + chunk]
-        part = slice(q0, q0 + chunk)
         results.append(
             fused_knn(
                 q,
@@ -104,13 +102,7 @@ def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
                 request.database_sqnorms if l2 else None,
                 None if l2 else request.column_scale,
                 max_splits=max(1, allowance // (per_query * max(q.shape[0], 1))),
-                excluded_rows=(
-                    request.excluded_rows[part] if request.excluded_rows is not None else None
-                ),
-                allowed_rows=request.allowed_rows,
-                row_labels=request.row_labels if labels else None,
-                query_labels=request.query_labels[part] if labels else None,
-                row_rank=request.row_rank,
+                filters=request.for_queries(slice(q0, q0 + chunk)),
             )
         )
     if len(results) == 1:

@@ -4,19 +4,20 @@ The GPU counterpart of faiss's ``IndexBinaryFlat``: codes are uint8 rows of ``nb
 bytes (``numpy.packbits`` / :func:`gpuann.quantize_binary` layout), distances are int32 Hamming
 distances as in faiss, equal distances are ordered by lower id.
 
-Codes live in the shared id-sorted store (:class:`gpuann._rows.IdRows`), zero-padded to whole
-int32 words so that the Hamming kernel reads them in place.
+Codes live in the shared id-sorted store, zero-padded to whole int32 words so that the Hamming
+kernel reads them in place (:class:`gpuann.binary.stored_codes.StoredCodes`, shared with
+``LSHIndex``; ``check_nbits``, ``padded_bytes`` and ``prepare_codes`` are re-exported from
+there).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from gpuann.binary.codes import as_codes, code_bytes
-from gpuann.binary.hamming import hamming_topk
+from gpuann.binary.stored_codes import StoredCodes, check_nbits, padded_bytes, prepare_codes
 from gpuann.display import Bytes
 from gpuann.index import Index
 from gpuann.range_search import tiled_range_search
@@ -25,37 +26,7 @@ from gpuann.result import SearchResult
 __all__ = ["BinaryFlatIndex", "check_nbits", "padded_bytes", "prepare_codes"]
 
 
-def check_nbits(nbits: Any, name: str = "nbits", multiple_of_8: bool = True) -> int:
-    """A positive int (a multiple of 8 when ``multiple_of_8``)."""
-    if isinstance(nbits, bool) or not isinstance(nbits, (int, np.integer)) or nbits <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {nbits!r}")
-    if multiple_of_8 and nbits % 8:
-        raise ValueError(f"{name}: expected a multiple of 8 (whole bytes, as faiss), got {nbits}")
-    return int(nbits)
-
-
-def padded_bytes(code_size: int) -> int:
-    """Bytes of a stored code: ``code_size`` rounded up to whole int32 words."""
-    return -(-code_size // 4) * 4
-
-
-def prepare_codes(codes: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Codes on ``device``, contiguous and zero-padded to whole int32 words.
-
-    Parameters
-    ----------
-    codes : torch.Tensor, shape (n, code_size), uint8, any strides
-
-    Returns
-    -------
-    torch.Tensor, shape (n, padded_bytes(code_size)), uint8, contiguous
-    """
-    codes = codes.to(device)
-    pad = padded_bytes(codes.shape[1]) - codes.shape[1]
-    return torch.nn.functional.pad(codes, (0, pad)) if pad else codes.contiguous()
-
-
-class BinaryFlatIndex(Index):
+class BinaryFlatIndex(StoredCodes, Index):
     """Exact Hamming-distance index over packed binary codes stored on one device.
 
     Parameters
@@ -92,20 +63,11 @@ class BinaryFlatIndex(Index):
         device: str | torch.device | None = None,
         memory_budget: int | None = None,
     ) -> None:
-        self._code_size = code_bytes(check_nbits(nbits))
+        self._nbits = check_nbits(nbits)  # also the index's ``dim``
+        self._code_size = code_bytes(self._nbits)
         super().__init__(nbits, device=device, dtype=torch.uint8, memory_budget=memory_budget)
 
     # ---------------------------------------------------------------- properties
-    @property
-    def nbits(self) -> int:
-        """Bits per code (the same as ``dim``)."""
-        return self._dim
-
-    @property
-    def code_size(self) -> int:
-        """Bytes per code, ``nbits // 8`` (faiss's ``code_size``)."""
-        return self._code_size
-
     @property
     def metric(self) -> str:  # type: ignore[override]
         """``"hamming"``."""
@@ -125,7 +87,7 @@ class BinaryFlatIndex(Index):
 
     # ---------------------------------------------------------------- storage
     def _columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return {"codes": ((padded_bytes(self._code_size),), torch.uint8)}
+        return self._code_columns()
 
     def _prepare(self, x: Any, name: str, check_finite: bool) -> tuple[torch.Tensor, bool, Any]:
         codes, was_numpy = as_codes(x, name, self._code_size)
@@ -141,16 +103,6 @@ class BinaryFlatIndex(Index):
 
     def _decode(self, rows: torch.Tensor) -> torch.Tensor:
         return self._rows.data["codes"][rows, : self._code_size]
-
-    def _save_arrays(self) -> dict[str, torch.Tensor]:
-        return {
-            "ids": self._rows.stored_ids,
-            "codes": self._rows.view("codes")[:, : self._code_size],
-        }
-
-    def _restore(self, meta: dict, arrays: dict[str, torch.Tensor]) -> None:
-        arrays = {**arrays, "codes": _padded_file_codes(arrays, self._code_size, self._device)}
-        super()._restore(meta, arrays)
 
     # ---------------------------------------------------------------- queries
     def add(self, x: Any, ids: Any = None, *, check_finite: bool = True) -> None:
@@ -202,16 +154,8 @@ class BinaryFlatIndex(Index):
     def _search(
         self, queries: torch.Tensor, k: int, *, backend: str, memory_budget: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self._rows
-        budget = memory_budget if memory_budget is not None else self.memory_budget
-        distances, found = hamming_topk(
-            queries.view(torch.int32),
-            rows.view("codes").view(torch.int32),
-            k,
-            backend=backend,
-            memory_budget=budget,
-        )
-        return distances, rows.ids_of(found)
+        distances, found = self._hamming_search(queries, k, backend, self._budget(memory_budget))
+        return distances, self._rows.ids_of(found)
 
     def _range_search(
         self, queries: torch.Tensor, radius: float, *, max_results: int | None, memory_budget: Any
@@ -243,18 +187,3 @@ def _popcount_table(device: torch.device) -> torch.Tensor:
     """Set bits of every byte value: shape (256,), int32."""
     values = torch.arange(256, device=device)
     return sum(((values >> b) & 1) for b in range(8)).to(torch.int32)
-
-
-def _padded_file_codes(arrays: dict, code_size: int, device: torch.device) -> torch.Tensor:
-    """A file's ``codes`` array checked against ``code_size`` and padded to whole words."""
-    from gpuann.serialization import IndexFileError
-
-    codes = arrays.get("codes")
-    if codes is None:
-        raise IndexFileError("the file has no array 'codes'")
-    if codes.dtype != torch.uint8 or codes.ndim != 2 or codes.shape[1] != code_size:
-        raise IndexFileError(
-            f"codes have shape {tuple(codes.shape)} and dtype {codes.dtype}; the header implies "
-            f"(n, {code_size}) uint8"
-        )
-    return prepare_codes(codes, device)

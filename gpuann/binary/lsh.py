@@ -9,15 +9,13 @@ distance (:func:`gpuann.refine.rerank_rows`), which turns a coarse filter into a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from gpuann._validate import non_negative_int, storage_dtype
-from gpuann.binary.binary_flat import _padded_file_codes, check_nbits, padded_bytes
 from gpuann.binary.codes import code_bytes
-from gpuann.binary.hamming import MISSING_DISTANCE, hamming_topk
+from gpuann.binary.hamming import MISSING_DISTANCE
 from gpuann.binary.projection import (
     PROJECTIONS,
     hash_vectors,
@@ -25,19 +23,20 @@ from gpuann.binary.projection import (
     median_thresholds,
     random_projection,
 )
+from gpuann.binary.stored_codes import StoredCodes, check_nbits, padded_bytes
 from gpuann.budget import check_budget
 from gpuann.display import Bytes
 from gpuann.errors import NotTrainedError
 from gpuann.index import DEFAULT_SEED, Index
 from gpuann.inputs import prepare_vectors
 from gpuann.metrics import Metric
-from gpuann.refine import DEFAULT_REFINE_FACTOR, RefineOptions, rerank_rows
+from gpuann.refine import DEFAULT_REFINE_FACTOR, KeptVectors, rerank_rows
 from gpuann.result import SearchResult
 
 __all__ = ["LSHIndex"]
 
 
-class LSHIndex(RefineOptions, Index):
+class LSHIndex(StoredCodes, KeptVectors, Index):
     """Binary-hash index: sign random projections, Hamming search, optional exact re-ranking.
 
     Parameters
@@ -83,7 +82,6 @@ class LSHIndex(RefineOptions, Index):
     [0, 1, 2]
     """
 
-    _derived_columns = ("sqnorms",)
     _config_keys = (
         *("dim", "nbits", "metric", "dtype", "memory_budget", "seed", "refine", "refine_factor"),
         *("projection", "train_thresholds"),
@@ -132,16 +130,6 @@ class LSHIndex(RefineOptions, Index):
             self._matrix = matrix.to(self._device) if matrix is not None else None
 
     # ---------------------------------------------------------------- properties
-    @property
-    def nbits(self) -> int:
-        """Bits per code."""
-        return self._nbits
-
-    @property
-    def code_size(self) -> int:
-        """Bytes per code, ``ceil(nbits / 8)`` (faiss's ``code_size``)."""
-        return self._code_size
-
     @property
     def projection(self) -> str:
         """The projection kind (``"gaussian"``, ``"orthogonal"``, ``"identity"``, ``"itq"``)."""
@@ -192,18 +180,7 @@ class LSHIndex(RefineOptions, Index):
 
     # ---------------------------------------------------------------- storage
     def _columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        columns = {"codes": ((padded_bytes(self._code_size),), torch.uint8)}
-        if self._refine:
-            columns["vectors"] = ((self._dim,), self._dtype)
-            if self._metric is Metric.L2:
-                columns["sqnorms"] = ((), torch.float32)
-        return columns
-
-    def _derive(self, columns: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self._refine or self._metric is not Metric.L2:
-            return {}
-        stored = columns["vectors"].float()
-        return {"sqnorms": (stored * stored).sum(dim=1)}
+        return {**self._code_columns(), **self._kept_columns()}
 
     def _prepare(self, x: Any, name: str, check_finite: bool) -> tuple[torch.Tensor, bool, Any]:
         """float32 vectors (normalised for cosine), hashed and (``refine``) stored as given."""
@@ -235,11 +212,7 @@ class LSHIndex(RefineOptions, Index):
 
     def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._require_trained()
-        columns = {"codes": self._hash(x, self.memory_budget)}
-        if self._refine:
-            columns["vectors"] = x.to(self._dtype)
-            columns.update(self._derive(columns))
-        return columns
+        return {"codes": self._hash(x, self.memory_budget), **self._kept(x)}
 
     def _decode(self, rows: torch.Tensor) -> torch.Tensor:
         if not self._refine:
@@ -358,22 +331,16 @@ class LSHIndex(RefineOptions, Index):
         backend: str,
         memory_budget: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        budget = memory_budget if memory_budget is not None else self.memory_budget
+        budget = self._budget(memory_budget)
         rows = self._rows
-        words = self._hash(queries, budget).view(torch.int32)
-        hamming, found = hamming_topk(
-            words,
-            rows.view("codes").view(torch.int32),
-            k if factor is None else factor * k,
-            backend=backend,
-            memory_budget=budget,
+        codes = self._hash(queries, budget)
+        hamming, found = self._hamming_search(
+            codes, k if factor is None else factor * k, backend, budget
         )
         if factor is None:
             distances = torch.where(hamming == MISSING_DISTANCE, float("inf"), hamming.float())
         elif rows.n == 0:
-            shape = (queries.shape[0], k)
-            distances = torch.full(shape, self._metric.missing_distance, device=self._device)
-            found = torch.full(shape, -1, dtype=torch.int64, device=self._device)
+            distances, found = self._no_results(queries.shape[0], k)
         else:
             sqnorms = rows.view("sqnorms") if self._metric is Metric.L2 else None
             distances, found = rerank_rows(
@@ -386,8 +353,7 @@ class LSHIndex(RefineOptions, Index):
         return {**super()._save_meta(), "is_trained": self._is_trained}
 
     def _save_arrays(self) -> dict[str, torch.Tensor]:
-        arrays = super()._save_arrays()
-        arrays["codes"] = arrays["codes"][:, : self._code_size]
+        arrays = super()._save_arrays()  # the codes unpadded (StoredCodes)
         if self._matrix is not None:
             arrays["projection"] = self._matrix
         if self._thresholds is not None:
@@ -403,7 +369,6 @@ class LSHIndex(RefineOptions, Index):
     def _restore(self, meta: dict, arrays: dict[str, torch.Tensor]) -> None:
         from gpuann.serialization import IndexFileError
 
-        arrays = {**arrays, "codes": _padded_file_codes(arrays, self._code_size, self._device)}
         if "projection" in arrays:
             if tuple(arrays["projection"].shape) != (self._dim, self._nbits):
                 raise IndexFileError("projection does not match the header's dim and nbits")
@@ -413,4 +378,4 @@ class LSHIndex(RefineOptions, Index):
                 raise IndexFileError("thresholds do not match the header's nbits")
             self._thresholds = arrays["thresholds"].to(self._device, torch.float32)
         self._is_trained = bool(meta.get("is_trained", self._is_trained))
-        super()._restore(meta, arrays)
+        super()._restore(meta, arrays)  # checks and pads the codes (StoredCodes)

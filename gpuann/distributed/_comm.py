@@ -5,13 +5,15 @@ cleanly: gloo aborts the process, or a rank silently gathers the wrong rows. So 
 first describes its inputs in a few integers (:func:`matrix_info`, :func:`int_info`), one
 small all-gather shares the descriptions (:func:`agree`), and every rank checks the same
 table (:func:`check_matrices`, :func:`check_ints`) and so raises the same error, naming the
-rank, before any payload moves.
+rank, before any payload moves. :func:`agree_batch` is that step for the usual input: one
+matrix with per-row int arguments.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,9 @@ import torch.distributed as dist
 from gpuann._validate import FLOAT_DTYPES, as_float_matrix
 
 __all__ = [
+    "AgreedBatch",
     "agree",
+    "agree_batch",
     "all_gather_equal",
     "all_gather_sized",
     "all_gather_varying",
@@ -149,3 +153,67 @@ def check_ints(table: Sequence[Sequence[int]], start: int, name: str, what: str)
         shapes = [f"{info[2]}-D, {info[3]} columns" for info in infos]
         raise ValueError(f"{name}: ranks passed different shapes ({shapes}); expected {what}")
     return given == {1}
+
+
+@dataclass
+class AgreedBatch:
+    """What :func:`agree_batch` returns: this rank's inputs and every rank's descriptions."""
+
+    #: This rank's matrix (as converted, not yet in the common dtype).
+    x: torch.Tensor
+    #: The common dtype of every rank's matrix.
+    dtype: torch.dtype
+    #: Every rank's description: its matrix (4 values), the ``extra`` values, its ints (4 each).
+    table: list[list[int]]
+    #: This rank's per-row int arguments as int64 tensors (``None`` where not given).
+    ints: dict[str, torch.Tensor | None]
+    #: How many ``extra`` values follow the matrix's description.
+    n_extra: int
+
+    @property
+    def sizes(self) -> list[int]:
+        """Every rank's number of rows."""
+        return [row[1] for row in self.table]
+
+    def extra(self, j: int) -> list[int]:
+        """Every rank's ``extra[j]``."""
+        return [row[4 + j] for row in self.table]
+
+    def check_ints(self, what: str) -> dict[str, bool]:
+        """:func:`check_ints` for each int argument, in order; whether each is given."""
+        start = 4 + self.n_extra
+        return {
+            name: check_ints(self.table, start + 4 * j, name, what)
+            for j, name in enumerate(self.ints)
+        }
+
+
+def agree_batch(
+    x: Any,
+    dim: int,
+    name: str,
+    ints: Mapping[str, Any],
+    device: torch.device,
+    group: Any = None,
+    *,
+    ndims: Mapping[str, tuple[int, ...]] | None = None,
+    extra: Sequence[int] = (),
+) -> AgreedBatch:
+    """Describe a matrix ``x`` (``dim`` columns) and its per-row int arguments ``ints``
+    (``ndims[name]`` dimensions, default 1) with ``extra`` values, agree on every rank's
+    descriptions and check the matrices (:func:`check_matrices`, naming ``name``).
+
+    The int arguments are left to :meth:`AgreedBatch.check_ints`, so that a caller can check
+    its own values (``extra``, the sizes) first.
+    """
+    group_info(group)  # a clear error when no process group exists
+    t, described = matrix_info(x, dim)
+    described += [int(v) for v in extra]
+    converted = {}
+    for key, value in ints.items():
+        converted[key], info = int_info(value, described[1], (ndims or {}).get(key, (1,)))
+        described += info
+    table = agree(described, device, group)
+    dtype = check_matrices(table, name, dim)
+    assert t is not None  # check_matrices raised otherwise
+    return AgreedBatch(t, dtype, table, converted, len(extra))

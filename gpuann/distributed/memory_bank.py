@@ -6,17 +6,8 @@ from typing import Any
 
 import torch
 
-from gpuann.distributed._comm import (
-    agree,
-    all_gather_sized,
-    check_ints,
-    check_matrices,
-    group_info,
-    int_info,
-    matrix_info,
-)
+from gpuann.distributed._comm import agree_batch, all_gather_sized
 from gpuann.memory_bank import MemoryBank
-from gpuann.metrics import Metric
 
 __all__ = ["DistributedMemoryBank"]
 
@@ -38,6 +29,14 @@ class DistributedMemoryBank(MemoryBank):
         True (default): every rank must add the same number of rows each step (DDP with
         ``drop_last``); a rank that does not makes every rank raise. False: batch sizes may
         differ by rank (the gathered batches are padded to the largest).
+
+    Notes
+    -----
+    ``add`` gathers every rank's batch and enqueues them all (see
+    :meth:`gpuann.MemoryBank.add`). Every rank must pass labels (and ids) or none must. The
+    ranks first agree on the batches' shapes, dtypes and arguments (one small all-gather and a
+    host sync), so a bad input on any rank raises the same error on every rank and nothing is
+    added; embeddings of different float dtypes are promoted to a common one.
     """
 
     def __init__(
@@ -45,62 +44,31 @@ class DistributedMemoryBank(MemoryBank):
         capacity: int,
         dim: int,
         *,
-        metric: str | Metric = "cosine",
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str = torch.float32,
-        memory_budget: int | None = None,
         group: Any = None,
         same_batch_size: bool = True,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            capacity, dim, metric=metric, device=device, dtype=dtype, memory_budget=memory_budget
-        )
+        super().__init__(capacity, dim, **options)
         self.group = group
         self.same_batch_size = same_batch_size
 
-    @torch.no_grad()
-    def add(
-        self,
-        x: Any,
-        ids: Any = None,
-        *,
-        labels: Any = None,
-        check_finite: bool = True,
-        replace: bool = False,
-    ) -> None:
-        """Gather every rank's batch and enqueue them all (collective).
-
-        Every rank must pass labels (and ids) or none must. The ranks first agree on the
-        batches' shapes, dtypes and arguments (one small all-gather and a host sync), so a
-        bad input on any rank raises the same error on every rank and nothing is added;
-        embeddings of different float dtypes are promoted to a common one. See
-        :meth:`gpuann.MemoryBank.add`.
-        """
-        group_info(self.group)  # a clear error when no process group exists
-        x, described = matrix_info(x, self.dim)
-        rows = described[1]
-        labels, info = int_info(labels, rows)
-        described += info
-        ids, info = int_info(ids, rows)
-        described += info
-        table = agree(described, self.device, self.group)
-        dtype = check_matrices(table, "x", self.dim)
-        sizes = [row[1] for row in table]
+    def _collect(self, x: Any, ids: Any, labels: Any) -> tuple[Any, Any, Any]:
+        """Every rank's batch, rank 0's first: the ranks first agree on the batches' shapes,
+        dtypes and arguments (one small all-gather and a host sync)."""
+        batch = agree_batch(
+            x, self.dim, "x", {"labels": labels, "ids": ids}, self.device, self.group
+        )
+        sizes = batch.sizes
         if self.same_batch_size and len(set(sizes)) > 1:
             raise ValueError(
                 f"x: ranks added batches of {sizes} rows; with same_batch_size=True every rank "
                 "must add as many (or construct the bank with same_batch_size=False)"
             )
-        has_labels = check_ints(table, 4, "labels", "(B,), one per row of x")
-        has_ids = check_ints(table, 8, "ids", "(B,), one per row of x")
+        given = batch.check_ints("(B,), one per row of x")
 
         def gather(t: torch.Tensor) -> torch.Tensor:
             return torch.cat(all_gather_sized(t.to(self.device), sizes, self.group))
 
-        super().add(
-            gather(x.detach().to(dtype)),
-            gather(ids) if has_ids else None,
-            labels=gather(labels) if has_labels else None,
-            check_finite=check_finite,
-            replace=replace,
-        )
+        x = gather(batch.x.detach().to(batch.dtype))
+        ids, labels = (gather(batch.ints[n]) if given[n] else None for n in ("ids", "labels"))
+        return x, ids, labels

@@ -16,14 +16,10 @@ import torch
 from gpuann._tiebreak import topk_by_id
 from gpuann._validate import check_k
 from gpuann.distributed._comm import (
-    agree,
+    agree_batch,
     all_gather_equal,
     all_gather_sized,
-    check_ints,
-    check_matrices,
     group_info,
-    int_info,
-    matrix_info,
 )
 from gpuann.index import Searchable
 from gpuann.metrics import Metric, as_metric
@@ -47,27 +43,29 @@ def _agreed_queries(
     """
     if options.get("differentiable"):
         raise ValueError("differentiable=True is not supported across ranks")
-    group_info(group)  # a clear error when no process group exists
-    q, described = matrix_info(queries, index.dim)
     try:
-        described.append(check_k(k))
+        k_value = check_k(k)
     except (TypeError, ValueError):
-        described.append(0)
-    extras = {}
-    for name, ndims in _PER_QUERY.items():
-        extras[name], info = int_info(options.get(name), described[1], ndims)
-        described += info
-    table = agree(described, index.device, group)
-    dtype = check_matrices(table, "queries", index.dim)
-    ks = [row[4] for row in table]
+        k_value = 0
+    per_query = {name: options.get(name) for name in _PER_QUERY}
+    batch = agree_batch(
+        queries,
+        index.dim,
+        "queries",
+        per_query,
+        index.device,
+        group,
+        ndims=_PER_QUERY,
+        extra=[k_value],
+    )
+    ks = batch.extra(0)
     if min(ks) <= 0:
         raise ValueError(f"k: rank {ks.index(min(ks))} passed no positive int k")
     if len(set(ks)) > 1:
         raise ValueError(f"k: ranks passed different k {ks}; every rank must pass the same")
-    for j, name in enumerate(_PER_QUERY):
-        check_ints(table, 5 + 4 * j, name, "(Q, ...) with one row per query of that rank")
-    extras = {name: t.to(index.device) for name, t in extras.items() if t is not None}
-    return q.to(index.device, dtype), ks[0], [row[1] for row in table], extras
+    batch.check_ints("(Q, ...) with one row per query of that rank")
+    extras = {name: t.to(index.device) for name, t in batch.ints.items() if t is not None}
+    return batch.x.to(index.device, batch.dtype), ks[0], batch.sizes, extras
 
 
 def _output(D: torch.Tensor, I: torch.Tensor, queries: Any) -> SearchResult:

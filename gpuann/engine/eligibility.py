@@ -11,12 +11,15 @@ import dataclasses
 
 import torch
 
-__all__ = ["RowFilters"]
+__all__ = ["FILTER_FIELDS", "RowFilters"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RowFilters:
     """Which rows a search may return, and the order that breaks ties.
+
+    The fields are keyword-only, so that a request dataclass can extend this one with fields
+    of its own (see :class:`~gpuann.backends.base.SearchRequest`).
 
     Attributes
     ----------
@@ -52,6 +55,18 @@ class RowFilters:
     def keyed(self) -> bool:
         """True when selection must run on packed (score, tie order) keys."""
         return self.filtered or self.row_rank is not None
+
+    def row_filters(self) -> RowFilters:
+        """These filters alone, as a plain :class:`RowFilters` (for a subclass's instance)."""
+        return RowFilters(**{name: getattr(self, name) for name in FILTER_FIELDS})
+
+    def for_queries(self, queries: slice) -> RowFilters:
+        """The filters of the queries ``queries`` alone (per-query tensors sliced)."""
+        return dataclasses.replace(
+            self.row_filters(),
+            excluded_rows=None if self.excluded_rows is None else self.excluded_rows[queries],
+            query_labels=None if self.query_labels is None else self.query_labels[queries],
+        )
 
     def tile(self, q0: int, n_q: int, r0: int, n_x: int) -> torch.Tensor | None:
         """Bool (n_q, n_x): which entries of the tile at queries ``q0``, rows ``r0`` may be
@@ -91,3 +106,7 @@ class RowFilters:
             row_labels = self.row_labels[positions]
             ok &= (row_labels != self.query_labels[query_rows]) | (row_labels < 0)
         return ok
+
+
+#: The names of :class:`RowFilters`' fields, in order.
+FILTER_FIELDS = tuple(field.name for field in dataclasses.fields(RowFilters))

@@ -104,8 +104,7 @@ class RunningTopK:
             return
         if self.filters.keyed:
             ok = self.filters.tile(self.q0, scores.shape[0], r0, scores.shape[1])
-            key_rows = max(1, self.budget // (4 * _KEY_BYTES_PER_SCORE * scores.shape[1]))
-            values, cols = _topk_keyed(scores, ok, r0, self.filters.row_rank, self.k, key_rows)
+            values, cols = self._topk_keyed(scores, ok, r0)
             self.values, self.positions = merge_keyed(
                 self.values, self.positions, values, cols, self.k, self.filters.row_rank
             )
@@ -184,59 +183,51 @@ class RunningTopK:
         self.values = top_values.index_copy(0, active, merged_values)
         self.positions = top_positions.index_copy(0, active, merged_positions)
 
+    def _topk_keyed(
+        self, scores: torch.Tensor, ok: torch.Tensor | None, r0: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best eligible entries of each row of a tile, by (score, tie order).
 
-def _topk_keyed(
-    scores: torch.Tensor,
-    ok: torch.Tensor | None,
-    r0: int,
-    rank: torch.Tensor | None,
-    k: int,
-    max_rows: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` best eligible entries of each row of a tile, by (score, tie order).
+        Returns values (R, min(k, W)) and absolute positions, ``-1`` where ineligible.
 
-    Returns values (R, min(k, W)) and absolute positions, ``-1`` where ineligible.
-
-    On CPU a float ``topk`` (ineligible entries as NaN) picks the set first; only rows where
-    that set is ambiguous (a NaN selected, or a tie across the k-th place) are selected again
-    on packed keys. Elsewhere every row is selected on packed keys (no host sync).
-    """
-    n_rows, width = scores.shape
-    kk = min(k, width)
-    if scores.device.type == "cpu" and kk < width:
+        On CPU a float ``topk`` (ineligible entries as NaN) picks the set first; only rows
+        where that set is ambiguous (a NaN selected, or a tie across the k-th place) are
+        selected again on packed keys. Elsewhere every row is selected on packed keys (no host
+        sync).
+        """
+        width = scores.shape[1]
+        kk = min(self.k, width)
+        if scores.device.type != "cpu" or kk == width:
+            return self._topk_on_keys(scores, ok, r0)
         masked = scores if ok is None else scores.masked_fill(~ok, float("nan"))
         values, cols = torch.topk(masked, kk + 1, dim=1, largest=False, sorted=True)
         ambiguous = torch.isnan(values[:, kk - 1]) | (values[:, kk - 1] == values[:, kk])
         values, cols = values[:, :kk], cols[:, :kk] + r0
         rows = ambiguous.nonzero().flatten()
         if rows.numel():
-            sub_ok = None if ok is None else ok[rows]
-            exact = _topk_keyed_exact(scores[rows], sub_ok, r0, rank, kk, max_rows)
+            exact = self._topk_on_keys(scores[rows], None if ok is None else ok[rows], r0)
             values = values.index_copy(0, rows, exact[0])
             cols = cols.index_copy(0, rows, exact[1])
-        order = torch.argsort(_keys(values, cols, rank), dim=1)
+        order = torch.argsort(_keys(values, cols, self.filters.row_rank), dim=1)
         return values.gather(1, order), cols.gather(1, order)
-    return _topk_keyed_exact(scores, ok, r0, rank, k, max_rows)
 
-
-def _topk_keyed_exact(
-    scores: torch.Tensor,
-    ok: torch.Tensor | None,
-    r0: int,
-    rank: torch.Tensor | None,
-    k: int,
-    max_rows: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_topk_keyed` on packed keys of every entry."""
-    n_rows, width = scores.shape
-    kk = min(k, width)
-    positions = torch.arange(r0, r0 + width, device=scores.device).expand(n_rows, width)
-    values = torch.empty((n_rows, kk), device=scores.device)
-    chosen = torch.empty((n_rows, kk), dtype=torch.int64, device=scores.device)
-    for s0 in range(0, n_rows, max_rows):  # bounded temporaries: keys are 8 bytes a score
-        part = slice(s0, s0 + max_rows)
-        pos = positions[part] if ok is None else positions[part].masked_fill(~ok[part], -1)
-        _, order = torch.topk(_keys(scores[part], pos, rank), kk, dim=1, largest=False)
-        values[part] = scores[part].gather(1, order)
-        chosen[part] = pos.gather(1, order)
-    return values, chosen
+    def _topk_on_keys(
+        self, scores: torch.Tensor, ok: torch.Tensor | None, r0: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_topk_keyed` on packed keys of every entry, a bounded block of rows at a
+        time (keys and their temporaries: :data:`_KEY_BYTES_PER_SCORE` bytes a score)."""
+        n_rows, width = scores.shape
+        kk = min(self.k, width)
+        max_rows = max(1, self.budget // (4 * _KEY_BYTES_PER_SCORE * width))
+        positions = torch.arange(r0, r0 + width, device=scores.device).expand(n_rows, width)
+        values = torch.empty((n_rows, kk), device=scores.device)
+        chosen = torch.empty((n_rows, kk), dtype=torch.int64, device=scores.device)
+        for s0 in range(0, n_rows, max_rows):
+            part = slice(s0, s0 + max_rows)
+            pos = positions[part] if ok is None else positions[part].masked_fill(~ok[part], -1)
+            _, order = torch.topk(
+                _keys(scores[part], pos, self.filters.row_rank), kk, dim=1, largest=False
+            )
+            values[part] = scores[part].gather(1, order)
+            chosen[part] = pos.gather(1, order)
+        return values, chosen

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from gpuann.budget import TilePlan
+from gpuann.engine.cpu_blas import use_numpy_blas
 from gpuann.engine.eligibility import RowFilters
 from gpuann.engine.running import RunningTopK
 from gpuann.engine.tiles import DatabaseTile, TileScorer
@@ -78,8 +79,9 @@ class TiledSearch:
         self.filters = filters if filters is not None else RowFilters()
         device = queries.device
         self._blocks = []
+        numpy_blas = use_numpy_blas(device, plan.query_block)
         for q0 in range(0, queries.shape[0], plan.query_block):
-            scorer = TileScorer(queries[q0 : q0 + plan.query_block], l2)
+            scorer = TileScorer(queries[q0 : q0 + plan.query_block], l2, numpy_blas)
             lists = RunningTopK(scorer.rows, k, q0, self.filters, device, memory_budget)
             self._blocks.append((scorer, lists))
         self._scores = torch.empty(

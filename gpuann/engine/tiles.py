@@ -9,9 +9,12 @@ result of a matrix product depends on its shape, so every caller that must give 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from gpuann.budget import TilePlan, plan_tiles
+from gpuann.engine.cpu_blas import numpy_mm_t
 
 __all__ = ["DatabaseTile", "TileScorer", "plan_score_tiles"]
 
@@ -60,6 +63,11 @@ def plan_score_tiles(
             tall = plan_tiles(*shape, _LARGE_K_DATABASE_BLOCK)
             if tall.query_block >= min(plan.query_block, _LARGE_K_MIN_QUERIES):
                 plan = tall
+        if GROUP < plan.database_block < n_database and plan.database_block % GROUP:
+            # Tiles after the first go through the threshold filter, whose cheap first pass
+            # needs whole groups (a budget-halved block such as 250 000 has none).
+            block = plan.database_block // GROUP * GROUP
+            plan = dataclasses.replace(plan, database_block=block)
         return plan
     return plan_tiles(
         n_queries, n_database, dim, k, memory_budget, _CUDA_BYTES_PER_SCORE, _CUDA_DATABASE_BLOCK
@@ -131,9 +139,11 @@ class TileScorer:
     ----------
     queries : torch.Tensor, shape (B, d), floating
     l2 : bool
+    numpy_blas : bool
+        Multiply with numpy's BLAS (CPU, float32; see :mod:`gpuann.engine.cpu_blas`).
     """
 
-    def __init__(self, queries: torch.Tensor, l2: bool) -> None:
+    def __init__(self, queries: torch.Tensor, l2: bool, numpy_blas: bool = False) -> None:
         q = queries.float()
         self.rows = q.shape[0]
         self.l2 = l2
@@ -144,15 +154,22 @@ class TileScorer:
             ones = torch.ones((q.shape[0], 1), device=q.device)
             self._augmented = torch.cat([q * -2.0, ones], dim=1)
         self._augment_float32 = q.shape[0] > q.shape[1]
+        self._numpy = numpy_blas
+        self._q_minus2 = q * -2.0 if self._numpy and l2 else None
 
     def __call__(self, tile: DatabaseTile, out: torch.Tensor) -> torch.Tensor:
         """Scores (B, n) of ``tile`` into ``out``."""
         if self._augmented is not None and (tile.x.dtype != torch.float32 or self._augment_float32):
             return torch.mm(self._augmented, tile.augmented().T, out=out)
         x = tile.float32()
-        if self.l2:
+        if self._numpy:
+            if self.l2:  # ‖x‖² + (−2q)·x: scaling by −2 is exact
+                return numpy_mm_t(self._q_minus2, x, out).add_(tile.sqnorms)
+            numpy_mm_t(self.q, x, out)
+        elif self.l2:
             return torch.addmm(tile.sqnorms, self.q, x.T, alpha=-2.0, out=out)
-        torch.mm(self.q, x.T, out=out)
+        else:
+            torch.mm(self.q, x.T, out=out)
         return out if tile.scale is None else out.mul_(tile.scale)
 
     def finish(self, top_values: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,17 @@
 """``IVFIndexBase``: what ``IVFFlatIndex`` and ``IVFPQIndex`` share, on :class:`gpuann.Index`.
 
 The base owns the lock, input preparation, the ids (one :class:`~gpuann._rows.IdRows` store:
-no columns, or with ``refine=True`` the float32 vectors and squared norms), the mutations,
-``to``, ``save``/``load`` and the reprs. The faiss index, with the user's ids as its labels,
-is kept in step through the base's hooks by :class:`~gpuann.ivf.gpu_gaps.GapFilledFaiss`
-(which also fills faiss-gpu's gaps): ``add`` calls faiss's ``add_with_ids`` first (a faiss
-failure changes nothing); ``remove`` tombstones the ids, then compacts (on CPU at once);
-``update`` is remove + add on a copy of the faiss index, swapped in when both succeeded.
-Results are made by :mod:`gpuann.ivf._results` (tie order, padding, re-ranking).
+no columns, or with ``refine=True`` the float32 vectors and squared norms,
+:class:`gpuann.refine.KeptVectors`), the mutations, ``to``, ``save``/``load`` and the reprs.
+The faiss index (a :class:`~gpuann.ivf.gpu_gaps.GapFilledFaiss`, which also fills
+faiss-gpu's gaps), with the user's ids as its labels, is kept in step through the base's
+hooks by :class:`~gpuann.ivf.faiss_sync.FaissSync`. Results are made by
+:mod:`gpuann.ivf._results` (tie order, padding, re-ranking); files by
+:mod:`gpuann.ivf._persist`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -24,24 +23,29 @@ from gpuann.index import DEFAULT_SEED, Index
 from gpuann.inputs import prepare_vectors
 from gpuann.ivf import _faiss
 from gpuann.ivf._results import faiss_range_search, pad, refined_search, tie_order
+from gpuann.ivf.faiss_sync import FaissSync
 from gpuann.ivf.gpu_gaps import GapFilledFaiss
 from gpuann.ivf.training import MAX_POINTS_PER_LIST, training_set
 from gpuann.metrics import Metric
-from gpuann.refine import DEFAULT_REFINE_FACTOR, RefineOptions
+from gpuann.refine import DEFAULT_REFINE_FACTOR, KeptVectors
 from gpuann.result import SearchResult
 
 __all__ = ["IVFIndexBase"]
 
-#: The transient column carrying the float32 vectors faiss receives (never stored).
-_FAISS_INPUT = "faiss_input"
+#: The constructor arguments of every IVF index, in the order ``_config`` lists them.
+_BASE_CONFIG_KEYS = (
+    *("dim", "nlist", "metric", "dtype", "memory_budget", "seed", "nprobe", "max_train_points"),
+)
+#: Those of the indexes that can re-rank (``_can_refine``), after the subclass's own.
+_REFINE_CONFIG_KEYS = ("refine", "refine_factor")
 
 
-class IVFIndexBase(RefineOptions, Index):
+class IVFIndexBase(FaissSync, KeptVectors, Index):
     """Shared implementation; use :class:`~gpuann.IVFFlatIndex` or :class:`~gpuann.IVFPQIndex`.
 
     Subclasses implement ``_new_faiss_index``, ``_code_size`` and (optionally)
-    ``_trained_nbytes`` and ``_default_max_train``, and list their constructor arguments in
-    ``_config_keys``.
+    ``_trained_nbytes`` and ``_default_max_train``, and name their own constructor arguments
+    in ``_own_config_keys`` (returned by ``_specific_config``); ``_config_keys`` follows.
 
     Examples
     --------
@@ -57,20 +61,16 @@ class IVFIndexBase(RefineOptions, Index):
     [[2]]
     """
 
-    _derived_columns = ("sqnorms",)
-    _config_keys: ClassVar[tuple[str, ...]] = (
-        "dim",
-        "nlist",
-        "metric",
-        "dtype",
-        "memory_budget",
-        "seed",
-        "nprobe",
-        "max_train_points",
-    )
-
+    _config_keys: ClassVar[tuple[str, ...]] = _BASE_CONFIG_KEYS
+    #: The subclass's own constructor arguments.
+    _own_config_keys: ClassVar[tuple[str, ...]] = ()
     #: Whether ``refine=True`` is meaningful (IVF-Flat's vectors are exact already).
     _can_refine: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        refine_keys = _REFINE_CONFIG_KEYS if cls._can_refine else ()
+        cls._config_keys = (*_BASE_CONFIG_KEYS, *cls._own_config_keys, *refine_keys)
+        super().__init_subclass__(**kwargs)
 
     def __init__(
         self,
@@ -207,6 +207,7 @@ class IVFIndexBase(RefineOptions, Index):
             "dim": self._dim,
             "nlist": self._nlist,
             **self._display_extra(),
+            **({"refine": self._refine} if self._can_refine else {}),
             "metric": self._metric,
             "nprobe": self._nprobe,
             "trained": self.is_trained,
@@ -275,90 +276,15 @@ class IVFIndexBase(RefineOptions, Index):
             self._faiss.train(x)
 
     # ---------------------------------------------------------------- storage hooks
+    # (the mutation hooks, keeping faiss in step, are FaissSync's)
     def _columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        if not self._refine:
-            return {}
-        columns = {"vectors": ((self._dim,), torch.float32)}
-        if self._metric is Metric.L2:
-            columns["sqnorms"] = ((), torch.float32)
-        return columns
-
-    def _derive(self, columns: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self._refine or self._metric is not Metric.L2:
-            return {}
-        x = columns["vectors"]
-        return {"sqnorms": (x * x).sum(dim=1)}
-
-    def _encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._require_trained("add")
-        columns = {_FAISS_INPUT: x}  # not a stored column: IdRows writes only its own
-        if self._refine:
-            columns["vectors"] = x
-            columns.update(self._derive(columns))
-        return columns
-
-    def _before_insert(self, ids: torch.Tensor, rows: Mapping[str, torch.Tensor]) -> None:
-        self._run_undo()
-        self._faiss.add(rows[_FAISS_INPUT].contiguous(), ids)
-        self._pending_undo = lambda: (self._faiss.tombstone(ids), self._faiss.settle())
-
-    def _before_remove(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
-        self._run_undo()
-        before = self._faiss.tombstones
-        self._faiss.tombstone(ids)  # compacted in _after_change when due
-
-        def undo() -> None:
-            self._faiss.tombstones = before
-            self._faiss.drop_cache()
-
-        self._pending_undo = undo
-
-    def _before_update(self, rows: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
-        x = values.pop(_FAISS_INPUT)  # type: ignore[attr-defined]  # the base's own dict
-        self._run_undo()
-        self._faiss.replace(x, self._rows.stored_ids[rows])
-
-    def _after_change(self) -> None:
-        self._pending_undo = None
-        self._faiss.settle()
-        self._faiss.drop_cache()
-
-    def _run_undo(self) -> None:
-        """Undo the faiss change of a mutation that failed after it (write lock held)."""
-        undo, self._pending_undo = self._pending_undo, None
-        if undo is not None:
-            undo()
-
-    def _undoing(self, call: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a base mutation; if it fails after faiss was changed, change faiss back (at
-        once, or by the next mutation if that takes the lock first)."""
-        try:
-            return call(*args, **kwargs)
-        except BaseException:
-            with self._lock.write():
-                self._run_undo()
-            raise
-
-    def add(self, x: Any, ids: Any = None, *, check_finite: bool = True) -> None:
-        """Add vectors to a trained index (see :meth:`gpuann.Index.add`); faiss stores the ids
-        as its labels. On any error the index is left unchanged."""
-        self._undoing(super().add, x, ids, check_finite=check_finite)
-
-    def remove(self, ids: Any, *, strict: bool = True) -> int:
-        """Remove vectors by id (see :meth:`gpuann.Index.remove`). On CPU faiss drops them at
-        once; on GPU they are tombstones until compaction; no later search returns them."""
-        return self._undoing(super().remove, ids, strict=strict)
+        return self._kept_columns()
 
     def _decode(self, rows: torch.Tensor) -> torch.Tensor:
         """Exact vectors with ``refine``, else faiss's decoding (exact for IVF-Flat)."""
         if self._refine:
             return self._rows.data["vectors"][rows]
         return self._faiss.reconstruct(self._rows.stored_ids[rows], self._dim)
-
-    def _reset_storage(self) -> None:
-        self._pending_undo = None  # faiss is emptied anyway
-        self._faiss.reset()  # keeps the training
-        super()._reset_storage()
 
     def _renumber_storage(self) -> None:
         raise NotImplementedError("renumber: IVF indexes keep their ids, as faiss's IndexIVF")
@@ -413,10 +339,7 @@ class IVFIndexBase(RefineOptions, Index):
         self._require_trained("search")
         n_queries, stored = queries.shape[0], len(self)
         if stored == 0:
-            return (
-                torch.full((n_queries, k), self._metric.missing_distance, device=self._device),
-                torch.full((n_queries, k), -1, dtype=torch.int64, device=self._device),
-            )
+            return self._no_results(n_queries, k)
         if refine_factor is not None:
             budget = check_budget(self.memory_budget, self._device)
             return refined_search(

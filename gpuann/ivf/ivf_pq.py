@@ -51,13 +51,7 @@ class IVFPQIndex(IVFIndexBase):
     [0, 1]
     """
 
-    _config_keys: ClassVar[tuple[str, ...]] = (
-        *IVFIndexBase._config_keys,
-        "m",
-        "nbits",
-        "refine",
-        "refine_factor",
-    )
+    _own_config_keys: ClassVar[tuple[str, ...]] = ("m", "nbits")
 
     def __init__(
         self,
@@ -93,7 +87,7 @@ class IVFPQIndex(IVFIndexBase):
         return MAX_POINTS_PER_LIST * max(self._nlist, 2**self._nbits)
 
     def _display_extra(self) -> dict[str, Any]:
-        return {"m": self._m, "nbits": self._nbits, "refine": self._refine}
+        return {"m": self._m, "nbits": self._nbits}
 
     def _code_size(self) -> int:
         return (self._m * self._nbits + 7) // 8  # faiss's ``pq.code_size``

@@ -42,12 +42,7 @@ class IVFSQIndex(IVFIndexBase):
     [0, 1]
     """
 
-    _config_keys: ClassVar[tuple[str, ...]] = (
-        *IVFIndexBase._config_keys,
-        "sq",
-        "refine",
-        "refine_factor",
-    )
+    _own_config_keys: ClassVar[tuple[str, ...]] = ("sq",)
 
     def __init__(
         self,
@@ -71,7 +66,7 @@ class IVFSQIndex(IVFIndexBase):
         return {"sq": self._sq}
 
     def _display_extra(self) -> dict[str, Any]:
-        return {"sq": self._sq, "refine": self._refine}
+        return {"sq": self._sq}
 
     def _code_size(self) -> int:
         return int(self._dim * SQ_TYPES[self._sq][1] + 0.5)

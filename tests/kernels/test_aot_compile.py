@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 
 from gpuann._env import env_flag
 from gpuann._triton import aot, catalog
+from gpuann._triton import launch as kernel_launch
 from gpuann._triton.config import TileConfig
 from gpuann._triton.knn import plan_fused_knn
 
@@ -133,10 +134,10 @@ def test_a_launch_that_cannot_fit_is_reported():
 
 
 def test_specialisation_follows_the_runtime_binder():
-    assert aot._spec_of_int(1) == "one"
-    assert aot._spec_of_int(4096) == "i32D"
-    assert aot._spec_of_int(100) == "i32"
-    assert aot._spec_of_int(2**31 + 16) == "i64D"
+    assert kernel_launch._spec_of_int(1) == "one"
+    assert kernel_launch._spec_of_int(4096) == "i32D"
+    assert kernel_launch._spec_of_int(100) == "i32"
+    assert kernel_launch._spec_of_int(2**31 + 16) == "i64D"
 
 
 def test_resident_warps():

@@ -26,20 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpuann.compat.faiss import _common, selectors
 from gpuann.compat.faiss._base import Index
+from gpuann.compat.faiss._common import *  # noqa: F403  (faiss's names: _common.FAISS_NAMES)
 from gpuann.compat.faiss._common import (
     FLT_MAX,
-    IO_FLAG_MMAP,
-    IO_FLAG_ONDISK_SAME_DIR,
-    IO_FLAG_READ_ONLY,
-    IO_FLAG_SKIP_IVF_DATA,
-    METRIC_INNER_PRODUCT,
     METRIC_L2,
-    ArgumentError,
-    FaissRuntimeError,
-    IndexFileError,
-    MissingFileError,
-    UnknownIdError,
     as_vectors,
     check_k,
     fill_missing,
@@ -74,44 +66,17 @@ from gpuann.compat.faiss.ivf import (
     index_factory,
 )
 from gpuann.compat.faiss.refine import IndexRefineFlat, IndexRefineSearchParameters
-from gpuann.compat.faiss.selectors import (
-    IDSelector,
-    IDSelectorAnd,
-    IDSelectorArray,
-    IDSelectorBatch,
-    IDSelectorBitmap,
-    IDSelectorNot,
-    IDSelectorOr,
-    IDSelectorRange,
-    IDSelectorXOr,
-    SearchParameters,
-    SearchParametersIVF,
-)
+from gpuann.compat.faiss.selectors import *  # noqa: F403  (every id selector, its __all__)
 from gpuann.exact import knn as _knn
 
+#: faiss's names: those of :mod:`._common` and :mod:`.selectors`, and the ones listed here.
 __all__ = [
+    *_common.FAISS_NAMES,
+    *selectors.__all__,
     "FAISS_SEED",
-    "IO_FLAG_MMAP",
-    "IO_FLAG_ONDISK_SAME_DIR",
-    "IO_FLAG_READ_ONLY",
-    "IO_FLAG_SKIP_IVF_DATA",
-    "METRIC_INNER_PRODUCT",
-    "METRIC_L2",
-    "ArgumentError",
     "DirectMap",
-    "FaissRuntimeError",
-    "IDSelector",
-    "IDSelectorAnd",
-    "IDSelectorArray",
-    "IDSelectorBatch",
-    "IDSelectorBitmap",
-    "IDSelectorNot",
-    "IDSelectorOr",
-    "IDSelectorRange",
-    "IDSelectorXOr",
     "Index",
     "IndexBinaryFlat",
-    "IndexFileError",
     "IndexFlat",
     "IndexFlatIP",
     "IndexFlatL2",
@@ -124,10 +89,6 @@ __all__ = [
     "IndexRefineFlat",
     "IndexRefineSearchParameters",
     "Int64Vector",
-    "MissingFileError",
-    "SearchParameters",
-    "SearchParametersIVF",
-    "UnknownIdError",
     "clone_index",
     "deserialize_index",
     "deserialize_index_binary",

@@ -19,9 +19,9 @@ import gpuann
 from gpuann.metrics import Metric
 from gpuann.serialization import IndexFileError as _NativeFileError
 
-__all__ = [
-    "FLT_MAX",
-    "INT32_MAX",
+#: faiss's own names defined here (constants, error classes): what ``gpuann.compat.faiss``
+#: re-exports of this module.
+FAISS_NAMES = [
     "IO_FLAG_MMAP",
     "IO_FLAG_ONDISK_SAME_DIR",
     "IO_FLAG_READ_ONLY",
@@ -33,6 +33,13 @@ __all__ = [
     "IndexFileError",
     "MissingFileError",
     "UnknownIdError",
+]
+
+__all__ = [
+    *FAISS_NAMES,
+    "FAISS_NAMES",
+    "FLT_MAX",
+    "INT32_MAX",
     "as_codes",
     "as_ids",
     "as_vectors",

@@ -1,0 +1,153 @@
+"""Float32 score products on the CPU: torch's BLAS, or numpy's OpenBLAS where that is faster.
+
+torch's CPU wheels multiply with MKL. On an AMD EPYC its matrix–vector products (one query
+against a database tile) were measured 2.7× slower than the OpenBLAS of numpy's wheels
+running on *one* thread (torch 2.13.0 on 2 threads, numpy 2.4.6: 4.5 ms vs 1.7 ms for one
+query against 10⁵ × 128). Searches planned one query at a time therefore multiply with numpy
+when ``GPUANN_CPU_BLAS`` asks for it:
+
+- ``auto`` (the default): numpy on AMD x86 CPUs when numpy's BLAS is OpenBLAS and threadpoolctl
+  is installed; torch elsewhere (MKL on Intel CPUs was not measured against OpenBLAS);
+- ``numpy``: numpy wherever its OpenBLAS can be thread-limited (torch otherwise);
+- ``torch``: always torch.
+
+OpenBLAS runs on one thread for these products (its thread count is set for the call and put
+back after it): with two, its idle worker spins after every product and the torch op that
+follows (the running top-k's threshold filter) took ~7 ms instead of 0.1 ms. Larger query
+blocks stay on torch: OpenBLAS's result for a row depends on how many rows share the product,
+and the engine promises the same bits whatever the query batching (``batch_search`` vs
+``knn``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from gpuann._env import cpu_blas_mode
+
+__all__ = ["NUMPY_MAX_QUERIES", "numpy_blas_active", "numpy_mm_t", "use_numpy_blas"]
+
+#: Plans of query blocks up to this height multiply with numpy's BLAS when it is chosen: the
+#: matrix–vector products, where torch's MKL loses most and the product dominates the search.
+NUMPY_MAX_QUERIES = 1
+#: Fewest database rows per thread of a product; parts start at multiples of ``_ALIGN`` rows.
+_MIN_PART_ROWS = 32768
+_ALIGN = 64
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pool_lock = threading.Lock()
+
+
+@functools.cache
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def _numpy_openblas() -> Any | None:
+    """threadpoolctl's controller of numpy's OpenBLAS, or None (not OpenBLAS, no threadpoolctl)."""
+    try:
+        import numpy as np
+        import threadpoolctl
+    except ImportError:
+        return None
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if "openblas" not in str(blas).lower():
+        return None
+    libs = [c for c in threadpoolctl.ThreadpoolController().lib_controllers]
+    openblas = [c for c in libs if c.internal_api == "openblas"]
+    own = [c for c in openblas if "numpy" in str(c.filepath)]
+    return (own or openblas or [None])[0]
+
+
+def numpy_blas_active() -> bool:
+    """True when blocks of few queries are multiplied by numpy's OpenBLAS (see the module).
+
+    >>> isinstance(numpy_blas_active(), bool)
+    True
+    """
+    mode = cpu_blas_mode()
+    if mode == "torch" or _numpy_openblas() is None:
+        return False
+    return mode == "numpy" or _cpu_vendor() == "AuthenticAMD"
+
+
+def use_numpy_blas(device: torch.device, query_block: int) -> bool:
+    """True when a search planned with blocks of ``query_block`` queries on ``device`` is to
+    multiply with numpy's BLAS.
+
+    The choice belongs to the plan, not to a block: every block of a search (and every
+    out-of-core pass of the same job, which plans the same blocks) multiplies with the same
+    library, so their scores carry the same bits.
+
+    >>> use_numpy_blas(torch.device("meta"), 1)
+    False
+    """
+    return device.type == "cpu" and query_block <= NUMPY_MAX_QUERIES and numpy_blas_active()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _pool_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="gpuann-blas")
+        return _pools[workers]
+
+
+def numpy_mm_t(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = a @ b.T`` by numpy's BLAS, OpenBLAS on one thread per part (see the module).
+
+    Parameters
+    ----------
+    a : torch.Tensor, shape (m, d), float32, CPU
+    b : torch.Tensor, shape (n, d), float32, CPU
+    out : torch.Tensor, shape (m, n), float32, CPU, contiguous
+
+    The arrays share the tensors' memory (no copy). With ``torch.get_num_threads()`` above 1
+    and at least :data:`_MIN_PART_ROWS` rows per part, the rows of ``b`` are cut into that
+    many parts, each multiplied on its own thread (each output is the same dot product, in
+    the same order, whatever the cut).
+
+    >>> out = torch.empty(2, 3)
+    >>> numpy_mm_t(torch.ones(2, 4), torch.ones(3, 4), out).tolist()
+    [[4.0, 4.0, 4.0], [4.0, 4.0, 4.0]]
+    """
+    import numpy as np
+
+    an, bn, on = a.detach().numpy(), b.detach().numpy(), out.detach().numpy()
+    n = bn.shape[0]
+    parts = max(1, min(torch.get_num_threads(), n // _MIN_PART_ROWS))
+    blas = _numpy_openblas()
+    before = blas.get_num_threads() if blas is not None else 1
+    if before != 1:
+        blas.set_num_threads(1)  # process-wide: every part runs on one thread
+    try:
+        if parts == 1:
+            np.matmul(an, bn.T, out=on)
+            return out
+        bounds = [n * i // parts // _ALIGN * _ALIGN for i in range(parts)] + [n]
+        futures = [
+            _pool(parts - 1).submit(np.matmul, an, bn[lo:hi].T, out=on[:, lo:hi])
+            for lo, hi in itertools.pairwise(bounds[1:])
+        ]
+        np.matmul(an, bn[: bounds[1]].T, out=on[:, : bounds[1]])
+        for f in futures:
+            f.result()
+    finally:
+        if before != 1:
+            blas.set_num_threads(before)
+    return out

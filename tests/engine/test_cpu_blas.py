@@ -1,0 +1,124 @@
+"""Single-query searches on the CPU multiply with numpy's OpenBLAS when it is chosen
+(``GPUANN_CPU_BLAS``); results stay exact and equal across the engine's callers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from reference import assert_knn_matches
+
+import gpuann
+from gpuann._env import cpu_blas_mode
+from gpuann.engine import cpu_blas
+from gpuann.engine.tiles import GROUP, plan_score_tiles
+
+needs_openblas = pytest.mark.skipif(
+    cpu_blas._numpy_openblas() is None, reason="numpy's BLAS is not a thread-limitable OpenBLAS"
+)
+
+
+def _data(n: int, d: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_mode_is_validated_and_named(monkeypatch):
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "mkl")
+    with pytest.raises(ValueError, match="GPUANN_CPU_BLAS: expected one of auto/numpy/torch"):
+        cpu_blas_mode()
+    monkeypatch.setenv("GPUANN_CPU_BLAS", " Torch ")
+    assert cpu_blas_mode() == "torch"
+    monkeypatch.delenv("GPUANN_CPU_BLAS")
+    assert cpu_blas_mode() == "auto"
+
+
+def test_only_single_query_plans_on_the_cpu_use_numpy(monkeypatch):
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
+    active = cpu_blas._numpy_openblas() is not None
+    assert cpu_blas.use_numpy_blas(torch.device("cpu"), 1) is active
+    assert not cpu_blas.use_numpy_blas(torch.device("cpu"), 2)
+    assert not cpu_blas.use_numpy_blas(torch.device("cuda"), 1)
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "torch")
+    assert not cpu_blas.use_numpy_blas(torch.device("cpu"), 1)
+
+
+def test_auto_follows_the_cpu_vendor(monkeypatch):
+    monkeypatch.delenv("GPUANN_CPU_BLAS", raising=False)
+    monkeypatch.setattr(cpu_blas, "_numpy_openblas", lambda: object())
+    monkeypatch.setattr(cpu_blas, "_cpu_vendor", lambda: "AuthenticAMD")
+    assert cpu_blas.numpy_blas_active()
+    monkeypatch.setattr(cpu_blas, "_cpu_vendor", lambda: "GenuineIntel")
+    assert not cpu_blas.numpy_blas_active()
+    monkeypatch.setattr(cpu_blas, "_numpy_openblas", lambda: None)
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
+    assert not cpu_blas.numpy_blas_active()  # no way to limit its threads: torch multiplies
+
+
+@needs_openblas
+def test_numpy_product_runs_openblas_on_one_thread_and_puts_the_count_back(monkeypatch):
+    blas = cpu_blas._numpy_openblas()
+    seen = []
+    real_matmul = np.matmul
+
+    def spy(*args, **kwargs):
+        seen.append(blas.get_num_threads())
+        return real_matmul(*args, **kwargs)
+
+    before = blas.get_num_threads()
+    blas.set_num_threads(2)
+    monkeypatch.setattr(np, "matmul", spy)
+    try:
+        a, b = _data(1, 16, 0), _data(50, 16, 1)
+        out = torch.empty(1, 50)
+        cpu_blas.numpy_mm_t(a, b, out)
+        assert seen == [1] and blas.get_num_threads() == 2
+        torch.testing.assert_close(out, a.double().mm(b.double().T).float())
+    finally:
+        blas.set_num_threads(before)
+
+
+@needs_openblas
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("n", [1000, 300_001])
+def test_single_query_search_is_exact_with_either_blas(monkeypatch, metric, n):
+    x, q = _data(n, 24, 2), _data(1, 24, 3)
+    results = {}
+    for mode in ("torch", "numpy"):
+        monkeypatch.setenv("GPUANN_CPU_BLAS", mode)
+        results[mode] = gpuann.knn(q, x, 10, metric=metric, memory_budget=8 << 20)
+    for D, I in results.values():
+        assert_knn_matches(D, I, q, x, 10, metric)
+    assert torch.equal(results["torch"][1], results["numpy"][1])
+
+
+@needs_openblas
+def test_batch_search_equals_knn_for_single_query_jobs(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
+    x, q = _data(20_001, 32, 4), _data(1, 32, 5)
+    expected = gpuann.knn(q, x, 7, memory_budget=2 << 20)
+    path = tmp_path / "db.npy"
+    np.save(path, x.numpy())
+    D, I = gpuann.batch_search(q.numpy(), path, 7, memory_budget=2 << 20, progress=False)
+    np.testing.assert_array_equal(D, expected[0].numpy())
+    np.testing.assert_array_equal(I, expected[1].numpy())
+
+
+def test_budget_halved_cpu_tiles_hold_whole_filter_groups():
+    # Regression: Q = 1, N = 10⁶ planned 250 000-row tiles, so every tile after the first
+    # skipped the grouped first pass of the threshold filter.
+    plan = plan_score_tiles(1, 10**6, 128, 10, 256 << 20, torch.device("cpu"))
+    assert plan.database_block < 10**6 and plan.database_block % GROUP == 0
+    single = plan_score_tiles(1, 100_000, 128, 10, 256 << 20, torch.device("cpu"))
+    assert single.database_block == 100_000  # one tile: nothing to filter
+
+
+@needs_openblas
+def test_cutting_the_product_across_threads_keeps_every_bit(monkeypatch):
+    x, q = _data(70_001, 100, 6), _data(1, 100, 7)
+    one, two = torch.empty(1, 70_001), torch.empty(1, 70_001)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    cpu_blas.numpy_mm_t(q, x, one)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cpu_blas.numpy_mm_t(q, x, two)
+    assert torch.equal(one, two)
+    torch.testing.assert_close(two, q.double().mm(x.double().T).float())

@@ -104,7 +104,9 @@ def reseed(index: Any, seed: int) -> None:
 
 def as_numpy(x: torch.Tensor) -> np.ndarray:
     """A contiguous float32 CPU numpy view (a copy only when needed)."""
-    return x.detach().to("cpu", torch.float32).contiguous().numpy()
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        x = x.to("cpu", torch.float32)
+    return x.detach().contiguous().numpy()
 
 
 def search(
@@ -114,10 +116,9 @@ def search(
 
     ``allowed``: a bitmap of the labels that may be returned (``IDSelectorBitmap``), or None.
     """
-    faiss = import_faiss()
     if allowed is None:
-        params = _params(ef_search)
-        return index.search(as_numpy(q), k, params=params)
+        return index.search(as_numpy(q), k, params=_params(ef_search))
+    faiss = import_faiss()
     params = faiss.SearchParametersHNSW()
     params.efSearch = ef_search
     selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(allowed))

@@ -130,6 +130,8 @@ class IdRows:
         """Ids of ``rows``, with ``-1`` (no row) kept as ``-1``."""
         if self.n == 0:
             return torch.full_like(rows, -1)
+        if self._dense_start == 0:  # ids are the rows themselves
+            return rows.clone()
         return torch.where(rows >= 0, self.stored_ids[rows.clamp(min=0)], rows)
 
     # ---------------------------------------------------------------- ids for new rows

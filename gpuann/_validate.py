@@ -7,6 +7,7 @@ deep inside a matrix multiply.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -147,6 +148,12 @@ def _device_memory(device: torch.device) -> int:
         from gpuann._device import device_properties
 
         return int(device_properties(device).total_memory)
+    return _physical_memory()
+
+
+@functools.cache
+def _physical_memory() -> int:
+    """Physical RAM in bytes (read once: it is asked on every search)."""
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX

@@ -108,14 +108,19 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _pools[workers]
 
 
-def numpy_mm_t(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out = a @ b.T`` by numpy's BLAS, OpenBLAS on one thread per part (see the module).
+def numpy_mm_t(
+    a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``out = a @ b.T (+ bias)`` by numpy's BLAS, OpenBLAS on one thread per part (see the
+    module).
 
     Parameters
     ----------
     a : torch.Tensor, shape (m, d), float32, CPU
     b : torch.Tensor, shape (n, d), float32, CPU
     out : torch.Tensor, shape (m, n), float32, CPU, contiguous
+    bias : torch.Tensor, shape (n,), float32, CPU, optional
+        Added to every row of the product (one float32 rounding, as ``out.add_(bias)``).
 
     The arrays share the tensors' memory (no copy). With ``torch.get_num_threads()`` above 1
     and at least :data:`_MIN_PART_ROWS` rows per part, the rows of ``b`` are cut into that
@@ -129,6 +134,13 @@ def numpy_mm_t(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Ten
     import numpy as np
 
     an, bn, on = a.detach().numpy(), b.detach().numpy(), out.detach().numpy()
+    cn = None if bias is None else bias.detach().numpy()
+
+    def part(lo: int, hi: int) -> None:
+        np.matmul(an, bn[lo:hi].T, out=on[:, lo:hi])
+        if cn is not None:
+            np.add(on[:, lo:hi], cn[lo:hi], out=on[:, lo:hi])
+
     n = bn.shape[0]
     parts = max(1, min(torch.get_num_threads(), n // _MIN_PART_ROWS))
     blas = _numpy_openblas()
@@ -137,14 +149,13 @@ def numpy_mm_t(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Ten
         blas.set_num_threads(1)  # process-wide: every part runs on one thread
     try:
         if parts == 1:
-            np.matmul(an, bn.T, out=on)
+            part(0, n)
             return out
         bounds = [n * i // parts // _ALIGN * _ALIGN for i in range(parts)] + [n]
         futures = [
-            _pool(parts - 1).submit(np.matmul, an, bn[lo:hi].T, out=on[:, lo:hi])
-            for lo, hi in itertools.pairwise(bounds[1:])
+            _pool(parts - 1).submit(part, lo, hi) for lo, hi in itertools.pairwise(bounds[1:])
         ]
-        np.matmul(an, bn[: bounds[1]].T, out=on[:, : bounds[1]])
+        part(0, bounds[1])
         for f in futures:
             f.result()
     finally:

@@ -164,7 +164,7 @@ class TileScorer:
         x = tile.float32()
         if self._numpy:
             if self.l2:  # ‖x‖² + (−2q)·x: scaling by −2 is exact
-                return numpy_mm_t(self._q_minus2, x, out).add_(tile.sqnorms)
+                return numpy_mm_t(self._q_minus2, x, out, tile.sqnorms)
             numpy_mm_t(self.q, x, out)
         elif self.l2:
             return torch.addmm(tile.sqnorms, self.q, x.T, alpha=-2.0, out=out)

@@ -1,0 +1,32 @@
+"""Input preparation's value check: NaN/±inf found on both scan paths (numpy for small CPU
+arrays, torch otherwise), rows named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpuann import inputs
+from gpuann.metrics import Metric
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("rows", [3, inputs._NUMPY_SCAN_MAX // 8 + 1])  # numpy, then torch
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_non_finite_values_are_found_and_their_rows_named(bad, rows, dtype):
+    x = torch.ones(rows, 8, dtype=dtype)
+    x[rows - 1, 5] = bad
+    named = rf"queries: contains NaN or infinite.*rows \[{rows - 1}\]"
+    with pytest.raises(ValueError, match=named):
+        inputs.check_values(x, "queries", Metric.L2, dtype)
+
+
+@pytest.mark.parametrize("rows", [3, inputs._NUMPY_SCAN_MAX // 8 + 1])
+def test_the_peak_is_the_largest_magnitude_either_way(rows):
+    x = torch.zeros(rows, 8)
+    x[1, 2] = -7.5
+    assert inputs._peak(x) == 7.5
+    x[0, 0] = 1e30  # squared norms beyond float32 for l2/ip, fine for cosine
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        inputs.check_values(x, "x", Metric.IP, torch.float32)
+    inputs.check_values(x, "x", Metric.COSINE, torch.float32)

@@ -31,6 +31,7 @@ __all__ = [
     "device_lock",
     "faiss_gpu_available",
     "gpu_resources",
+    "id_selector",
     "import_faiss",
     "index_to_cpu",
     "index_to_device",
@@ -216,8 +217,13 @@ def add_with_ids(index: Any, x: torch.Tensor, ids: torch.Tensor) -> None:
         index.add_with_ids(x.numpy(), ids.numpy())
 
 
-def search(index: Any, q: torch.Tensor, k: int, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
+def search(
+    index: Any, q: torch.Tensor, k: int, nprobe: int, allowed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``index.search(q, k)`` with ``nprobe`` lists, into tensors allocated by torch.
+
+    ``allowed`` (int64, ascending, unique), given to a CPU faiss index only: the only labels
+    faiss may return, passed as an id selector (:func:`id_selector`).
 
     Returns
     -------
@@ -233,12 +239,35 @@ def search(index: Any, q: torch.Tensor, k: int, nprobe: int) -> tuple[torch.Tens
     params = faiss.SearchParametersIVF(nprobe=nprobe)
     if n == 0:
         return distances, labels
+    # ``keep`` holds the selector and the array it reads until faiss has returned
+    keep = None if allowed is None else id_selector(allowed)
+    if keep is not None:
+        params.sel = keep[0]
     if _use_pointers(q):
         with _on_current_stream(q):
             index.search_c(n, _pointer(q), k, _pointer(distances), _pointer(labels), params)
     else:
         index.search(q.numpy(), k, params=params, D=distances.numpy(), I=labels.numpy())
     return distances, labels
+
+
+def id_selector(allowed: torch.Tensor) -> tuple[Any, np.ndarray]:
+    """A faiss id selector of the labels ``allowed`` (int64, ascending, unique, non-empty),
+    and the numpy array it reads (keep both alive while faiss searches).
+
+    An ``IDSelectorBitmap`` over ``0 … max(allowed)`` when the labels are dense enough that the
+    bitmap takes at most 8 bytes per allowed label (one bit test per candidate), else an
+    ``IDSelectorBatch`` (a hash set of the labels).
+    """
+    faiss = import_faiss()
+    labels = np.ascontiguousarray(allowed.detach().cpu().numpy(), dtype=np.int64)
+    top = int(labels[-1]) if labels.size else -1
+    if labels.size and int(labels[0]) >= 0 and top // 8 + 1 <= 8 * labels.size:
+        bits = np.zeros(top + 1, dtype=bool)
+        bits[labels] = True
+        bitmap = np.ascontiguousarray(np.packbits(bits, bitorder="little"))
+        return faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap)), bitmap
+    return faiss.IDSelectorBatch(labels.size, faiss.swig_ptr(labels)), labels
 
 
 def range_search(

@@ -21,6 +21,7 @@ from gpuann.serialization import IndexFileError
 
 __all__ = [
     "IVF_LAYOUT",
+    "IVFPersistence",
     "faiss_blob",
     "merge_into",
     "new_from_meta",
@@ -117,3 +118,38 @@ def merge_into(index: Any, other: Any) -> None:
         index._rows.insert(ids, columns)
     index._rows.next_id = max(index._rows.next_id, other._rows.next_id)
     index._faiss.install(host)
+
+
+class IVFPersistence:
+    """Merging, copying, saving and loading of an IVF index (the first base of
+    :class:`~gpuann.ivf.base.IVFIndexBase`; ``super()`` reaches :class:`gpuann.Index`)."""
+
+    # ---------------------------------------------------------------- merging
+    def _merge_rows(self, other: Any) -> None:
+        """faiss's ``merge_from`` (see :func:`gpuann.ivf._persist.merge_into`)."""
+        assert isinstance(other, IVFPersistence)
+        merge_into(self, other)
+
+    # ---------------------------------------------------------------- moving and saving
+    def _copy_from(self, source: Any) -> None:
+        assert isinstance(source, IVFPersistence)
+        self._faiss.install(source._faiss.compacted_host_copy())
+        self._nprobe = source._nprobe
+        super()._copy_from(source)
+
+    def _save_meta(self) -> dict[str, Any]:
+        return save_meta(self, super()._save_meta())
+
+    def _save_arrays(self) -> dict[str, torch.Tensor]:
+        return {**super()._save_arrays(), "faiss_index": faiss_blob(self)}
+
+    @classmethod
+    def _from_file(cls, meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> Any:
+        index = new_from_meta(cls, meta, device)
+        index._restore(meta, arrays)
+        return index
+
+    def _restore(self, meta: dict, arrays: dict[str, torch.Tensor]) -> None:
+        host = read_faiss_index(self, meta, arrays)
+        super()._restore(meta, arrays)
+        self._faiss.install(host)

@@ -13,7 +13,7 @@ import torch
 
 from gpuann._rows import IdRows
 from gpuann._tiebreak import topk_by_id
-from gpuann.ivf.gpu_gaps import GapFilledFaiss
+from gpuann.ivf.gpu_gaps import GapFilledFaiss, LabelFilter
 from gpuann.metrics import Metric
 from gpuann.refine import rerank_rows
 
@@ -33,6 +33,7 @@ def refined_search(
     factor: int,
     metric: Metric,
     budget: int,
+    filters: LabelFilter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``factor · k`` faiss candidates per query re-scored exactly against the stored vectors.
 
@@ -51,6 +52,9 @@ def refined_search(
     metric : Metric
     budget : int
         Bytes of working memory.
+    filters : LabelFilter, optional
+        The search's id filters: faiss's candidates are filtered already, so the re-ranking
+        only sees eligible ids.
 
     Returns
     -------
@@ -58,8 +62,7 @@ def refined_search(
     ids : torch.Tensor, shape (Q, k), int64 (``-1`` where missing)
     """
     stored, wanted = rows.n, k * factor
-    dead = lists.tombstones.numel()
-    width = min(wanted + dead, max(1, stored + dead))  # what the faiss search fetches
+    width, _, _ = lists.plan(wanted, nprobe, stored, filters)  # what the faiss search fetches
     dim = queries.shape[1]
     per_query = width * (FETCH_BYTES_PER_CANDIDATE + dim * 8 + 32)
     block = max(1, budget // per_query)
@@ -70,7 +73,8 @@ def refined_search(
     out_i = torch.empty((n_queries, k), dtype=torch.int64, device=queries.device)
     for q0 in range(0, n_queries, block):
         q = queries[q0 : q0 + block]
-        _, labels, _ = lists.search(q, wanted, nprobe, stored)
+        block_filters = None if filters is None else filters.for_queries(slice(q0, q0 + block))
+        _, labels, _ = lists.search(q, wanted, nprobe, stored, block_filters)
         found_rows, found = rows.positions(labels)
         candidates = torch.where(found, found_rows, -1)  # missing or tombstoned: none
         del labels, found_rows, found

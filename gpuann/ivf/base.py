@@ -22,9 +22,11 @@ from gpuann.errors import NotTrainedError
 from gpuann.index import DEFAULT_SEED, Index
 from gpuann.inputs import prepare_vectors
 from gpuann.ivf import _faiss
+from gpuann.ivf._persist import IVFPersistence
 from gpuann.ivf._results import faiss_range_search, pad, refined_search, tie_order
 from gpuann.ivf.faiss_sync import FaissSync
 from gpuann.ivf.gpu_gaps import GapFilledFaiss
+from gpuann.ivf.label_filter import LabelFilter, label_filter
 from gpuann.ivf.training import MAX_POINTS_PER_LIST, training_set
 from gpuann.metrics import Metric
 from gpuann.refine import DEFAULT_REFINE_FACTOR, KeptVectors
@@ -40,7 +42,7 @@ _BASE_CONFIG_KEYS = (
 _REFINE_CONFIG_KEYS = ("refine", "refine_factor")
 
 
-class IVFIndexBase(FaissSync, KeptVectors, Index):
+class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
     """Shared implementation; use :class:`~gpuann.IVFFlatIndex` or :class:`~gpuann.IVFPQIndex`.
 
     Subclasses implement ``_new_faiss_index``, ``_code_size`` and (optionally)
@@ -298,6 +300,8 @@ class IVFIndexBase(FaissSync, KeptVectors, Index):
         nprobe: int | None = None,
         refine_factor: int | None = None,
         check_finite: bool = True,
+        exclude_ids: Any = None,
+        allow_ids: Any = None,
     ) -> SearchResult:
         """The ``k`` nearest stored vectors of each query among ``nprobe`` lists.
 
@@ -316,6 +320,22 @@ class IVFIndexBase(FaissSync, KeptVectors, Index):
             raises.
         check_finite : bool
             Raise on NaN or infinity in ``queries``.
+        exclude_ids : int64 tensor, shape (Q, m) or (Q,), optional
+            Ids never returned for each query (e.g. the query's own id); ``-1`` pads, ids
+            not in the index are ignored. Each query fetches ``m`` more candidates from faiss
+            and drops its excluded ones (exact: at most ``m`` of them are excluded).
+        allow_ids : int64 tensor, shape (n,), optional
+            The only ids that may be returned (ids not in the index are ignored; none in the
+            index: every result missing). On a CPU index faiss applies them as an id selector
+            (``SearchParametersIVF(sel=...)``) inside the list scan. faiss-gpu takes no
+            selector: a CUDA index fetches ``k`` plus the number of stored ids not allowed
+            and drops those (exact, as for GPU tombstones), or, when that is more than
+            faiss-gpu can select (2048), searches its host copy with the selector.
+
+        The filters are those of :meth:`gpuann.FlatIndex.search`, applied to the ``nprobe``
+        lists searched: with ``nprobe = nlist`` an IVF-Flat search equals an exact search
+        over the eligible ids. With ``refine`` the candidates are filtered before the
+        re-ranking.
 
         Returns
         -------
@@ -330,24 +350,41 @@ class IVFIndexBase(FaissSync, KeptVectors, Index):
         factor = self._refine_factor_for(refine_factor)
         nprobe = self._nprobe if nprobe is None else self._check_nprobe(nprobe, "nprobe")
         return self._run_search(
-            queries, k, check_finite=check_finite, nprobe=nprobe, refine_factor=factor
+            queries,
+            k,
+            check_finite=check_finite,
+            nprobe=nprobe,
+            refine_factor=factor,
+            exclude_ids=exclude_ids,
+            allow_ids=allow_ids,
         )
 
     def _search(
-        self, queries: torch.Tensor, k: int, *, nprobe: int, refine_factor: int | None
+        self,
+        queries: torch.Tensor,
+        k: int,
+        *,
+        nprobe: int,
+        refine_factor: int | None,
+        exclude_ids: Any = None,
+        allow_ids: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._require_trained("search")
         n_queries, stored = queries.shape[0], len(self)
-        if stored == 0:
+        filters = self._label_filter(exclude_ids, allow_ids, n_queries)
+        self._require_trained("search")
+        if stored == 0 or (filters is not None and filters.hidden == stored):
             return self._no_results(n_queries, k)
         if refine_factor is not None:
             budget = check_budget(self.memory_budget, self._device)
-            return refined_search(
-                self._faiss, self._rows, queries, k, nprobe, refine_factor, self._metric, budget
-            )
-        distances, labels, masked = self._faiss.search(queries, k, nprobe, stored)
+            args = (queries, k, nprobe, refine_factor, self._metric, budget, filters)
+            return refined_search(self._faiss, self._rows, *args)
+        distances, labels, masked = self._faiss.search(queries, k, nprobe, stored, filters)
         distances, labels = tie_order(distances, labels, k, self._metric, masked)
         return pad(distances, labels, k, self._metric)
+
+    def _label_filter(self, exclude_ids: Any, allow_ids: Any, n_queries: int) -> LabelFilter | None:
+        """The validated filters as faiss labels (:func:`gpuann.ivf.label_filter.label_filter`)."""
+        return label_filter(self._rows.stored_ids, exclude_ids, allow_ids, n_queries, self._device)
 
     def _range_search(
         self, queries: torch.Tensor, radius: float, *, max_results: int | None, memory_budget: Any
@@ -358,43 +395,3 @@ class IVFIndexBase(FaissSync, KeptVectors, Index):
             self._faiss, queries, radius, self._nprobe, self._metric, max_results
         )
         return lims.to(self._device), distances.to(self._device), labels.to(self._device)
-
-    # ---------------------------------------------------------------- merging
-    def _merge_rows(self, other: Index) -> None:
-        """faiss's ``merge_from`` (see :func:`gpuann.ivf._persist.merge_into`)."""
-        from gpuann.ivf._persist import merge_into
-
-        assert isinstance(other, IVFIndexBase)
-        merge_into(self, other)
-
-    # ---------------------------------------------------------------- moving and saving
-    def _copy_from(self, source: Index) -> None:
-        assert isinstance(source, IVFIndexBase)
-        self._faiss.install(source._faiss.compacted_host_copy())
-        self._nprobe = source._nprobe
-        super()._copy_from(source)
-
-    def _save_meta(self) -> dict[str, Any]:
-        from gpuann.ivf._persist import save_meta
-
-        return save_meta(self, super()._save_meta())
-
-    def _save_arrays(self) -> dict[str, torch.Tensor]:
-        from gpuann.ivf._persist import faiss_blob
-
-        return {**super()._save_arrays(), "faiss_index": faiss_blob(self)}
-
-    @classmethod
-    def _from_file(cls, meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> Index:
-        from gpuann.ivf._persist import new_from_meta
-
-        index = new_from_meta(cls, meta, device)
-        index._restore(meta, arrays)
-        return index
-
-    def _restore(self, meta: dict, arrays: dict[str, torch.Tensor]) -> None:
-        from gpuann.ivf._persist import read_faiss_index
-
-        host = read_faiss_index(self, meta, arrays)
-        super()._restore(meta, arrays)
-        self._faiss.install(host)

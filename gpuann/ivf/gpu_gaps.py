@@ -12,6 +12,11 @@ in (each path also runs on CPU through the private switches, so CPU-only tests c
   compacts at once, so it never holds tombstones after a mutation. Tombstoning first and
   compacting afterwards makes a removal all-or-nothing: a failed compaction leaves
   tombstones, which still give the right results.
+- **Id filters.** faiss-gpu takes no id selector: a search with ``allow_ids`` over-fetches
+  ``k + #stored ids not allowed`` and drops the rest, exact by the same argument; when that is
+  more than faiss-gpu can select, it runs on the host copy (below) with a faiss selector, as a
+  CPU index always does. Per-query ``exclude_ids`` (Q, m) over-fetch ``m`` more everywhere
+  (faiss selectors are per search, not per query).
 - **The k limit.** ``k`` (or ``nprobe``) above faiss-gpu's 2048 runs on a cached CPU copy of the
   index (a documented host round trip; the copy is dropped after any change).
 - **Thread safety.** faiss-gpu is not thread-safe: calls on a GPU index are serialised per
@@ -28,8 +33,9 @@ import numpy as np
 import torch
 
 from gpuann.ivf import _faiss
+from gpuann.ivf.label_filter import LabelFilter
 
-__all__ = ["MAX_TOMBSTONES", "GapFilledFaiss"]
+__all__ = ["MAX_TOMBSTONES", "GapFilledFaiss", "LabelFilter"]
 
 #: Pending GPU removals kept as tombstones before the index is compacted.
 MAX_TOMBSTONES = 1024
@@ -52,6 +58,9 @@ class GapFilledFaiss:
         Removed ids faiss still holds.
     use_tombstones : bool
         Remove by tombstones (on for CUDA; a private switch for tests).
+    use_selectors : bool
+        Whether the device index takes faiss id selectors (off for CUDA, where ``allow_ids``
+        over-fetches and filters; a private switch for tests).
     device_k_limit : int or None
         The largest ``k``/``nprobe`` the device index accepts (2048 on CUDA, None on CPU).
     max_tombstones : int
@@ -61,6 +70,7 @@ class GapFilledFaiss:
         self.device = device
         on_gpu = device.type == "cuda"
         self.use_tombstones = on_gpu
+        self.use_selectors = not on_gpu
         self.device_k_limit: int | None = _faiss.GPU_MAX_K if on_gpu else None
         self.max_tombstones = MAX_TOMBSTONES
         self._cache_mutex = threading.Lock()
@@ -183,36 +193,74 @@ class GapFilledFaiss:
         return torch.from_numpy(out).to(self.device)
 
     # ---------------------------------------------------------------- search
-    def search(
-        self, q: torch.Tensor, k: int, nprobe: int, stored: int
-    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """The ``k`` best live faiss labels of each query (those of a real removal).
+    def plan(
+        self, k: int, nprobe: int, stored: int, filters: LabelFilter | None = None
+    ) -> tuple[int, bool, bool]:
+        """How :meth:`search` runs: ``(fetch, on_host, selected)``.
 
-        Fetches ``k + #tombstones`` (at most what faiss holds, ``stored + #tombstones``), which
-        is exact: at most ``#tombstones`` of them are dead.
+        ``fetch`` candidates per query: ``k``, plus the tombstones and the per-query
+        exclusions, plus, without a selector, the stored ids not allowed (each at most what
+        faiss holds); ``on_host``: on the host copy (past the device's k limit);
+        ``selected``: ``allowed`` goes to faiss as an id selector (CPU faiss only).
+        """
+        f = filters if filters is not None else _NO_FILTER
+        held = max(1, stored + self.tombstones.numel())
+        base = k + self.tombstones.numel() + f.width
+        limit = self.device_k_limit
+        if f.allowed is None or self.use_selectors:
+            fetch = min(base, held)
+            on_host = limit is not None and (fetch > limit or nprobe > limit)
+            return fetch, on_host, f.allowed is not None
+        fetch = min(base + f.hidden, held)
+        if limit is not None and (fetch > limit or nprobe > limit):
+            return min(base, held), True, True  # the host copy takes a selector
+        return fetch, False, False
+
+    def search(
+        self,
+        q: torch.Tensor,
+        k: int,
+        nprobe: int,
+        stored: int,
+        filters: LabelFilter | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The ``k`` best live faiss labels of each query (those of a real removal) that
+        ``filters`` lets through.
+
+        Fetches :meth:`plan`'s ``fetch``, which is exact: at most ``#tombstones`` of them are
+        dead, at most ``m`` excluded, and (without a selector) at most ``hidden`` not allowed.
 
         Returns
         -------
         distances : torch.Tensor, shape (Q, w), float32 (faiss's raw values), ``w <= k``
         labels : torch.Tensor, shape (Q, w), int64, ``-1`` where missing
         masked : bool
-            Whether tombstones were masked (the rows then need re-sorting).
+            Whether entries were masked (the rows then need re-sorting).
         """
         tombstones = self.tombstones
-        fetch = min(k + tombstones.numel(), max(1, stored + tombstones.numel()))
-        limit = self.device_k_limit
-        if limit is not None and (fetch > limit or nprobe > limit):
+        fetch, on_host, selected = self.plan(k, nprobe, stored, filters)
+        allowed = filters.allowed if filters is not None and selected else None
+        if on_host:
             # faiss-gpu cannot select more than GPU_MAX_K: search the host copy instead.
-            distances, labels = _faiss.search(self.host_index(), q.cpu(), fetch, nprobe)
+            distances, labels = _faiss.search(
+                self.host_index(), q.cpu(), fetch, nprobe, allowed=allowed
+            )
             distances, labels = distances.to(self.device), labels.to(self.device)
         else:
             with self.serial():
-                distances, labels = _faiss.search(self.index, q, fetch, nprobe)
-        if tombstones.numel():
+                distances, labels = _faiss.search(self.index, q, fetch, nprobe, allowed=allowed)
+        dead = torch.isin(labels, tombstones) if tombstones.numel() else None
+        dropped = filters.dropped(labels, selected) if filters is not None else None
+        if dropped is not None:
+            dead = dropped if dead is None else dead | dropped
+        if dead is not None:
             # dead entries last (live ones keep faiss's order), then the first k: the labels
             # a real removal would have given
-            dead = torch.isin(labels, tombstones)
             order = torch.argsort(dead.to(torch.int8), dim=1, stable=True)[:, :k]
             labels = labels.masked_fill(dead, -1).gather(1, order)
             distances = distances.gather(1, order)
-        return distances, labels, bool(tombstones.numel())
+        return distances, labels, dead is not None
+
+
+#: No filter at all.
+_NO_FILTER = LabelFilter()

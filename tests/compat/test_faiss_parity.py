@@ -276,6 +276,39 @@ def ivf(faiss, kind):
     return out
 
 
+def ivf_selectors(faiss, kind):
+    """IVF search with ``SearchParametersIVF(sel=..., nprobe=...)``: faiss's list scan skips
+    the unselected ids; the shim's native ``allow_ids`` must give the same results."""
+    xb, xq = _data(2000, 16, 10, seed=4)
+    quantizer = faiss.IndexFlatL2(16)
+    if kind == "flat":
+        index = faiss.IndexIVFFlat(quantizer, 16, 8)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, 16, 8, 4, 6)
+    index.train(xb)
+    index.add_with_ids(xb, np.arange(2000) * 3 + 1)
+    index.nprobe = 2
+    batch = faiss.IDSelectorBatch(np.arange(1, 6000, 7))
+    chosen = [
+        batch,
+        faiss.IDSelectorRange(300, 2400),
+        faiss.IDSelectorArray(np.array([4, 13, 5998, 10**9])),
+        faiss.IDSelectorNot(batch),
+        faiss.IDSelectorAnd(batch, faiss.IDSelectorRange(0, 3000)),
+    ]
+    out = []
+    for sel in chosen:
+        for params in (
+            faiss.SearchParametersIVF(sel=sel, nprobe=8),
+            faiss.SearchParametersIVF(sel=sel, nprobe=3),
+            faiss.SearchParametersIVF(sel=sel),  # faiss's default nprobe, 1
+        ):
+            D, I = index.search(xq, 10, params=params)
+            out += [np.sort(I, axis=1), np.sort(D, axis=1)]
+    out.append(np.sort(index.search(xq, 10)[1], axis=1))  # index.nprobe, no filter: unchanged
+    return out
+
+
 def binary(faiss):
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 256, (200, 4), dtype=np.uint8)
@@ -377,6 +410,11 @@ def test_factory():
 @pytest.mark.parametrize("kind", ["flat", "pq"])
 def test_ivf(kind):
     both(ivf, kind)
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq"])
+def test_ivf_selectors(kind):
+    both(ivf_selectors, kind)
 
 
 def test_binary():

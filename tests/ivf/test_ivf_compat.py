@@ -66,8 +66,9 @@ def test_quantizer_checked_and_filled(small):
     _, lists = quantizer.search(xb[:50], 1)  # each vector's list, as in faiss
     assert lists.min() >= 0 and lists.max() < 8
     index.add(xb)
-    with pytest.raises(NotImplementedError, match=r"params\.sel"):
-        index.search(xq, 1, params=gfaiss.SearchParametersIVF(sel=gfaiss.IDSelectorRange(0, 9)))
+    params = gfaiss.SearchParametersIVF(sel=gfaiss.IDSelectorRange(0, 9), nprobe=8)
+    _, selected = index.search(xq, 3, params=params)  # the native allow_ids
+    assert ((selected >= 0) & (selected < 9)).all()
     with pytest.raises(RuntimeError, match="add_with_ids"):  # one vector per id in gpuann
         index.add_with_ids(xb[:1], np.array([5]))
     with pytest.raises(NotImplementedError, match="quantizer"):

@@ -25,7 +25,6 @@ from gpuann.compat.faiss._common import (
 )
 from gpuann.compat.faiss.flat import IndexFlat, IndexIDMap, IndexIDMap2
 from gpuann.compat.faiss.refine import IndexRefineFlat
-from gpuann.compat.faiss.selectors import selected
 
 __all__ = ["FAISS_SEED", "DirectMap", "IndexIVF", "IndexIVFFlat", "IndexIVFPQ", "index_factory"]
 
@@ -144,22 +143,22 @@ class IndexIVF(Index):
 
     # ---------------------------------------------------------------- searching
     def _search_options(self, params: Any) -> dict[str, Any]:
+        """``params.sel`` as the native ``allow_ids`` (the selected ids the index holds),
+        ``params.nprobe`` (``SearchParametersIVF``) as ``nprobe``, clamped to 1…nlist as
+        faiss does; a plain ``SearchParameters`` keeps :attr:`nprobe`."""
         if params is None:
             return {}
-        if selected(getattr(params, "sel", None)) is not None:
-            raise NotImplementedError(
-                "params.sel: id selectors are not supported on IVF indexes by gpuann"
-            )
-        if not hasattr(params, "nprobe"):
-            return {}
-        return {"nprobe": min(max(1, int(params.nprobe)), self.nlist)}
+        options = super()._search_options(params)  # sel -> allow_ids
+        if hasattr(params, "nprobe"):
+            options["nprobe"] = min(max(1, int(params.nprobe)), self.nlist)
+        return options
 
     def range_search(self, x: Any, thresh: float, *, params: Any = None):
         if params is not None and getattr(params, "nprobe", self.nprobe) != self.nprobe:
             raise NotImplementedError(
                 "range_search: params.nprobe is not supported; set index.nprobe instead"
             )
-        return super().range_search(x, thresh)
+        return super().range_search(x, thresh, params=params)  # params.sel: refused there
 
     # ---------------------------------------------------------------- merging
     def merge_from(self, otherIndex: Any, add_id: int = 0) -> None:

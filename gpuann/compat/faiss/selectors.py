@@ -1,7 +1,9 @@
 """faiss's search parameters and id selectors.
 
 A selector is evaluated on the ids an index holds (a boolean mask); the shim hands the
-selected ids to gpuann's ``allow_ids`` filter, which applies inside the exact search.
+selected ids to gpuann's ``allow_ids`` filter, which applies inside the exact search (flat
+indexes) or as faiss's own id selector in the list scan (IVF indexes; see
+:meth:`gpuann.IVFFlatIndex.search`).
 """
 
 from __future__ import annotations

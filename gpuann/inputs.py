@@ -38,14 +38,21 @@ def _peak(x: torch.Tensor) -> float:
     return float(x.detach().abs().amax())
 
 
-def check_values(x: torch.Tensor, name: str, metric: Metric, dtype: torch.dtype) -> None:
+def check_values(
+    x: torch.Tensor,
+    name: str,
+    metric: Metric,
+    dtype: torch.dtype,
+    row_peaks: torch.Tensor | None = None,
+) -> None:
     """Raise unless ``x`` is finite in ``dtype`` and (for l2/ip) its squared norms fit float32.
 
-    One reduction and one host sync.
+    One reduction (over ``row_peaks``, each row's largest magnitude, when the caller has them)
+    and one host sync.
     """
     if not x.numel():
         return
-    peak = _peak(x)
+    peak = _peak(x) if row_peaks is None else float(row_peaks.amax())
     if peak != peak or peak == float("inf"):
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
         raise ValueError(
@@ -103,11 +110,14 @@ def prepare_vectors(
         dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
     checking = check_finite and not torch.compiler.is_compiling()
     if metric is Metric.COSINE:
-        if checking:
-            check_values(x, name, metric, x.dtype)
         scale = x.abs().amax(dim=1, keepdim=True)
+        if checking:
+            check_values(x, name, metric, x.dtype, row_peaks=scale)
         extreme = (scale > 1e18) | (scale < 1e-18)
-        x = torch.where(extreme, x / torch.where(scale > 0, scale, torch.ones_like(scale)), x)
+        # On the CPU the (rare) rescaling is skipped when no row needs it; on a GPU that test
+        # would be a host sync, so it always runs there.
+        if x.device.type != "cpu" or bool(extreme.any()):
+            x = torch.where(extreme, x / torch.where(scale > 0, scale, torch.ones_like(scale)), x)
         x = torch.nn.functional.normalize(x.float(), dim=1).to(dtype)
     else:
         x = x.to(dtype)

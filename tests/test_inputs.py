@@ -30,3 +30,22 @@ def test_the_peak_is_the_largest_magnitude_either_way(rows):
     with pytest.raises(ValueError, match="beyond float32's range"):
         inputs.check_values(x, "x", Metric.IP, torch.float32)
     inputs.check_values(x, "x", Metric.COSINE, torch.float32)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_cosine_preparation_finds_non_finite_rows_from_its_row_peaks(bad):
+    x = torch.ones(4, 8)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"queries: contains NaN or infinite.*rows \[2\]"):
+        inputs.prepare_vectors(
+            x, "queries", dim=8, metric=Metric.COSINE, device=torch.device("cpu"), check_finite=True
+        )
+
+
+def test_cosine_preparation_is_scale_safe_on_tiny_and_huge_rows():
+    x = torch.tensor([[3e-30, 4e-30], [3e30, 4e30], [3.0, 4.0], [0.0, 0.0]])
+    got, _, _ = inputs.prepare_vectors(
+        x, "x", dim=2, metric=Metric.COSINE, device=torch.device("cpu"), check_finite=True
+    )
+    expected = torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.6, 0.8], [0.0, 0.0]])
+    torch.testing.assert_close(got, expected)

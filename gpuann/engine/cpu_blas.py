@@ -143,11 +143,7 @@ def numpy_mm_t(
 
     n = bn.shape[0]
     parts = max(1, min(torch.get_num_threads(), n // _MIN_PART_ROWS))
-    blas = _numpy_openblas()
-    before = blas.get_num_threads() if blas is not None else 1
-    if before != 1:
-        blas.set_num_threads(1)  # process-wide: every part runs on one thread
-    try:
+    with _one_openblas_thread():
         if parts == 1:
             part(0, n)
             return out
@@ -158,7 +154,40 @@ def numpy_mm_t(
         part(0, bounds[1])
         for f in futures:
             f.result()
-    finally:
-        if before != 1:
-            blas.set_num_threads(before)
     return out
+
+
+class _OneOpenBLASThread:
+    """OpenBLAS on one thread while any product of this module runs (its thread count is
+    process-wide: the first of concurrent callers sets it, the last puts the old one back)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._before = 1
+
+    def __call__(self) -> _OneOpenBLASThread:
+        return self
+
+    def __enter__(self) -> None:
+        blas = _numpy_openblas()
+        if blas is None:
+            return
+        with self._lock:
+            if self._active == 0:
+                self._before = blas.get_num_threads()
+                if self._before != 1:
+                    blas.set_num_threads(1)
+            self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        blas = _numpy_openblas()
+        if blas is None:
+            return
+        with self._lock:
+            self._active -= 1
+            if self._active == 0 and self._before != 1:
+                blas.set_num_threads(self._before)
+
+
+_one_openblas_thread = _OneOpenBLASThread()

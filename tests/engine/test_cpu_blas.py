@@ -122,3 +122,36 @@ def test_cutting_the_product_across_threads_keeps_every_bit(monkeypatch):
     cpu_blas.numpy_mm_t(q, x, two)
     assert torch.equal(one, two)
     torch.testing.assert_close(two, q.double().mm(x.double().T).float())
+
+
+@needs_openblas
+def test_concurrent_products_keep_one_openblas_thread_until_the_last_ends():
+    import threading
+
+    blas = cpu_blas._numpy_openblas()
+    before = blas.get_num_threads()
+    blas.set_num_threads(2)
+    try:
+        x, q = _data(40_000, 64, 8), _data(1, 64, 9)
+        expected = torch.empty(1, 40_000)
+        cpu_blas.numpy_mm_t(q, x, expected)
+        results, errors = [], []
+
+        def search() -> None:
+            try:
+                for _ in range(20):
+                    out = torch.empty(1, 40_000)
+                    cpu_blas.numpy_mm_t(q, x, out)
+                    results.append(torch.equal(out, expected))
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=search) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and all(results) and len(results) == 60
+        assert blas.get_num_threads() == 2
+    finally:
+        blas.set_num_threads(before)

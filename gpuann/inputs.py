@@ -52,7 +52,7 @@ def check_values(
     """
     if not x.numel():
         return
-    peak = _peak(x) if row_peaks is None else float(row_peaks.amax())
+    peak = _peak(x) if row_peaks is None else float(row_peaks.detach().amax())
     if peak != peak or peak == float("inf"):
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
         raise ValueError(
@@ -115,8 +115,9 @@ def prepare_vectors(
             check_values(x, name, metric, x.dtype, row_peaks=scale)
         extreme = (scale > 1e18) | (scale < 1e-18)
         # On the CPU the (rare) rescaling is skipped when no row needs it; on a GPU that test
-        # would be a host sync, so it always runs there.
-        if x.device.type != "cpu" or bool(extreme.any()):
+        # would be a host sync, and under torch.compile a data-dependent branch: it always
+        # runs there.
+        if x.device.type != "cpu" or torch.compiler.is_compiling() or bool(extreme.any()):
             x = torch.where(extreme, x / torch.where(scale > 0, scale, torch.ones_like(scale)), x)
         x = torch.nn.functional.normalize(x.float(), dim=1).to(dtype)
     else:

@@ -71,7 +71,8 @@ def topk_lex(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Wide rows: float top-(k+1); rows whose k-th and (k+1)-th values tie at the boundary are
     # reselected exactly with packed keys (rare with real data).
     vals, cols = torch.topk(scores, kk + 1, dim=1, largest=False, sorted=True)
-    boundary_tie = vals[:, kk - 1] == vals[:, kk]
+    # A NaN k-th place is a tie too (NaN != NaN): which NaNs topk kept is arbitrary.
+    boundary_tie = (vals[:, kk - 1] == vals[:, kk]) | torch.isnan(vals[:, kk - 1])
     vals, cols = vals[:, :kk], cols[:, :kk]
     if scores.device.type != "cpu" or bool(boundary_tie.any()):
         # On CUDA the repair is done unconditionally (masked) to avoid a host sync.
@@ -84,6 +85,10 @@ def topk_lex(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         else:
             cols = cols.index_copy(0, rows, exact_cols)
         vals = scores.gather(1, cols)
+    elif not bool((vals[:, 1:] == vals[:, :-1]).any() | torch.isnan(vals[:, -1:]).any()):
+        # CPU, no tie inside the k and no NaN (NaN sorts last, so the last column shows one):
+        # topk's value order is already the (value, column) order.
+        return vals, cols
     order = _lex_order(vals, cols)
     return vals.gather(1, order), cols.gather(1, order)
 

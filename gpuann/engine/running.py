@@ -110,9 +110,12 @@ class RunningTopK:
             )
         else:
             values, cols = topk_lex(scores, self.k)
-            self.values, self.positions = merge_topk(
-                self.values, self.positions, values, cols + r0, self.k
-            )
+            if self.values.shape[1] == 0:  # the first tile: its list is the running list
+                self.values, self.positions = values, cols + r0
+            else:
+                self.values, self.positions = merge_topk(
+                    self.values, self.positions, values, cols + r0, self.k
+                )
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(values, positions)``, (B, k): sorted scores and rows, ``-1`` (+inf) for none."""

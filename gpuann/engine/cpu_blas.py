@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -41,6 +42,8 @@ _MIN_PART_ROWS = 32768
 _ALIGN = 64
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's pool threads
+    os.register_at_fork(after_in_child=_pools.clear)
 
 
 @functools.cache
@@ -137,9 +140,11 @@ def numpy_mm_t(
     cn = None if bias is None else bias.detach().numpy()
 
     def part(lo: int, hi: int) -> None:
-        np.matmul(an, bn[lo:hi].T, out=on[:, lo:hi])
-        if cn is not None:
-            np.add(on[:, lo:hi], cn[lo:hi], out=on[:, lo:hi])
+        # Non-finite values (check_finite=False) give NaN/inf scores, silently, as torch does.
+        with np.errstate(all="ignore"):
+            np.matmul(an, bn[lo:hi].T, out=on[:, lo:hi])
+            if cn is not None:
+                np.add(on[:, lo:hi], cn[lo:hi], out=on[:, lo:hi])
 
     n = bn.shape[0]
     parts = max(1, min(torch.get_num_threads(), n // _MIN_PART_ROWS))

@@ -142,9 +142,11 @@ class RunningTopK:
             # A min over groups of columns is one cheap pass; only groups whose min beats the
             # threshold are looked at element by element.
             groups = scores.view(n_rows, width // GROUP, GROUP)
-            group_rows, group_ids = torch.nonzero(
-                beats(groups.amin(dim=2), threshold), as_tuple=True
-            )
+            least = groups.amin(dim=2)
+            # A NaN score makes its group's min NaN, which beats nothing: such groups are looked
+            # at element by element too (else a winner sharing a group with a NaN is lost).
+            candidate = beats(least, threshold) | (torch.isnan(least) & ~special)
+            group_rows, group_ids = torch.nonzero(candidate, as_tuple=True)
             hits = beats(groups[group_rows, group_ids], threshold[group_rows])
             hit_groups, hit_cols = torch.nonzero(hits, as_tuple=True)
             rows = group_rows[hit_groups]

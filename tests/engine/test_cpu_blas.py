@@ -155,3 +155,33 @@ def test_concurrent_products_keep_one_openblas_thread_until_the_last_ends():
         assert blas.get_num_threads() == 2
     finally:
         blas.set_num_threads(before)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's "invalid value" stays silent
+@pytest.mark.parametrize("mode", ["torch", "numpy"])
+def test_a_winner_sharing_a_filter_group_with_a_nan_score_is_kept(monkeypatch, mode):
+    # Regression: the threshold filter's first pass takes the min of 64 scores; one NaN made
+    # it NaN, the group was skipped, and a later tile's true nearest row was lost
+    # (check_finite=False, one inf element giving inf - inf = NaN for L2).
+    monkeypatch.setenv("GPUANN_CPU_BLAS", mode)
+    x, q = _data(100_000, 8, 11), torch.zeros(1, 8)
+    x[70_000] = 0.0
+    x[70_001, 3] = float("inf")
+    D, I = gpuann.knn(q, x, 3, memory_budget=2 << 20, check_finite=False)
+    assert I[0, 0] == 70_000 and D[0, 0] == 0.0
+
+
+def test_nan_rows_across_many_tiles_never_hide_real_winners():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randint(-3, 4, (300_000, 4), generator=g).float()
+    x[torch.rand(300_000, generator=g) < 0.2] = float("nan")
+    best = torch.tensor([5.0, 5.0, 5.0, 5.0])  # beyond the random rows' range
+    for row in (200_001, 200_777, 250_123):
+        x[row] = best
+    q = torch.ones(2, 4)
+    D, I = gpuann.knn(q, x, 5, metric="ip", memory_budget=8 << 20, check_finite=False)
+    finite = ~torch.isnan(x).any(dim=1)
+    scores = torch.where(finite, x @ q[0], torch.tensor(float("-inf")))
+    expected = scores.topk(5).values
+    torch.testing.assert_close(D[0], expected)
+    assert set(I[0, :3].tolist()) == {200_001, 200_777, 250_123}

@@ -49,13 +49,11 @@ against exact float64 ground truth. Results:
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -191,17 +189,15 @@ def bench_dataset(
 
 def run(preset: str, threads: int) -> dict[str, Any]:
     """Run every data set of ``preset``; returns the result payload."""
-    from benchmarks.bench_hnsw import gauss, minilm_embeddings
+    from benchmarks.bench_hnsw import gauss, minilm_or_note
 
     cfg = PRESETS[preset]
     env = harness.environment_info("cpu", threads=threads)
     notes = []
     results = []
     if cfg["minilm"]:
-        found = minilm_embeddings()
-        if found is None:
-            notes.append("minilm skipped: no cached demo embeddings (run `python -m gpuann demo`)")
-        else:
+        found = minilm_or_note(notes)
+        if found is not None:
             docs, names, path = found
             from gpuann.ivf import suggest_ivf_params
 
@@ -287,10 +283,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
-    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results")
+    parser = harness.preset_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
     if "torch" not in sys.modules and "faiss" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when OpenMP starts

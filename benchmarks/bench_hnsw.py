@@ -91,6 +91,14 @@ def minilm_embeddings() -> tuple[Any, Any, str] | None:
     return tensors["documents"].float(), tensors["names"].float(), str(path)
 
 
+def minilm_or_note(notes: list[str]) -> tuple[Any, Any, str] | None:
+    """:func:`minilm_embeddings`, noting in ``notes`` when they are absent (skipped)."""
+    found = minilm_embeddings()
+    if found is None:
+        notes.append("minilm skipped: no cached demo embeddings (run `python -m gpuann demo`)")
+    return found
+
+
 def gauss(n: int, nq: int, d: int = 384, seed: int = 0) -> tuple[Any, Any]:
     """Seeded Gaussian mixture (100 overlapping clusters) and queries from the same mixture."""
     rng = np.random.default_rng(seed)
@@ -189,10 +197,8 @@ def run(preset: str, threads: int) -> dict[str, Any]:
     notes = []
     results = []
     if cfg["minilm"]:
-        found = minilm_embeddings()
-        if found is None:
-            notes.append("minilm skipped: no cached demo embeddings (run `python -m gpuann demo`)")
-        else:
+        found = minilm_or_note(notes)
+        if found is not None:
             docs, names, path = found
             notes.append(f"minilm: {docs.shape[0]} documents, {names.shape[0]} queries ({path})")
             results += bench_dataset("minilm", docs, names, "cosine", cfg, threads)
@@ -242,10 +248,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
-    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results")
+    parser = harness.preset_parser(__doc__, PRESETS)
     parser.add_argument("--policies", default="default,PASSIVE", help="OMP_WAIT_POLICY values")
     parser.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

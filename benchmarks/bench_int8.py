@@ -21,10 +21,7 @@ Results: ``benchmarks/results/bench_int8_<device>_<date>.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -126,12 +123,10 @@ def run(preset: str, threads: int) -> dict[str, Any]:
     cfg = PRESETS[preset]
     notes, results = [], []
     if cfg["minilm"]:
-        from benchmarks.bench_hnsw import minilm_embeddings
+        from benchmarks.bench_hnsw import minilm_or_note
 
-        found = minilm_embeddings()
-        if found is None:
-            notes.append("minilm skipped: no cached demo embeddings (run `python -m gpuann demo`)")
-        else:
+        found = minilm_or_note(notes)
+        if found is not None:
             docs, names, path = found
             notes.append(f"minilm: {docs.shape[0]} documents, {names.shape[0]} queries ({path})")
             results += bench_dataset("minilm", torch.as_tensor(docs).float(),
@@ -174,10 +169,7 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
-    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results")
+    parser = harness.preset_parser(__doc__, PRESETS)
     args = parser.parse_args(argv)
     payload = run(args.preset, args.threads)
     stem = harness.result_stem("bench_int8", "cpu")

@@ -32,6 +32,7 @@ Importing this module imports only the standard library: no torch, faiss or trit
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as _dt
 import importlib
@@ -704,3 +705,13 @@ def format_bytes(n: float) -> str:
     if abs(n) < 2**20:
         return f"{n / 1024:.0f} KiB"
     return f"{n / 2**20:.1f} MiB"
+
+
+def preset_parser(doc: str, presets: Iterable[str]) -> argparse.ArgumentParser:
+    """The command line every preset benchmark shares: ``--preset``, ``--threads`` (default
+    ``OMP_NUM_THREADS`` or 2) and ``--out`` (default ``benchmarks/results``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(presets), default="quick")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    return parser

@@ -35,3 +35,32 @@ def assert_same(actual, expected, what: str = "") -> None:
             f"{what} {name}: {len(bad)} entries differ, first at {tuple(bad[0])}: "
             f"{a[tuple(bad[0])]} != {b[tuple(bad[0])]}"
         )
+
+
+#: The small checkpointed job shared by the job and robustness tests. With SMALL_BUDGET, 100
+#: queries and K=6, the query tile is 12 rows (100 halved three times); chunks of 24 rows are
+#: two tiles, and 100 rows make 5 chunks.
+JOB_K = 6
+JOB_BATCH = 24
+
+
+def make_job(tmp_path):
+    """A database and queries on disk, and the in-memory answer: ``(paths, expected)``."""
+    import gpuann
+
+    db, queries = data(5000, seed=11), data(100, seed=12)
+    expected = gpuann.knn(queries, db, JOB_K, memory_budget=SMALL_BUDGET)
+    paths = {
+        "db": save_npy(tmp_path / "db.npy", db),
+        "queries": save_npy(tmp_path / "q.npy", queries),
+    }
+    return paths, expected
+
+
+def run_job(paths, out, **kwargs):
+    """``batch_search`` of the job into ``out`` (budget, batch size and no progress bar unless
+    given)."""
+    from gpuann.batch import batch_search
+
+    kwargs = {"memory_budget": SMALL_BUDGET, "batch_size": JOB_BATCH, "progress": False, **kwargs}
+    return batch_search(paths["queries"], paths["db"], JOB_K, out=out, **kwargs)

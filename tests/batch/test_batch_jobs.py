@@ -8,7 +8,16 @@ import os
 import numpy as np
 import pytest
 import torch
-from batch_helpers import SMALL_BUDGET, assert_same, data, save_npy
+from batch_helpers import (
+    JOB_BATCH,
+    JOB_K,
+    SMALL_BUDGET,
+    assert_same,
+    data,
+    make_job,
+    run_job,
+    save_npy,
+)
 
 import gpuann
 from gpuann.batch import CheckpointMismatchError, batch_search
@@ -17,27 +26,14 @@ from gpuann.batch.checkpoint import Checkpoint, read_checkpoint, write_checkpoin
 from gpuann.batch.sizing import BatchSizer, is_out_of_memory
 from gpuann.batch.streaming import StreamingExactSearch
 
-K = 6
-#: With SMALL_BUDGET, 100 queries and K=6, the query tile is 12 rows (100 halved three times);
-#: chunks of 24 rows are two tiles, and 100 rows make 5 chunks.
-BATCH = 24
+K, BATCH = JOB_K, JOB_BATCH
+run = run_job
 
 
 @pytest.fixture
 def job(tmp_path):
     """A database and queries on disk, and the in-memory answer."""
-    db, queries = data(5000, seed=11), data(100, seed=12)
-    expected = gpuann.knn(queries, db, K, memory_budget=SMALL_BUDGET)
-    paths = {
-        "db": save_npy(tmp_path / "db.npy", db),
-        "queries": save_npy(tmp_path / "q.npy", queries),
-    }
-    return paths, expected
-
-
-def run(paths, out, **kwargs):
-    kwargs = {"memory_budget": SMALL_BUDGET, "batch_size": BATCH, "progress": False, **kwargs}
-    return batch_search(paths["queries"], paths["db"], K, out=out, **kwargs)
+    return make_job(tmp_path)
 
 
 def test_memmap_in_and_out_equals_in_memory(tmp_path, job):

@@ -14,31 +14,29 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from batch_helpers import SMALL_BUDGET, assert_same, data, save_npy
+from batch_helpers import (
+    JOB_BATCH,
+    JOB_K,
+    SMALL_BUDGET,
+    assert_same,
+    data,
+    make_job,
+    run_job,
+    save_npy,
+)
 
 import gpuann
 from gpuann.batch import CheckpointMismatchError, batch_search, self_join
 from gpuann.batch.checkpoint import read_checkpoint
 
-K = 6
-BATCH = 24  # with SMALL_BUDGET and 100 queries: chunks of two 12-row tiles, 5 chunks
+K, BATCH = JOB_K, JOB_BATCH
+run = run_job
 
 
 @pytest.fixture
 def job(tmp_path):
     """A database and queries on disk, and the in-memory answer."""
-    db, queries = data(5000, seed=11), data(100, seed=12)
-    expected = gpuann.knn(queries, db, K, memory_budget=SMALL_BUDGET)
-    paths = {
-        "db": save_npy(tmp_path / "db.npy", db),
-        "queries": save_npy(tmp_path / "q.npy", queries),
-    }
-    return paths, expected
-
-
-def run(paths, out, **kwargs):
-    kwargs = {"memory_budget": SMALL_BUDGET, "batch_size": BATCH, "progress": False, **kwargs}
-    return batch_search(paths["queries"], paths["db"], K, out=out, **kwargs)
+    return make_job(tmp_path)
 
 
 class Stop(Exception):

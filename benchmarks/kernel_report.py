@@ -13,13 +13,17 @@ instruction used (``wgmma``/``mma`` in the PTX; HGMMA/HMMA in the SASS) and SASS
 counts — in all, in the tile loop, in its largest conditional branch (the merge of a tile into
 the running top-k) and in the rest (``steady``).
 
-Then, for the headline fused k-NN shapes, it measures how often that branch runs by replaying
-the kernel's scan order in torch (same blocks of queries, splits and tiles; a program's
-threshold is its queries' current k-th score) on seeded random data and on clustered data
-(a mixture of Gaussians: neighbours concentrate, as in real embeddings), and turns the counts
-into an issue-bound time **estimate**: warp-instructions / (SMs × 4 schedulers × clock). Beside
-it, the same kind of estimate for torch ``mm + topk`` (FLOPs at peak + the score matrix written
-and read at HBM bandwidth). These are models, never measurements: ``benchmarks.gpu_suite``
+Then, for the headline fused k-NN shapes (k up to 2048), it measures how often the fused
+kernel's branches run by replaying its scan order in torch (same blocks of queries, splits,
+tiles and candidate buffers: a tile *appends* when a query of the block has a score at or
+below its threshold, the block's buffers are *merged* when one would overflow) on seeded
+random data and on clustered data (a mixture of Gaussians: neighbours concentrate, as in
+real embeddings), and on the demo's cached MiniLM embeddings when present (their own small
+shape: frequencies only). It turns the counts into an issue-bound time **estimate**:
+warp-instructions / (SMs × 4 schedulers × clock). Beside it, the same kind of estimate for
+torch ``mm + topk`` (FLOPs at peak + the score matrix written and read at HBM bandwidth), the
+tensor-core floor and the L2 floor (the database re-read by every block of queries, at a
+round L2 bandwidth). These are models, never measurements: ``benchmarks.gpu_suite``
 measures on a GPU.
 
 Writes ``<out>/kernel_report_sm<arch>.json`` and ``.md`` (default ``benchmarks/results``).
@@ -36,63 +40,103 @@ from typing import Any
 
 from benchmarks import harness
 
-__all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_merge_frequency"]
+__all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_selection"]
 
 #: Per architecture: the GPU modelled (SMs, boost clock, dense 16-bit tensor FLOP/s, HBM B/s).
+#: ``l2_bw`` (L2 to SM bandwidth) is a round model constant, not a data-sheet figure.
 GPUS = {
-    90: {"name": "H100 SXM", "sms": 132, "clock_hz": 1.98e9, "flops16": 989e12, "bw": 3.35e12},
-    80: {"name": "A100 SXM 80GB", "sms": 108, "clock_hz": 1.41e9, "flops16": 312e12, "bw": 2.04e12},
+    90: {
+        "name": "H100 SXM",
+        "sms": 132,
+        "clock_hz": 1.98e9,
+        "flops16": 989e12,
+        "bw": 3.35e12,
+        "l2_bw": 5.5e12,
+    },
+    80: {
+        "name": "A100 SXM 80GB",
+        "sms": 108,
+        "clock_hz": 1.41e9,
+        "flops16": 312e12,
+        "bw": 2.04e12,
+        "l2_bw": 4.0e12,
+    },
 }
 #: Headline fused k-NN shapes of the estimate (float16 storage and queries, squared L2).
 HEADLINE = [
     {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float16"}
-    for k in (10, 100, 512)
+    for k in (10, 100, 1000, 2048)
 ]
 #: Queries replayed per shape (whole blocks of the kernel, so block-wide branches are exact).
 REPLAY_QUERIES = 128
 
 
-def replay_merge_frequency(
-    queries: Any, database: Any, k: int, block_m: int, block_n: int, per_split: int
+def replay_selection(
+    queries: Any,
+    database: Any,
+    k: int,
+    block_m: int,
+    block_n: int,
+    per_split: int,
+    cap: int,
 ) -> dict[str, float]:
-    """How often the fused kernel's merge branch runs, replaying its scan order in torch.
+    """How often the fused kernel's branches run, replaying its scan order in torch.
 
     Each program (a block of ``block_m`` queries over one split of ``per_split`` rows) scans
-    its rows in tiles of ``block_n``; a tile is merged when any of its queries has a score
-    strictly below that query's current k-th best (the kernel's ``hits > 0``).
+    its rows in tiles of ``block_n``. A tile *appends* when any query of the block has a
+    score at or below its threshold (the k-th of its list at the last merge; every score
+    while the list holds fewer than k); the block's buffers are *merged* when one of them
+    would overflow its ``cap`` keys, and once at the end.
 
     Returns
     -------
     dict
-        ``block_tiles``: fraction of (program, tile) pairs that merge; ``query_tiles``: of
-        (query, tile) pairs with a hit; ``scores``: of scores that beat their threshold.
+        ``append``: fraction of (program, tile) pairs that append; ``merge``: merges per
+        (program, tile) pair, the final ones included; ``query_tiles``: of (query, tile)
+        pairs with a candidate; ``scores``: of scores that are candidates.
     """
     import torch
 
-    n_rows = database.shape[0]
+    n_q, n_rows = queries.shape[0], database.shape[0]
+    n_blocks = n_q // block_m
     sq = (database.float() ** 2).sum(1)
-    n_blocks = queries.shape[0] // block_m
-    merged = tiles = query_hits = score_hits = 0
+    appends = merges = tiles = query_hits = score_hits = 0
     for start in range(0, n_rows, per_split):
         stop = min(start + per_split, n_rows)
-        best = torch.full((queries.shape[0], k), math.inf)
-        for t0 in range(start, stop, block_n):
-            t1 = min(t0 + block_n, stop)
-            scores = sq[t0:t1][None, :] - 2.0 * (queries @ database[t0:t1].T)
-            kth = best[:, -1:]
-            beat = scores < kth
-            hit = beat.any(1)
-            merged += int(hit.view(n_blocks, block_m).any(1).sum())
+        scores = sq[start:stop][None, :] - 2.0 * (queries @ database[start:stop].T)
+        lists = torch.full((n_q, k), math.inf)
+        thr = torch.full((n_q,), math.inf)  # +inf: every (finite) score is a candidate
+        buffer = torch.full((n_q, cap + 1), math.inf)  # column ``cap``: where non-hits go
+        count = torch.zeros(n_q, dtype=torch.int64)
+        for t0 in range(0, stop - start, block_n):
+            tile = scores[:, t0 : t0 + block_n]
             tiles += n_blocks
-            query_hits += int(hit.sum())
-            score_hits += int(beat.sum())
-            if hit.any():
-                both = torch.cat([best, scores], dim=1)
-                best = torch.topk(both, k, dim=1, largest=False, sorted=True).values
-    n_q = queries.shape[0]
+            hit = tile <= thr[:, None]
+            row_hit = hit.any(1)
+            if not row_hit.any():
+                continue
+            appends += int(row_hit.view(n_blocks, block_m).any(1).sum())
+            n_hit = hit.sum(1)
+            query_hits += int(row_hit.sum())
+            score_hits += int(n_hit.sum())
+            over = ((count + n_hit) > cap).view(n_blocks, block_m).any(1)
+            if over.any():
+                merges += int(over.sum())
+                rows = over.repeat_interleave(block_m)
+                both = torch.cat([lists[rows], buffer[rows, :cap]], dim=1)
+                lists[rows] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
+                thr[rows] = lists[rows, k - 1]
+                buffer[rows] = math.inf
+                count[rows] = 0  # the tile's hits, found with the old thresholds, go in
+            place = torch.where(hit, count[:, None] + hit.cumsum(1) - 1, cap)
+            buffer.scatter_(1, place, torch.where(hit, tile, math.inf))
+            buffer[:, cap] = math.inf
+            count += n_hit
+        merges += int((count.view(n_blocks, block_m) > 0).any(1).sum())  # the final merges
     total_tiles = tiles // max(n_blocks, 1)
     return {
-        "block_tiles": merged / max(tiles, 1),
+        "append": appends / max(tiles, 1),
+        "merge": merges / max(tiles, 1),
         "query_tiles": query_hits / max(n_q * total_tiles, 1),
         "scores": score_hits / max(n_q * n_rows, 1),
     }
@@ -115,29 +159,40 @@ def _data(kind: str, n_rows: int, dim: int, n_queries: int) -> tuple[Any, Any]:
 
 
 def estimate(
-    shape: dict[str, Any], plan: Any, sass: dict[str, int] | None, p_merge: float, gpu: dict
+    shape: dict[str, Any], plan: Any, sass: dict[str, int] | None, freq: dict[str, float], gpu: dict
 ) -> dict[str, Any]:
-    """Issue-bound time estimate of the fused kernel, and the torch ``mm + topk`` model."""
+    """Issue-bound time estimate of the fused kernel, and the torch ``mm + topk`` model.
+
+    Per warp: every tile costs ``steady``; a tile that appends adds ``branch - inner``; a
+    merge costs ``inner`` with its loop over rows of lists (``inner_loop``) run ``BM / RB``
+    times. ``freq`` is :func:`replay_selection`'s (``append``, ``merge`` per tile).
+    """
     q, n, d = shape["queries"], shape["rows"], shape["dim"]
     launch = plan.partial
     n_blocks, n_splits = launch.grid
     per_split = dict(launch.args)["rows_per_split"]
-    block_n = dict(launch.constexprs)["BN"]
-    out: dict[str, Any] = {"p_merge_block_tiles": p_merge}
+    constexprs = dict(launch.constexprs)
+    block_n, block_m, rows = constexprs["BN"], constexprs["BM"], constexprs["RB"]
+    out: dict[str, Any] = {"p_append": freq.get("append"), "merges_per_tile": freq.get("merge")}
     issue_rate = gpu["sms"] * 4 * gpu["clock_hz"]
     if sass and "steady" in sass:
         tiles = n_blocks * n_splits * math.ceil(per_split / block_n)
-        per_tile = sass["steady"] + p_merge * sass["branch"]
-        warp_instr = tiles * launch.num_warps * per_tile
-        out["fused_estimate_ms"] = 1e3 * warp_instr / issue_rate
-        out["fused_no_merge_estimate_ms"] = (
+        append = sass["branch"] - sass["inner"]
+        merge = sass["inner"] - sass["inner_loop"] + sass["inner_loop"] * (block_m // rows)
+        per_tile = sass["steady"] + freq.get("append", 0.0) * append
+        per_tile += freq.get("merge", 0.0) * merge
+        out["fused_estimate_ms"] = 1e3 * tiles * launch.num_warps * per_tile / issue_rate
+        out["fused_steady_estimate_ms"] = (
             1e3 * tiles * launch.num_warps * sass["steady"] / issue_rate
         )
+        out["sass_steady"], out["sass_append"], out["sass_merge"] = sass["steady"], append, merge
     flops = 2.0 * q * n * d
     score_bytes = 2.0 * q * n * 2  # float16 scores written by mm, read by topk
     out["torch_mm_topk_estimate_ms"] = 1e3 * (flops / gpu["flops16"] + score_bytes / gpu["bw"])
     out["tensor_core_floor_ms"] = 1e3 * flops / gpu["flops16"]
     out["hbm_floor_ms"] = 1e3 * (n + q) * d * 2 / gpu["bw"]
+    out["l2_floor_ms"] = 1e3 * n_blocks * n * d * 2 / gpu["l2_bw"]
+    out["floor_ms"] = max(out["tensor_core_floor_ms"], out["l2_floor_ms"])
     out["l2_reread_note"] = f"database read by {n_blocks} query blocks (through L2)"
     return out
 
@@ -191,13 +246,19 @@ COLUMNS = [
 ESTIMATE_COLUMNS = [
     harness.Column("k", "k"),
     harness.Column("data", "data", align="left"),
-    harness.Column("p_merge_block_tiles", "P(merge) block", "{:.4f}".format),
-    harness.Column("p_query_tiles", "P(hit) query", "{:.4f}".format),
-    harness.Column("p_scores", "P(beat) score", "{:.5f}".format),
+    harness.Column("config", "config", align="left"),
+    harness.Column("p_append", "P(append) block", "{:.4f}".format),
+    harness.Column("merges_per_tile", "merges/tile", "{:.5f}".format),
+    harness.Column("p_query_tiles", "P(cand.) query", "{:.4f}".format),
+    harness.Column("p_scores", "P(cand.) score", "{:.5f}".format),
+    harness.Column("sass_steady", "SASS steady"),
+    harness.Column("sass_append", "SASS append"),
+    harness.Column("sass_merge", "SASS merge"),
     harness.Column("fused_estimate_ms", "fused est. ms", "{:.2f}".format),
-    harness.Column("fused_no_merge_estimate_ms", "no-merge est. ms", "{:.2f}".format),
+    harness.Column("fused_steady_estimate_ms", "steady-only est. ms", "{:.2f}".format),
     harness.Column("torch_mm_topk_estimate_ms", "torch est. ms", "{:.2f}".format),
     harness.Column("tensor_core_floor_ms", "TC floor ms", "{:.2f}".format),
+    harness.Column("l2_floor_ms", "L2 floor ms", "{:.2f}".format),
     harness.Column("hbm_floor_ms", "HBM floor ms", "{:.3f}".format),
     harness.Column("replayed_for", "replayed for", align="left"),
 ]
@@ -246,19 +307,57 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
             n_q = max(cfg.block_m, REPLAY_QUERIES // cfg.block_m * cfg.block_m)
             kinds = ("random", "clustered") if shape["k"] <= 100 else ("random",)
             for kind in kinds:
-                key = (shape["k"], kind, cfg.block_m, cfg.block_n)
+                key = (shape["k"], kind, cfg.block_m, cfg.block_n, plan.cap, per_split)
                 if key in memo:
                     entry["freq"][kind] = {**memo[key], "replayed_for": memo[key]["replayed_for"]}
                     continue
                 q, x = _data(kind, shape["rows"], shape["dim"], n_q)
                 t0 = time.perf_counter()
-                freq = replay_merge_frequency(q, x, shape["k"], cfg.block_m, cfg.block_n, per_split)
+                freq = replay_selection(
+                    q, x, shape["k"], cfg.block_m, cfg.block_n, per_split, plan.cap
+                )
                 freq["replay_s"] = time.perf_counter() - t0
                 freq["replayed_for"] = f"sm_{arch} (rows_per_split={per_split})"
                 memo[key] = freq
                 entry["freq"][kind] = freq
                 print(f"  replay sm_{arch} k={shape['k']} {kind}: {freq}", flush=True)
         out.append(entry)
+    return out
+
+
+def _demo_frequencies() -> list[dict[str, Any]]:
+    """Replayed branch frequencies on the demo's cached embeddings (empty without a cache)."""
+    import torch
+
+    from benchmarks.bench_hnsw import minilm_embeddings
+    from gpuann._triton import catalog
+    from gpuann._triton.knn import plan_fused_knn
+
+    found = minilm_embeddings()
+    if found is None:
+        return []
+    docs, names, _ = found
+    out = []
+    for k in (10, 100):
+        plan = plan_fused_knn(
+            REPLAY_QUERIES,
+            docs.shape[0],
+            docs.shape[1],
+            k,
+            storage_dtype=torch.float16,
+            query_dtype=torch.float16,
+            l2=True,
+            has_sqnorms=True,
+            sm_count=catalog.SM_COUNT[90],
+            splits=1,  # one program scans all 2141 rows (as one split of a large database)
+        )
+        cfg = plan.config
+        per_split = dict(plan.partial.args)["rows_per_split"]
+        q, x = names[:REPLAY_QUERIES].half().float(), docs.half().float()
+        freq = replay_selection(q, x, k, cfg.block_m, cfg.block_n, per_split, plan.cap)
+        shape = f"Q={REPLAY_QUERIES}, N={docs.shape[0]}, d={docs.shape[1]}, {plan.n_splits} splits"
+        out.append({"k": k, "shape": shape, **freq})
+        print(f"  replay demo k={k}: {freq}", flush=True)
     return out
 
 
@@ -269,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     grid = {"full": catalog.FULL, "report": catalog.REPORT}.get(args.grid, catalog.REPRESENTATIVE)
     env = harness.environment_info("cpu")
     memo: dict[Any, Any] = {}
+    demo = [] if args.no_replay else _demo_frequencies()
     for arch in args.arch:
         t0 = time.perf_counter()
         cases = [c for c in catalog.all_cases(grid, arch) if c.default]
@@ -282,8 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         estimates = []
         heads = aot.compile_launches([r["plan"].partial for r in replays], arch, sass=True)
         for entry, res in zip(replays, heads, strict=True):
-            for kind, freq in entry["freq"].items() or [("none", {"block_tiles": 0.0})]:
-                est = estimate(entry["shape"], entry["plan"], res.sass, freq["block_tiles"], gpu)
+            for kind, freq in entry["freq"].items() or [("none", {})]:
+                est = estimate(entry["shape"], entry["plan"], res.sass, freq, gpu)
                 est.update(
                     k=entry["shape"]["k"],
                     data=kind,
@@ -307,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "launches": rows,
             "estimates": estimates,
+            "demo_frequencies": demo,
         }
         stem = f"kernel_report_sm{arch}"
         harness.write_json(args.out / f"{stem}.json", payload)
@@ -321,9 +422,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"Headline: Q=4096, N=10⁶, d=128, float16, L2. Issue rate {gpu['sms']} SMs × 4 × "
             f"{gpu['clock_hz'] / 1e9:.2f} GHz; torch: FLOPs at {gpu['flops16'] / 1e12:.0f} "
-            f"TFLOP/s + the float16 score matrix written and read at {gpu['bw'] / 1e12:.2f} TB/s.",
+            f"TFLOP/s + the float16 score matrix written and read at {gpu['bw'] / 1e12:.2f} "
+            f"TB/s; L2 floor: the database read once per query block at "
+            f"{gpu['l2_bw'] / 1e12:.1f} TB/s (a round model constant).",
             "",
             harness.markdown_table(estimates, ESTIMATE_COLUMNS),
+            "",
+            "Branch frequencies on the demo's MiniLM embeddings (their own shape, sm_90 plan): "
+            + (
+                "; ".join(
+                    f"k={f['k']}: P(append) {f['append']:.4f}, merges/tile {f['merge']:.5f}, "
+                    f"P(cand.) score {f['scores']:.5f} ({f['shape']})"
+                    for f in demo
+                )
+                or "not replayed (no cached demo embeddings, or --no-replay)."
+            ),
             "",
             "## Default launches",
             "",

@@ -10,7 +10,8 @@ Modules
 bitonic
     Packed (score, position) int64 keys and a min/max bitonic network to select on them.
 fused_knn
-    Distance tiles with ``tl.dot`` and a running top-k per query, never the (Q, N) matrix.
+    Distance tiles with ``tl.dot``, a per-query threshold and candidate buffers merged into
+    running top-k lists in global scratch; never the (Q, N) matrix.
 hamming
     Hamming-distance top-k over packed binary codes (popcount of XORed int32 words).
 topk

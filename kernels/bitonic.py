@@ -166,16 +166,32 @@ def merge_tile(
     else:
         hits = tl.sum((pack(hi, positions) < kth[:, None]).to(tl.int32))
     if hits > 0:
-        keys = pack(hi, positions)
-        if BN >= K:
-            best = smallest(keys, R, BN, LOG_BN, LOG_K, 1)  # (R, K) descending
-        else:
-            # The whole tile sorted descending, placed after K - BN sentinels: still descending.
-            tile = smallest(keys, R, BN, LOG_BN, LOG_BN, 1)
-            runs = tl.broadcast_to(tl.reshape(tile, (R, 1, BN)), (R, K // BN, BN))
-            last = tl.reshape(tl.arange(0, K // BN) == K // BN - 1, (1, K // BN, 1))
-            best = tl.reshape(tl.where(last, runs, SENTINEL), (R, K))
-        # Ascending acc against descending best: the elementwise min holds the K smallest
-        # of both, as a bitonic sequence.
-        acc = merge_runs(tl.minimum(acc, best), R, K, LOG_K, 0)
+        acc = merge_keys(acc, pack(hi, positions), R, K, LOG_K, BN, LOG_BN)
     return acc
+
+
+@triton.jit
+def merge_keys(
+    acc,
+    keys,
+    R: tl.constexpr,
+    K: tl.constexpr,
+    LOG_K: tl.constexpr,
+    N: tl.constexpr,
+    LOG_N: tl.constexpr,
+):
+    """The K smallest of a running top-k ``acc`` (R, K) ascending and keys (R, N), ascending.
+
+    ``keys`` are in any order (``SENTINEL`` for empty slots); N and K are powers of two.
+    """
+    if N >= K:
+        best = smallest(keys, R, N, LOG_N, LOG_K, 1)  # (R, K) descending
+    else:
+        # All N sorted descending, placed after K - N sentinels: still descending.
+        tile = smallest(keys, R, N, LOG_N, LOG_N, 1)
+        runs = tl.broadcast_to(tl.reshape(tile, (R, 1, N)), (R, K // N, N))
+        last = tl.reshape(tl.arange(0, K // N) == K // N - 1, (1, K // N, 1))
+        best = tl.reshape(tl.where(last, runs, SENTINEL), (R, K))
+    # Ascending acc against descending best: the elementwise min holds the K smallest of
+    # both, as a bitonic sequence.
+    return merge_runs(tl.minimum(acc, best), R, K, LOG_K, 0)

@@ -1,4 +1,4 @@
-"""Fused exact k-NN: distance tiles with ``tl.dot`` and a running top-k, per block of queries.
+"""Fused exact k-NN: distance tiles with ``tl.dot``, a per-query threshold and a candidate buffer.
 
 Program ``(m, s)`` takes queries ``[m·BM, (m+1)·BM)`` and database rows
 ``[s·rows_per_split, (s+1)·rows_per_split)``, visits the rows in order in tiles of ``BN`` and
@@ -6,8 +6,20 @@ writes its ``K`` best keys (ascending) to ``partial[query, s, :]``. The (Q, N) d
 never exists. Scores are "smaller is nearer", as in the torch backend:
 ``‖x‖² − 2⟨q, x⟩`` for L2 (``‖q‖²`` is added to the winners by the merge) and
 ``−⟨q, x⟩ · scale`` for inner product. Filters (rows excluded per query, an allowed-row mask,
-label exclusion) give ineligible entries the ``MISSING_HI`` word of padding, so they never
-enter the top-k and rows with fewer than K eligible entries end in ``SENTINEL``s.
+label exclusion) make entries ineligible, so they never enter the top-k and rows with fewer
+than K eligible entries end in ``SENTINEL``s.
+
+Selection (the idea of FAISS's WarpSelect and cuVS's fused L2 k-NN): each query keeps a
+*threshold*, the score of its true k-th best so far (``k_last + 1`` entries, not the padded
+K), tested on the accumulator registers — one compare per score. The few scores at or below
+it are packed into keys and appended to the query's candidate buffer of ``CAP`` keys in
+global scratch (positions from a cumsum of the hits). Only when a buffer would overflow (and
+once at the end) are the buffers merged into the running top-K held in registers, and the
+thresholds tightened. A tile without any candidate in the block costs the compare and a
+count; one with candidates adds the cumsum and the stores; the sorting network runs once per
+``CAP`` candidates of a query. The threshold keeps ties (``<=``): an equal score may win on
+its tie word (``HAS_RANK``), so no candidate of the final top-k is ever skipped and the
+result is the same set of keys as a full sort — bit-identical to the torch backend.
 
 Precision: products are exact and accumulate in float32. float16/bfloat16 storage runs the
 tensor cores on the storage dtype; float32 queries against such storage are split into
@@ -23,7 +35,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from gpuann._kernels.bitonic import MISSING_HI, SENTINEL, merge_tile, score_to_hi
+from gpuann._kernels.bitonic import SENTINEL, hi_to_score, merge_keys, pack, score_to_hi
 
 
 @triton.jit
@@ -57,6 +69,7 @@ def fused_knn_kernel(
     sqnorm_ptr,
     scale_ptr,
     partial_ptr,
+    buffer_ptr,
     exclude_ptr,
     allowed_ptr,
     row_label_ptr,
@@ -71,6 +84,7 @@ def fused_knn_kernel(
     stride_x,
     n_exclude,
     stride_exclude,
+    k_last,
     L2: tl.constexpr,
     HAS_SQNORMS: tl.constexpr,
     HAS_SCALE: tl.constexpr,
@@ -88,6 +102,9 @@ def fused_knn_kernel(
     BD: tl.constexpr,
     K: tl.constexpr,
     LOG_K: tl.constexpr,
+    CAP: tl.constexpr,
+    LOG_CAP: tl.constexpr,
+    RB: tl.constexpr,
 ):
     """Partial top-K keys of a block of queries over one split of the database.
 
@@ -106,7 +123,13 @@ def fused_knn_kernel(
         (``HAS_RANK``; the launcher maps ranks back to rows)
     SINGLE_D : constexpr bool, ``dim <= BD``
     UPCAST : constexpr bool, dot in float32 (the interpreter's bfloat16 ``tl.dot`` is wrong)
-    partial_ptr : (n_queries, n_splits, K) int64, written: ascending keys, ``SENTINEL``-padded
+    partial_ptr : (ceil(n_queries / BM) · BM, n_splits, K) int64, ``SENTINEL``-filled: the
+        running lists, in the end each split's K best keys, ascending
+    buffer_ptr : (ceil(n_queries / BM) · BM, n_splits, CAP) int64, ``SENTINEL``-filled: the
+        candidate buffers (scratch)
+    k_last : int, ``min(k, n_rows) - 1``: the threshold is the key at this place of the list
+    CAP, LOG_CAP : constexpr, keys per candidate buffer (a power of two, ``>= max(K, BN)``)
+    RB : constexpr, rows merged at a time (a power of two dividing BM)
     """
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -115,67 +138,336 @@ def fused_knn_kernel(
     offs_d = tl.arange(0, BD)
     row_start = pid_s.to(tl.int64) * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, n_rows)
-    acc = tl.full((BM, K), SENTINEL, tl.int64)
+    # Rows of the running lists (``partial``) and of the candidate buffers of this program.
+    first = pid_m.to(tl.int64) * BM * n_splits + pid_s
+    base = first + tl.arange(0, BM).to(tl.int64) * n_splits
+    buf = buffer_ptr + base[:, None] * CAP  # (BM, 1) pointers
+    thr = tl.full((BM,), float("nan"), tl.float32)  # NaN: the list is not full yet
+    open_ = thr != thr  # rows whose every eligible score is a candidate
+    count = tl.zeros((BM,), tl.int32)
+    q_once = offs_m  # unused unless SINGLE_D
     if SINGLE_D:  # dim <= BD: the query block is one tile, loaded once
         q_once = tl.load(
             q_ptr + offs_m[:, None] * stride_q + offs_d[None, :],
             mask=mask_m[:, None] & (offs_d[None, :] < dim),
             other=0.0,
         )
-    for start in range(row_start, row_end, BN):
-        rows = start + tl.arange(0, BN)  # int64: no overflow in rows * stride_x
-        mask_n = rows < row_end
+    # Whole tiles without a row mask, then the split's last partial tile (if any) with one.
+    full_end = row_start + (row_end - row_start) // BN * BN
+    thr, open_, count = _scan(
+        row_start,
+        full_end,
+        False,
+        q_ptr,
+        x_ptr,
+        sqnorm_ptr,
+        scale_ptr,
+        partial_ptr,
+        buffer_ptr,
+        exclude_ptr,
+        allowed_ptr,
+        row_label_ptr,
+        query_label_ptr,
+        rank_ptr,
+        q_once,
+        offs_m,
+        mask_m,
+        offs_d,
+        buf,
+        first,
+        base,
+        thr,
+        open_,
+        count,
+        dim,
+        n_splits,
+        stride_q,
+        stride_x,
+        n_exclude,
+        stride_exclude,
+        k_last,
+        L2,
+        HAS_SQNORMS,
+        HAS_SCALE,
+        HAS_EXCLUDE,
+        HAS_ALLOWED,
+        HAS_LABELS,
+        HAS_RANK,
+        SPLIT_QUERIES,
+        IEEE,
+        SINGLE_D,
+        UPCAST,
+        BM,
+        BN,
+        BD,
+        K,
+        LOG_K,
+        CAP,
+        LOG_CAP,
+        RB,
+    )
+    thr, open_, count = _scan(
+        full_end,
+        row_end,
+        True,
+        q_ptr,
+        x_ptr,
+        sqnorm_ptr,
+        scale_ptr,
+        partial_ptr,
+        buffer_ptr,
+        exclude_ptr,
+        allowed_ptr,
+        row_label_ptr,
+        query_label_ptr,
+        rank_ptr,
+        q_once,
+        offs_m,
+        mask_m,
+        offs_d,
+        buf,
+        first,
+        base,
+        thr,
+        open_,
+        count,
+        dim,
+        n_splits,
+        stride_q,
+        stride_x,
+        n_exclude,
+        stride_exclude,
+        k_last,
+        L2,
+        HAS_SQNORMS,
+        HAS_SCALE,
+        HAS_EXCLUDE,
+        HAS_ALLOWED,
+        HAS_LABELS,
+        HAS_RANK,
+        SPLIT_QUERIES,
+        IEEE,
+        SINGLE_D,
+        UPCAST,
+        BM,
+        BN,
+        BD,
+        K,
+        LOG_K,
+        CAP,
+        LOG_CAP,
+        RB,
+    )
+    if tl.max(count) > 0:
+        _flush(
+            partial_ptr, buffer_ptr, first, n_splits, base, k_last, BM, RB, K, LOG_K, CAP, LOG_CAP
+        )
+
+
+@triton.jit
+def _scan(
+    scan_start,
+    scan_end,
+    MASKED: tl.constexpr,
+    q_ptr,
+    x_ptr,
+    sqnorm_ptr,
+    scale_ptr,
+    partial_ptr,
+    buffer_ptr,
+    exclude_ptr,
+    allowed_ptr,
+    row_label_ptr,
+    query_label_ptr,
+    rank_ptr,
+    q_once,
+    offs_m,
+    mask_m,
+    offs_d,
+    buf,
+    first,
+    base,
+    thr,
+    open_,
+    count,
+    dim,
+    n_splits,
+    stride_q,
+    stride_x,
+    n_exclude,
+    stride_exclude,
+    k_last,
+    L2: tl.constexpr,
+    HAS_SQNORMS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_EXCLUDE: tl.constexpr,
+    HAS_ALLOWED: tl.constexpr,
+    HAS_LABELS: tl.constexpr,
+    HAS_RANK: tl.constexpr,
+    SPLIT_QUERIES: tl.constexpr,
+    IEEE: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    K: tl.constexpr,
+    LOG_K: tl.constexpr,
+    CAP: tl.constexpr,
+    LOG_CAP: tl.constexpr,
+    RB: tl.constexpr,
+):
+    """Rows ``[scan_start, scan_end)`` in tiles of BN (whole tiles unless ``MASKED``).
+
+    Returns the state carried from tile to tile: thresholds (BM,) float32, ``open_`` (BM,)
+    (every eligible score is a candidate) and buffer counts (BM,) int32.
+    """
+    # Whole tiles (not MASKED) need no row mask, and without filters no eligibility at all.
+    FILTERED: tl.constexpr = MASKED or HAS_ALLOWED or HAS_LABELS or HAS_EXCLUDE
+    offs_n = tl.arange(0, BN)
+    if SINGLE_D:  # the next tile is loaded while this one is scored (prefetch across tiles)
+        x_next = _load_rows(x_ptr, scan_start + offs_n, scan_end, offs_d, dim, stride_x)
+    for start in range(scan_start, scan_end, BN):
+        rows = start + offs_n  # int64: no overflow in rows * stride_x
+        mask_n = rows < scan_end
         dot = tl.zeros((BM, BN), dtype=tl.float32)
         sq = tl.zeros((BN,), dtype=tl.float32)
-        for d0 in range(0, dim, BD):
-            cols = d0 + offs_d
-            mask_d = cols < dim
-            x = tl.load(
-                x_ptr + rows[:, None] * stride_x + cols[None, :],
-                mask=mask_n[:, None] & mask_d[None, :],
-                other=0.0,
-            )
-            if SINGLE_D:
-                q = q_once
-            else:
+        if SINGLE_D:
+            x = x_next
+            x_next = _load_rows(x_ptr, rows + BN, scan_end, offs_d, dim, stride_x)
+            dot = _dot(q_once, x, dot, SPLIT_QUERIES, IEEE, UPCAST)
+            if L2 and not HAS_SQNORMS:
+                xf = x.to(tl.float32)
+                sq += tl.sum(xf * xf, axis=1)
+        else:
+            for d0 in range(0, dim, BD):
+                cols = d0 + offs_d
+                mask_d = cols < dim
+                x = tl.load(
+                    x_ptr + rows[:, None] * stride_x + cols[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :],
+                    other=0.0,
+                )
                 q = tl.load(
                     q_ptr + offs_m[:, None] * stride_q + cols[None, :],
                     mask=mask_m[:, None] & mask_d[None, :],
                     other=0.0,
                 )
-            dot = _dot(q, x, dot, SPLIT_QUERIES, IEEE, UPCAST)
-            if L2 and not HAS_SQNORMS:
-                xf = x.to(tl.float32)
-                sq += tl.sum(xf * xf, axis=1)
+                dot = _dot(q, x, dot, SPLIT_QUERIES, IEEE, UPCAST)
+                if L2 and not HAS_SQNORMS:
+                    xf = x.to(tl.float32)
+                    sq += tl.sum(xf * xf, axis=1)
         if L2:
             if HAS_SQNORMS:
-                sq = tl.load(sqnorm_ptr + rows, mask=mask_n, other=0.0)
+                if MASKED:
+                    sq = tl.load(sqnorm_ptr + rows, mask=mask_n, other=0.0)
+                else:
+                    sq = tl.load(sqnorm_ptr + rows)
             score = sq[None, :] - 2.0 * dot
         elif HAS_SCALE:
-            score = -dot * tl.load(scale_ptr + rows, mask=mask_n, other=0.0)[None, :]
+            if MASKED:
+                score = -dot * tl.load(scale_ptr + rows, mask=mask_n, other=0.0)[None, :]
+            else:
+                score = -dot * tl.load(scale_ptr + rows)[None, :]
         else:
             score = -dot
-        eligible = mask_n[None, :]
-        if HAS_ALLOWED:
-            allowed = tl.load(allowed_ptr + rows, mask=mask_n, other=0)
-            eligible = eligible & (allowed != 0)[None, :]
-        if HAS_LABELS:
-            row_label = tl.load(row_label_ptr + rows, mask=mask_n, other=-1)[None, :]
-            query_label = tl.load(query_label_ptr + offs_m, mask=mask_m, other=-1)[:, None]
-            eligible = eligible & ((row_label != query_label) | (row_label < 0))
-        if HAS_EXCLUDE:
-            # Full (BM, BN) shape before the loop: a loop-carried value may not change shape
-            # (without labels ``eligible`` is still (1, BN) here; only the GPU compiler sees it).
-            eligible = tl.broadcast_to(eligible, (BM, BN))
-            for j in range(0, n_exclude):
-                skip = tl.load(exclude_ptr + offs_m * stride_exclude + j, mask=mask_m, other=-1)
-                eligible = eligible & (skip[:, None] != rows[None, :])
-        hi = tl.where(eligible, score_to_hi(score), MISSING_HI)
-        if HAS_RANK:
-            tie = tl.load(rank_ptr + rows, mask=mask_n, other=0)
-            acc = merge_tile(acc, hi, tie, BM, K, LOG_K, BN, LOG_BN, False)
+        if FILTERED:
+            eligible = mask_n[None, :]
+            if HAS_ALLOWED:
+                allowed = tl.load(allowed_ptr + rows, mask=mask_n, other=0)
+                eligible = eligible & (allowed != 0)[None, :]
+            if HAS_LABELS:
+                row_label = tl.load(row_label_ptr + rows, mask=mask_n, other=-1)[None, :]
+                query_label = tl.load(query_label_ptr + offs_m, mask=mask_m, other=-1)[:, None]
+                eligible = eligible & ((row_label != query_label) | (row_label < 0))
+            if HAS_EXCLUDE:
+                # Full (BM, BN) shape before the loop: a loop-carried value may not change
+                # shape (without labels ``eligible`` is (1, BN) here; only the GPU sees it).
+                eligible = tl.broadcast_to(eligible, (BM, BN))
+                for j in range(0, n_exclude):
+                    skip = tl.load(exclude_ptr + offs_m * stride_exclude + j, mask=mask_m, other=-1)
+                    eligible = eligible & (skip[:, None] != rows[None, :])
+            nearest = tl.min(tl.where(eligible, score, float("inf")), axis=1)
         else:
-            acc = merge_tile(acc, hi, rows, BM, K, LOG_K, BN, LOG_BN)
+            nearest = tl.min(score, axis=1)
+        # Per row: the tile's best score against the threshold (one min per score; NaN
+        # scores are skipped by the min and only candidates of open rows). A false alarm
+        # (an ineligible +inf against a +inf threshold) only costs the exact test below.
+        if tl.max((open_ | (nearest <= thr)).to(tl.int32)) > 0:
+            hit = (score <= thr[:, None]) | open_[:, None]
+            if FILTERED:
+                hit = hit & eligible
+            if HAS_RANK:  # noqa: SIM108 (a constexpr branch of the jit code)
+                tie = tl.load(rank_ptr + rows, mask=mask_n, other=0)
+            else:
+                tie = rows
+            hits = hit.to(tl.int32)
+            n_hit = tl.sum(hits, axis=1)
+            if tl.max(count + n_hit) > CAP:  # a buffer would overflow: merge them all first
+                thr = _flush(
+                    partial_ptr,
+                    buffer_ptr,
+                    first,
+                    n_splits,
+                    base,
+                    k_last,
+                    BM,
+                    RB,
+                    K,
+                    LOG_K,
+                    CAP,
+                    LOG_CAP,
+                )
+                open_ = thr != thr
+                count = tl.zeros((BM,), tl.int32)
+            place = count[:, None] + tl.cumsum(hits, axis=1) - 1
+            tl.store(buf + place, pack(score_to_hi(score), tie), mask=hit)
+            count += n_hit
+    return thr, open_, count
+
+
+@triton.jit
+def _load_rows(x_ptr, rows, end, offs_d, dim, stride_x):
+    """Database rows ``rows`` (BN,) x ``offs_d`` (BD,), zero past ``end`` or ``dim``."""
+    return tl.load(
+        x_ptr + rows[:, None] * stride_x + offs_d[None, :],
+        mask=(rows[:, None] < end) & (offs_d[None, :] < dim),
+        other=0.0,
+    )
+
+
+@triton.jit
+def _flush(
+    partial_ptr,
+    buffer_ptr,
+    first,
+    n_splits,
+    base,
+    k_last,
+    BM: tl.constexpr,
+    RB: tl.constexpr,
+    K: tl.constexpr,
+    LOG_K: tl.constexpr,
+    CAP: tl.constexpr,
+    LOG_CAP: tl.constexpr,
+):
+    """Merge a program's candidate buffers into its running lists, ``RB`` rows at a time.
+
+    ``base`` (BM,) int64, ``first + i · n_splits``: the rows of ``partial`` (K keys each) and
+    of the buffers (CAP keys each, ``SENTINEL`` where empty; emptied again here). Returns
+    the float32 score of each list's key at place ``k_last`` (NaN while that place is
+    empty): the new thresholds.
+    """
+    tl.debug_barrier()  # other threads of the program wrote the buffers
     offs_k = tl.arange(0, K)
-    out = partial_ptr + (offs_m[:, None] * n_splits + pid_s) * K + offs_k[None, :]
-    tl.store(out, acc, mask=mask_m[:, None])
+    offs_c = tl.arange(0, CAP)
+    for r0 in range(0, BM, RB):
+        rows = first + (r0 + tl.arange(0, RB)).to(tl.int64) * n_splits
+        at_list = partial_ptr + rows[:, None] * K + offs_k[None, :]
+        at_buf = buffer_ptr + rows[:, None] * CAP + offs_c[None, :]
+        merged = merge_keys(tl.load(at_list), tl.load(at_buf), RB, K, LOG_K, CAP, LOG_CAP)
+        tl.store(at_list, merged)
+        tl.store(at_buf, tl.full((RB, CAP), SENTINEL, tl.int64))
+    tl.debug_barrier()  # lists written and buffers emptied before anyone reads or appends
+    kth = tl.load(partial_ptr + base * K + k_last)
+    return hi_to_score((kth >> 32).to(tl.int32))

@@ -113,7 +113,7 @@ CANDIDATES_SMOKE: dict[str, Any] = {
 FULL: dict[str, Any] = {
     "queries": (1, 100, 4096),
     "dims": (64, 100, 128, 384, 768),
-    "k": (1, 10, 100, 256, MAX_K),
+    "k": (1, 10, 100, 256, 1000, MAX_K),
     "dtypes": ("float16", "bfloat16", "float32", "float32>float16", "float32>bfloat16"),
     "metrics": ("l2", "ip"),
     "filters": FILTER_SETS[:1],

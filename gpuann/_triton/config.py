@@ -162,15 +162,22 @@ def choose_splits(n_blocks: int, n_tiles: int, sm_count: int | None) -> int:
 
 #: Fused k-NN tiles (block_m, block_n, num_warps) by the largest k_pad they serve: 16-bit
 #: storage with queries in the storage dtype (tensor cores), 16-bit storage with float32
-#: queries (two dots: ``SPLIT_QUERIES``), float32 storage (IEEE dots). Each was compiled ahead
-#: of time for sm_90 and sm_80 with triton 3.9 (``tests/kernels/test_aot_compile.py``,
-#: ``python -m benchmarks.kernel_report``): none spills or exceeds the per-block shared memory.
-#: Before: BM=64/BN=128/8 warps up to k_pad=256 and BM=32 beyond, which spilled for float32
-#: storage, for split queries, for d=100 and all filters on sm_80, and at every k_pad >= 1024
-#: (0.6-75 KB per thread); k_pad > 512 is no longer fused (``gpuann._triton.MAX_K``).
-KNN_TILES_16BIT = ((128, (64, 64, 8)), (512, (16, 128, 8)))
-KNN_TILES_SPLIT = ((512, (16, 64, 8)),)
-KNN_TILES_FP32 = ((128, (32, 64, 8)), (512, (16, 64, 8)))
+#: queries (two dots: ``SPLIT_QUERIES``), float32 storage (IEEE dots). The lists live in
+#: global scratch, so k does not shrink the tiles; 128 queries per block halve the database's
+#: re-reads through L2 against 64. Each was compiled ahead of time for sm_90 and sm_80 with
+#: triton 3.9 (``tests/kernels/test_aot_compile.py``, ``python -m benchmarks.kernel_report``):
+#: none spills or exceeds the per-block shared memory. Before (lists in registers, merged per
+#: tile): BM=64/BN=64 up to k_pad=128 and BM=16 up to 512, nothing fused beyond.
+KNN_TILES_16BIT = ((2048, (128, 32, 8)),)
+KNN_TILES_SPLIT = ((2048, (128, 32, 8)),)
+KNN_TILES_FP32 = ((2048, (32, 64, 8)),)
+#: Few queries: (block_m, block_n, num_warps) for Q <= 16 up to this k_pad; beyond it (the
+#: merges of k_pad >= 128 spill with 16-row blocks), and for Q <= 64, blocks of 64. Float32
+#: queries against 16-bit storage with d > BD (query chunks loaded per tile): KNN_TILES_SPLIT_D.
+KNN_SMALL_Q_MAX_K = 16
+KNN_TILES_FEW = (16, 32, 8)
+KNN_TILES_FEW_LARGE_K = (64, 32, 8)
+KNN_TILES_SPLIT_D = (16, 64, 8)
 
 
 def knn_default(
@@ -197,28 +204,29 @@ def knn_default(
     block_m, block_n, num_warps = next(
         (tiles for limit, tiles in table if k_pad <= limit), table[-1][1]
     )
-    if n_queries <= 16:  # one block of 16 queries: 4 warps while the lists are short
-        block_m = 16
-        num_warps = 4 if k_pad <= 16 else num_warps
-    elif n_queries <= 32:
-        block_m = min(block_m, 32)
+    if split_queries and dim > block_d:  # float32 query chunks per tile
+        block_m, block_n, num_warps = KNN_TILES_SPLIT_D
+    if n_queries <= 16 and k_pad <= KNN_SMALL_Q_MAX_K:  # one block of 16 queries
+        block_m, block_n, num_warps = KNN_TILES_FEW
+    elif n_queries <= 64 and block_m > 64:
+        block_m, block_n, num_warps = KNN_TILES_FEW_LARGE_K
     return TileConfig(block_m, block_n, block_d, num_warps, 3)
 
 
 def knn_candidates(n_queries: int, dim: int, k_pad: int, dtype: torch.dtype) -> list[TileConfig]:
-    """Configs the fused k-NN autotuner times (at most 12).
+    """Configs the fused k-NN autotuner times (at most 16).
 
-    Register budget ``BM·max(BN, K) <= 8192`` keys (the accumulator and a tile of keys live in
-    registers: the largest default tiles are at this budget and larger ones spill), and
-    ``num_stages`` such that the pipelined tiles fit sm_80's 163 KiB of shared memory. The
-    slow AOT test compiles the candidates of its grid for sm_90 and sm_80.
+    Register budget ``BM·BN <= 4096`` scores per tile (the lists live in global scratch, so k
+    does not count; 128 x 64 tiles spill), and ``num_stages`` such that the pipelined tiles
+    fit sm_80's 163 KiB of shared memory. The slow AOT test compiles the candidates of its
+    grid for sm_90 and sm_80.
     """
     block_d = knn_default(n_queries, dim, k_pad, dtype, False).block_d
     itemsize = 4 if dtype == torch.float32 else 2
     max_m = max(16, next_power_of_2(n_queries))
     out = []
-    for bm, bn, warps in itertools.product((16, 32, 64), (64, 128), (4, 8)):
-        if bm > max_m or bm * max(bn, k_pad) > 8192:
+    for bm, bn, warps in itertools.product((16, 32, 64, 128), (32, 64), (4, 8)):
+        if bm > max_m or bm * bn > 4096:
             continue
         stages = 3 if bn * block_d * itemsize <= 32768 else 2
         if stages * (bn + bm) * block_d * itemsize > 160 * 1024:

@@ -26,6 +26,9 @@ from gpuann.engine.eligibility import RowFilters
 
 __all__ = ["FusedKnnPlan", "fused_knn", "partial_bytes", "plan_fused_knn"]
 
+#: An empty slot of a list or buffer (``gpuann._kernels.bitonic.SENTINEL``).
+SENTINEL = torch.iinfo(torch.int64).max
+
 
 def fused_knn(
     queries: torch.Tensor,
@@ -151,7 +154,8 @@ def _fused_knn(
         positions = torch.empty((n_queries, k), dtype=torch.int64, device=device)
 
     def run_plan(p: FusedKnnPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        partial = torch.empty((n_queries, p.n_splits, p.k_pad), dtype=torch.int64, device=device)
+        lists = torch.full((p.n_slots, p.n_splits, p.k_pad), SENTINEL, device=device)
+        buffers = torch.full((p.n_slots, p.n_splits, p.cap), SENTINEL, device=device)
         p.partial.launch(
             fused_knn_kernel,
             {
@@ -159,7 +163,8 @@ def _fused_knn(
                 "x_ptr": database,
                 "sqnorm_ptr": sqnorms if sqnorms is not None else q,
                 "scale_ptr": scale if scale is not None else q,
-                "partial_ptr": partial,
+                "partial_ptr": lists,
+                "buffer_ptr": buffers,
                 "exclude_ptr": filters.exclude if filters.has_exclude else q,
                 "allowed_ptr": filters.allowed if filters.has_allowed else q,
                 "row_label_ptr": filters.row_labels if filters.has_labels else q,
@@ -168,7 +173,7 @@ def _fused_knn(
             },
         )
         values, chosen = merge_partial(
-            partial,
+            lists[:n_queries],
             k_found,
             FINISH_L2 if l2 else FINISH_NEGATE,
             missing,

@@ -24,9 +24,40 @@ __all__ = ["FusedKnnPlan", "partial_bytes", "plan_fused_knn"]
 _NO_FILTERS = (False, False, False, False)
 
 
+#: Widest database tile of any fused k-NN configuration (bounds the candidate buffers).
+MAX_BLOCK_N = 128
+
+
+def buffer_keys(k_pad: int, block_n: int) -> int:
+    """Keys in one query's candidate buffer: a power of two holding the list or a whole tile.
+
+    The buffers are merged before a tile's candidates would overflow one, so they fit.
+    """
+    return min(max(k_pad, block_n), 1024)
+
+
+#: Keys per thread one merge of candidate buffers into running lists holds
+#: (``RB · (K + CAP) / threads``; 8 spilled float32 and 4-warp programs on sm_90).
+MERGE_KEYS_PER_THREAD = 4
+
+
+def merge_rows(block_m: int, k_pad: int, cap: int, num_warps: int) -> int:
+    """Rows of lists merged at a time (``RB``): a power of two, at most ``block_m``."""
+    budget = MERGE_KEYS_PER_THREAD * 32 * num_warps
+    rows = 1
+    while rows * 2 <= block_m and rows * 2 * (k_pad + cap) <= budget:
+        rows *= 2
+    return rows
+
+
 def partial_bytes(n_queries: int, k: int, splits: int) -> int:
-    """Bytes of the partial top-k lists of ``n_queries`` queries over ``splits`` splits."""
-    return n_queries * splits * next_power_of_2(k) * 8
+    """Bytes of the kernel's scratch for ``n_queries`` queries over ``splits`` splits.
+
+    The partial top-k lists and the candidate buffers, at the widest tile (an upper bound;
+    the query blocks' padding is not counted).
+    """
+    k_pad = next_power_of_2(k)
+    return n_queries * splits * (k_pad + buffer_keys(k_pad, MAX_BLOCK_N)) * 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +76,10 @@ class FusedKnnPlan:
     ieee, split_queries : bool
     n_splits : int
         Programs sharing one query block's database.
+    n_slots : int
+        Query rows of the kernel's lists and buffers (``n_blocks · BM``: whole blocks).
+    cap : int
+        Keys in one query's candidate buffer.
     partial : KernelLaunch
         The fused kernel's launch; ``merge``: the merge of the partial lists.
     """
@@ -56,6 +91,8 @@ class FusedKnnPlan:
     ieee: bool
     split_queries: bool
     n_splits: int
+    n_slots: int
+    cap: int
     partial: KernelLaunch
     merge: KernelLaunch
 
@@ -117,6 +154,7 @@ def plan_fused_knn(
     n_split = max(1, min(n_split, max_splits or n_split))
     per_split = cdiv(cdiv(n_rows, n_split), config.block_n) * config.block_n
     n_split = cdiv(n_rows, per_split)
+    cap = buffer_keys(k_pad, config.block_n)
     placeholder = q_dtype
     partial = KernelLaunch.make(
         "fused_knn:fused_knn_kernel",
@@ -127,6 +165,7 @@ def plan_fused_knn(
             "sqnorm_ptr": torch.float32 if l2 and has_sqnorms else placeholder,
             "scale_ptr": torch.float32 if not l2 and has_scale else placeholder,
             "partial_ptr": torch.int64,
+            "buffer_ptr": torch.int64,
             "exclude_ptr": torch.int64 if has_exclude else placeholder,
             "allowed_ptr": torch.uint8 if has_allowed else placeholder,
             "row_label_ptr": torch.int64 if has_labels else placeholder,
@@ -141,6 +180,7 @@ def plan_fused_knn(
             "stride_x": dim if stride_x is None else stride_x,
             "n_exclude": n_exclude if has_exclude else 0,
             "stride_exclude": n_exclude if has_exclude else 0,
+            "k_last": k_found - 1,
         },
         {
             "L2": l2,
@@ -160,11 +200,24 @@ def plan_fused_knn(
             "BD": config.block_d,
             "K": k_pad,
             "LOG_K": log2(k_pad),
+            "CAP": cap,
+            "LOG_CAP": log2(cap),
+            "RB": merge_rows(config.block_m, k_pad, cap, config.num_warps),
         },
         config.num_warps,
         config.num_stages,
     )
     merge = plan_merge(n_queries, n_split, k_pad, k_found, k, FINISH_L2 if l2 else FINISH_NEGATE)
     return FusedKnnPlan(
-        config, k_found, k_pad, q_dtype, ieee, split_queries, n_split, partial, merge
+        config,
+        k_found,
+        k_pad,
+        q_dtype,
+        ieee,
+        split_queries,
+        n_split,
+        n_blocks * config.block_m,
+        cap,
+        partial,
+        merge,
     )

@@ -126,11 +126,15 @@ def problems(res: Resources, *, allow_spills: bool = False) -> list[str]:
 def sass_summary(sass: str) -> dict[str, int]:
     """Static SASS counts: every opcode, ``total``, and the tile loop's structure.
 
-    ``loop``: instructions in the largest loop (the tile loop: a backward branch's range);
-    ``branch``: the largest range a forward conditional branch inside it skips (e.g. the
-    merge of a tile into the running top-k); ``steady``: ``loop - branch``, what every tile
-    costs when that branch is not taken. Counts are per warp and static (each executes once
-    per pass).
+    ``loop``: instructions in the tile loop, the first outermost loop (a backward branch's
+    range not inside another; the fused k-NN scans whole tiles there, then the last partial
+    tile in a second copy); ``branch``: the largest range a forward conditional branch at
+    the top of it skips (the fused k-NN's append of candidates, the batched top-k's merge of
+    a tile); ``steady``: ``loop - branch``, what every tile costs when that branch is not
+    taken; ``inner``: the largest forward branch inside ``branch`` (the fused k-NN's merge of
+    the candidate buffers) and ``inner_loop``: the largest loop inside ``inner`` (its loop
+    over rows of lists, run ``BM / RB`` times). Counts are per warp and static (each
+    executes once per pass).
     """
     instructions = []  # (opcode, predicated, operands)
     labels: dict[str, int] = {}
@@ -156,10 +160,17 @@ def sass_summary(sass: str) -> dict[str, int]:
             loops.append((j, i))
         elif predicated:
             forwards.append((i, j))
-    if loops:
-        start, end = max(loops, key=lambda r: r[1] - r[0])
-        inside = [j - i for i, j in forwards if start <= i and j <= end + 1]
+    outer = [r for r in loops if not any(o != r and o[0] <= r[0] and r[1] <= o[1] for o in loops)]
+    if outer:
+        start, end = min(outer)
+        inside = [(i, j) for i, j in forwards if start <= i and j <= end + 1]
         out["loop"] = end - start + 1
-        out["branch"] = max(inside, default=0)
+        top = max(inside, key=lambda r: r[1] - r[0], default=None)
+        out["branch"] = top[1] - top[0] if top else 0
         out["steady"] = out["loop"] - out["branch"]
+        nested = [r for r in inside if top and top[0] < r[0] and r[1] <= top[1]]
+        inner = max(nested, key=lambda r: r[1] - r[0], default=None)
+        out["inner"] = inner[1] - inner[0] if inner else 0
+        inner_loops = [b - a + 1 for a, b in loops if inner and inner[0] < a and b < inner[1]]
+        out["inner_loop"] = max(inner_loops, default=0)
     return out

@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from packaging.version import Version
 
-from gpuann._triton import MAX_K, next_power_of_2, triton_installed
+from gpuann._triton import MAX_K, triton_installed
 from gpuann._validate import FLOAT_DTYPES, STORAGE_DTYPES
 from gpuann.backends.base import ExactBackend, SearchRequest, triton_runtime_reasons
 from gpuann.backends.dispatch import register_backend
@@ -81,13 +81,13 @@ def _interpreter_range_bug() -> bool:
 
 def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the fused kernel on chunks of queries whose partial lists fit half the budget."""
-    from gpuann._triton.knn import fused_knn
+    from gpuann._triton.knn import fused_knn, partial_bytes
 
     queries, database, k = request.queries, request.database, request.k
     if queries.dtype == torch.float64:
         queries = queries.float()
     l2 = request.metric is Metric.L2
-    per_query = next_power_of_2(min(k, max(database.shape[0], 1))) * 8  # one split's list
+    per_query = partial_bytes(1, min(k, max(database.shape[0], 1)), 1)  # one split's scratch
     allowance = max(request.memory_budget // 2, per_query)
     chunk = max(1, min(queries.shape[0], allowance // per_query))
     results = []

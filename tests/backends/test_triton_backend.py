@@ -212,3 +212,57 @@ def test_compiled_knn_with_triton_backend_has_no_graph_break():
     D_ref, I_ref = gpuann.knn(queries, database, 4, backend="torch")
     assert torch.equal(I, I_ref)
     torch.testing.assert_close(D, D_ref, rtol=0, atol=1e-5)
+
+
+# The kernel keeps a per-query threshold and a candidate buffer (``CAP`` keys; under the
+# interpreter 32-row tiles, CAP = max(K, 32)) merged into the running lists when one would
+# overflow. These shapes force merges in every tile, between tiles and at the end only.
+
+
+@pytest.mark.parametrize("k", [1, 10, 33, 100, 300])
+@pytest.mark.parametrize("order", ["nearer", "farther"])
+def test_thresholds_when_every_row_beats_the_last(k, order):
+    # "nearer": each row is nearer than every row before it, so every score is a candidate
+    # and every buffer fills (a merge per tile); "farther": only the first tile has any.
+    n = 700
+    scale = torch.arange(1, n + 1, dtype=torch.float32)
+    scale = scale if order == "nearer" else scale.flip(0)
+    database = scale[:, None] * torch.tensor([1.0, 0.5, 0.25])
+    queries = torch.tensor([[1.0, 1.0, 1.0], [2.0, 0.0, 1.0], [0.5, 0.5, -1.0]])
+    request = _request(queries, database, k, "ip")
+    D, I = get_backend("triton").search(request)
+    D_ref, I_ref = torch_exact_search(request)
+    assert torch.equal(I, I_ref)
+    torch.testing.assert_close(D, D_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("k", [7, 40, 130])
+def test_ties_across_buffer_merges_go_to_the_lower_row(k):
+    # 25 copies of 12 integer rows: equal scores in every tile, candidates at the threshold
+    # (kept by ``<=``) and merges that must order them by row.
+    base = torch.randint(-2, 3, (12, 5), generator=torch.Generator().manual_seed(1)).float()
+    database = base.repeat(25, 1)
+    queries = torch.randint(-2, 3, (19, 5), generator=torch.Generator().manual_seed(2)).float()
+    for metric in ("l2", "ip"):
+        request = _request(queries, database, k, metric)
+        D, I = get_backend("triton").search(request)
+        D_ref, I_ref = torch_exact_search(request)
+        assert torch.equal(I, I_ref) and torch.equal(D, D_ref)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_tie_words_across_merges(seed):
+    # With a row rank (``HAS_RANK``) an equal score may win on its tie word although its row
+    # is higher: candidates equal to the threshold must enter the buffer (a strict ``<``
+    # there fails this test).
+    from gpuann.engine.eligibility import RowFilters
+
+    gen = torch.Generator().manual_seed(seed)
+    database = torch.randint(-1, 2, (6, 3), generator=gen).float().repeat(100, 1)
+    queries = torch.randint(-1, 2, (4, 3), generator=gen).float()
+    rank = torch.randperm(600, generator=gen)
+    scores = ((queries[:, None, :] - database[None, :, :]) ** 2).sum(-1)  # exact integers
+    for k in (5, 45, 100):
+        D, I = fused_knn(queries, database, k, True, filters=RowFilters(row_rank=rank))
+        keys = scores * 1024 + rank[None, :].float()  # (score, rank) order, exact in float32
+        assert torch.equal(I, torch.sort(keys, dim=1, stable=True).indices[:, :k])

@@ -114,12 +114,12 @@ def test_results_are_cached_in_the_process(monkeypatch):
 
 
 def test_a_launch_that_cannot_fit_is_reported():
-    # 16 x 256 x 128 fp16 tiles pipelined 8 deep (k=1: a cheap compile): 512 KiB of shared
-    # memory, far beyond the 163 KiB of sm_80.
+    # 16 x 256 x 128 fp16 tiles of the loop over d pipelined 8 deep (k=1: a cheap compile):
+    # over 512 KiB of shared memory, far beyond the 163 KiB of sm_80.
     plan = plan_fused_knn(
         64,
         4096,
-        128,
+        768,
         1,
         storage_dtype=torch.float16,
         query_dtype=torch.float16,

@@ -10,16 +10,16 @@ label exclusion) make entries ineligible, so they never enter the top-k and rows
 than K eligible entries end in ``SENTINEL``s.
 
 Selection (the idea of FAISS's WarpSelect and cuVS's fused L2 k-NN): each query keeps a
-*threshold*, the score of its true k-th best so far (``k_last + 1`` entries, not the padded
-K), tested on the accumulator registers — one compare per score. The few scores at or below
-it are packed into keys and appended to the query's candidate buffer of ``CAP`` keys in
-global scratch (positions from a cumsum of the hits). Only when a buffer would overflow (and
-once at the end) are the buffers merged into the running top-K held in registers, and the
-thresholds tightened. A tile without any candidate in the block costs the compare and a
-count; one with candidates adds the cumsum and the stores; the sorting network runs once per
-``CAP`` candidates of a query. The threshold keeps ties (``<=``): an equal score may win on
-its tie word (``HAS_RANK``), so no candidate of the final top-k is ever skipped and the
-result is the same set of keys as a full sort — bit-identical to the torch backend.
+*threshold*, the score of its true k-th best so far (place ``k_last``, not the padded K),
+tested on the accumulator registers: one row-min per score and a block-wide max per tile. The
+few scores at or below it are packed into keys and appended to the query's candidate buffer
+of ``CAP`` keys in global scratch (places from a cumsum of the hits). Only when a buffer would
+overflow (and once at the end) are the block's buffers merged into its running top-K lists,
+which also live in global scratch (``partial``, so k does not bound the tiles), ``RB`` rows at
+a time, and the thresholds reloaded. The threshold keeps ties (``<=``): an equal score may win
+on its tie word (``HAS_RANK``), so no candidate of the final top-k is ever skipped and the
+result is the same set of keys as a full sort — bit-identical to the torch backend. Block
+barriers order the buffers' writes and reads between the program's threads.
 
 Precision: products are exact and accumulate in float32. float16/bfloat16 storage runs the
 tensor cores on the storage dtype; float32 queries against such storage are split into
@@ -128,7 +128,7 @@ def fused_knn_kernel(
     buffer_ptr : (ceil(n_queries / BM) · BM, n_splits, CAP) int64, ``SENTINEL``-filled: the
         candidate buffers (scratch)
     k_last : int, ``min(k, n_rows) - 1``: the threshold is the key at this place of the list
-    CAP, LOG_CAP : constexpr, keys per candidate buffer (a power of two, ``>= max(K, BN)``)
+    CAP, LOG_CAP : constexpr, keys per candidate buffer (a power of two, ``>= BN``)
     RB : constexpr, rows merged at a time (a power of two dividing BM)
     """
     pid_m = tl.program_id(0)
@@ -154,110 +154,61 @@ def fused_knn_kernel(
         )
     # Whole tiles without a row mask, then the split's last partial tile (if any) with one.
     full_end = row_start + (row_end - row_start) // BN * BN
-    thr, open_, count = _scan(
-        row_start,
-        full_end,
-        False,
-        q_ptr,
-        x_ptr,
-        sqnorm_ptr,
-        scale_ptr,
-        partial_ptr,
-        buffer_ptr,
-        exclude_ptr,
-        allowed_ptr,
-        row_label_ptr,
-        query_label_ptr,
-        rank_ptr,
-        q_once,
-        offs_m,
-        mask_m,
-        offs_d,
-        buf,
-        first,
-        base,
-        thr,
-        open_,
-        count,
-        dim,
-        n_splits,
-        stride_q,
-        stride_x,
-        n_exclude,
-        stride_exclude,
-        k_last,
-        L2,
-        HAS_SQNORMS,
-        HAS_SCALE,
-        HAS_EXCLUDE,
-        HAS_ALLOWED,
-        HAS_LABELS,
-        HAS_RANK,
-        SPLIT_QUERIES,
-        IEEE,
-        SINGLE_D,
-        UPCAST,
-        BM,
-        BN,
-        BD,
-        K,
-        LOG_K,
-        CAP,
-        LOG_CAP,
-        RB,
-    )
-    thr, open_, count = _scan(
-        full_end,
-        row_end,
-        True,
-        q_ptr,
-        x_ptr,
-        sqnorm_ptr,
-        scale_ptr,
-        partial_ptr,
-        buffer_ptr,
-        exclude_ptr,
-        allowed_ptr,
-        row_label_ptr,
-        query_label_ptr,
-        rank_ptr,
-        q_once,
-        offs_m,
-        mask_m,
-        offs_d,
-        buf,
-        first,
-        base,
-        thr,
-        open_,
-        count,
-        dim,
-        n_splits,
-        stride_q,
-        stride_x,
-        n_exclude,
-        stride_exclude,
-        k_last,
-        L2,
-        HAS_SQNORMS,
-        HAS_SCALE,
-        HAS_EXCLUDE,
-        HAS_ALLOWED,
-        HAS_LABELS,
-        HAS_RANK,
-        SPLIT_QUERIES,
-        IEEE,
-        SINGLE_D,
-        UPCAST,
-        BM,
-        BN,
-        BD,
-        K,
-        LOG_K,
-        CAP,
-        LOG_CAP,
-        RB,
-    )
+    for part in tl.static_range(2):
+        lo = row_start + part * (full_end - row_start)
+        hi = full_end + part * (row_end - full_end)
+        thr, open_, count = _scan(
+            lo,
+            hi,
+            part == 1,
+            q_ptr,
+            x_ptr,
+            sqnorm_ptr,
+            scale_ptr,
+            partial_ptr,
+            buffer_ptr,
+            exclude_ptr,
+            allowed_ptr,
+            row_label_ptr,
+            query_label_ptr,
+            rank_ptr,
+            q_once,
+            offs_m,
+            mask_m,
+            offs_d,
+            buf,
+            first,
+            base,
+            thr,
+            open_,
+            count,
+            dim,
+            n_splits,
+            stride_q,
+            stride_x,
+            n_exclude,
+            stride_exclude,
+            k_last,
+            L2,
+            HAS_SQNORMS,
+            HAS_SCALE,
+            HAS_EXCLUDE,
+            HAS_ALLOWED,
+            HAS_LABELS,
+            HAS_RANK,
+            SPLIT_QUERIES,
+            IEEE,
+            SINGLE_D,
+            UPCAST,
+            BM,
+            BN,
+            BD,
+            K,
+            LOG_K,
+            CAP,
+            LOG_CAP,
+            RB,
+        )
     if tl.max(count) > 0:
         _flush(
             partial_ptr, buffer_ptr, first, n_splits, base, k_last, BM, RB, K, LOG_K, CAP, LOG_CAP

@@ -29,9 +29,11 @@ MAX_BLOCK_N = 128
 
 
 def buffer_keys(k_pad: int, block_n: int) -> int:
-    """Keys in one query's candidate buffer: a power of two holding the list or a whole tile.
+    """Keys in one query's candidate buffer: a power of two, the list's size (at most 1024).
 
-    The buffers are merged before a tile's candidates would overflow one, so they fit.
+    At least one tile: the buffers are merged before a tile's candidates would overflow one,
+    so they always fit. Above 1024 keys a merge spills, so k_pad = 2048 takes 1024-key buffers
+    (merged into the 2048-key lists twice as often).
     """
     return min(max(k_pad, block_n), 1024)
 

@@ -91,7 +91,8 @@ def replay_selection(
     Returns
     -------
     dict
-        ``append``: fraction of (program, tile) pairs that append; ``merge``: merges per
+        ``append``: fraction of (program, tile) pairs that append; ``single``: of appends,
+        the fraction where no query has more than one candidate; ``merge``: merges per
         (program, tile) pair, the final ones included; ``query_tiles``: of (query, tile)
         pairs with a candidate; ``scores``: of scores that are candidates.
     """
@@ -100,7 +101,7 @@ def replay_selection(
     n_q, n_rows = queries.shape[0], database.shape[0]
     n_blocks = n_q // block_m
     sq = (database.float() ** 2).sum(1)
-    appends = merges = tiles = query_hits = score_hits = 0
+    appends = singles = merges = tiles = query_hits = score_hits = 0
     for start in range(0, n_rows, per_split):
         stop = min(start + per_split, n_rows)
         scores = sq[start:stop][None, :] - 2.0 * (queries @ database[start:stop].T)
@@ -115,8 +116,11 @@ def replay_selection(
             row_hit = hit.any(1)
             if not row_hit.any():
                 continue
-            appends += int(row_hit.view(n_blocks, block_m).any(1).sum())
+            block_hit = row_hit.view(n_blocks, block_m).any(1)
+            appends += int(block_hit.sum())
             n_hit = hit.sum(1)
+            single = (n_hit.view(n_blocks, block_m).max(1).values <= 1) & block_hit
+            singles += int(single.sum())
             query_hits += int(row_hit.sum())
             score_hits += int(n_hit.sum())
             over = ((count + n_hit) > cap).view(n_blocks, block_m).any(1)
@@ -136,6 +140,7 @@ def replay_selection(
     total_tiles = tiles // max(n_blocks, 1)
     return {
         "append": appends / max(tiles, 1),
+        "single": singles / max(appends, 1),
         "merge": merges / max(tiles, 1),
         "query_tiles": query_hits / max(n_q * total_tiles, 1),
         "scores": score_hits / max(n_q * n_rows, 1),
@@ -163,9 +168,10 @@ def estimate(
 ) -> dict[str, Any]:
     """Issue-bound time estimate of the fused kernel, and the torch ``mm + topk`` model.
 
-    Per warp: every tile costs ``steady``; a tile that appends adds ``branch - inner``; a
-    merge costs ``inner`` with its loop over rows of lists (``inner_loop``) run ``BM / RB``
-    times. ``freq`` is :func:`replay_selection`'s (``append``, ``merge`` per tile).
+    Per warp: every tile costs ``steady``; a tile that appends adds ``branch - inner`` with
+    its one-candidate side (``fast``) taken for the ``single`` share and the cumsum side
+    (``slow``) for the rest; a merge costs ``inner`` with its loop over rows of lists
+    (``inner_loop``) run ``BM / RB`` times. ``freq`` is :func:`replay_selection`'s.
     """
     q, n, d = shape["queries"], shape["rows"], shape["dim"]
     launch = plan.partial
@@ -173,11 +179,17 @@ def estimate(
     per_split = dict(launch.args)["rows_per_split"]
     constexprs = dict(launch.constexprs)
     block_n, block_m, rows = constexprs["BN"], constexprs["BM"], constexprs["RB"]
-    out: dict[str, Any] = {"p_append": freq.get("append"), "merges_per_tile": freq.get("merge")}
+    out: dict[str, Any] = {
+        "p_append": freq.get("append"),
+        "p_single": freq.get("single"),
+        "merges_per_tile": freq.get("merge"),
+    }
     issue_rate = gpu["sms"] * 4 * gpu["clock_hz"]
     if sass and "steady" in sass:
         tiles = n_blocks * n_splits * math.ceil(per_split / block_n)
-        append = sass["branch"] - sass["inner"]
+        fast, slow, single = sass.get("fast", 0), sass.get("slow", 0), freq.get("single", 0.0)
+        append = sass["branch"] - sass["inner"] - fast - slow + single * fast
+        append += (1.0 - single) * slow
         merge = sass["inner"] - sass["inner_loop"] + sass["inner_loop"] * (block_m // rows)
         per_tile = sass["steady"] + freq.get("append", 0.0) * append
         per_tile += freq.get("merge", 0.0) * merge
@@ -185,7 +197,8 @@ def estimate(
         out["fused_steady_estimate_ms"] = (
             1e3 * tiles * launch.num_warps * sass["steady"] / issue_rate
         )
-        out["sass_steady"], out["sass_append"], out["sass_merge"] = sass["steady"], append, merge
+        out["sass_steady"], out["sass_append"] = sass["steady"], round(append)
+        out["sass_merge"] = merge
     flops = 2.0 * q * n * d
     score_bytes = 2.0 * q * n * 2  # float16 scores written by mm, read by topk
     out["torch_mm_topk_estimate_ms"] = 1e3 * (flops / gpu["flops16"] + score_bytes / gpu["bw"])
@@ -248,6 +261,7 @@ ESTIMATE_COLUMNS = [
     harness.Column("data", "data", align="left"),
     harness.Column("config", "config", align="left"),
     harness.Column("p_append", "P(append) block", "{:.4f}".format),
+    harness.Column("p_single", "single share", "{:.3f}".format),
     harness.Column("merges_per_tile", "merges/tile", "{:.5f}".format),
     harness.Column("p_query_tiles", "P(cand.) query", "{:.4f}".format),
     harness.Column("p_scores", "P(cand.) score", "{:.5f}".format),
@@ -431,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Branch frequencies on the demo's MiniLM embeddings (their own shape, sm_90 plan): "
             + (
                 "; ".join(
-                    f"k={f['k']}: P(append) {f['append']:.4f}, merges/tile {f['merge']:.5f}, "
+                    f"k={f['k']}: P(append) {f['append']:.4f}, single share {f['single']:.3f}, "
+                    f"merges/tile {f['merge']:.5f}, "
                     f"P(cand.) score {f['scores']:.5f} ({f['shape']})"
                     for f in demo
                 )

@@ -13,7 +13,9 @@ Selection (the idea of FAISS's WarpSelect and cuVS's fused L2 k-NN): each query 
 *threshold*, the score of its true k-th best so far (place ``k_last``, not the padded K),
 tested on the accumulator registers: one row-min per score and a block-wide max per tile. The
 few scores at or below it are packed into keys and appended to the query's candidate buffer
-of ``CAP`` keys in global scratch (places from a cumsum of the hits). Only when a buffer would
+of ``CAP`` keys in global scratch: when no query of the block has more than one candidate in
+the tile (nine appends in ten at k = 10) one key per query, else at places from a cumsum of
+the hits. Only when a buffer would
 overflow (and once at the end) are the block's buffers merged into its running top-K lists,
 which also live in global scratch (``partial``, so k does not bound the tiles), ``RB`` rows at
 a time, and the thresholds reloaded. The threshold keeps ties (``<=``): an equal score may win
@@ -105,6 +107,7 @@ def fused_knn_kernel(
     CAP: tl.constexpr,
     LOG_CAP: tl.constexpr,
     RB: tl.constexpr,
+    ONE_APPEND: tl.constexpr,
 ):
     """Partial top-K keys of a block of queries over one split of the database.
 
@@ -130,6 +133,9 @@ def fused_knn_kernel(
     k_last : int, ``min(k, n_rows) - 1``: the threshold is the key at this place of the list
     CAP, LOG_CAP : constexpr, keys per candidate buffer (a power of two, ``>= BN``)
     RB : constexpr, rows merged at a time (a power of two dividing BM)
+    ONE_APPEND : constexpr bool, a tile where no query of the block has more than one
+        candidate stores one key per query instead of the cumsum's compaction (off where it
+        spills: float32 storage, float32 query chunks)
     """
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -208,6 +214,7 @@ def fused_knn_kernel(
             CAP,
             LOG_CAP,
             RB,
+            ONE_APPEND,
         )
     if tl.max(count) > 0:
         _flush(
@@ -267,6 +274,7 @@ def _scan(
     CAP: tl.constexpr,
     LOG_CAP: tl.constexpr,
     RB: tl.constexpr,
+    ONE_APPEND: tl.constexpr,
 ):
     """Rows ``[scan_start, scan_end)`` in tiles of BN (whole tiles unless ``MASKED``).
 
@@ -348,10 +356,6 @@ def _scan(
             hit = (score <= thr[:, None]) | open_[:, None]
             if FILTERED:
                 hit = hit & eligible
-            if HAS_RANK:  # noqa: SIM108 (a constexpr branch of the jit code)
-                tie = tl.load(rank_ptr + rows, mask=mask_n, other=0)
-            else:
-                tie = rows
             hits = hit.to(tl.int32)
             n_hit = tl.sum(hits, axis=1)
             if tl.max(count + n_hit) > CAP:  # a buffer would overflow: merge them all first
@@ -371,8 +375,24 @@ def _scan(
                 )
                 open_ = thr != thr
                 count = tl.zeros((BM,), tl.int32)
-            place = count[:, None] + tl.cumsum(hits, axis=1) - 1
-            tl.store(buf + place, pack(score_to_hi(score), tie), mask=hit)
+            if ONE_APPEND and tl.max(n_hit) <= 1:  # mostly at most one candidate per query
+                one = n_hit > 0
+                col = tl.max(tl.where(hit, offs_n[None, :], 0), axis=1)
+                value = tl.sum(tl.where(hit, score, 0.0), axis=1)  # the one score, exactly
+                # (names unlike the other branch's: the GPU compiler wants one type per name)
+                if HAS_RANK:
+                    tie_one = tl.load(rank_ptr + start + col, mask=one, other=0)
+                else:
+                    tie_one = start + col
+                key = (score_to_hi(value).to(tl.int64) << 32) | tie_one
+                tl.store(buffer_ptr + base * CAP + count, key, mask=one)
+            else:
+                if HAS_RANK:  # noqa: SIM108 (a constexpr branch of the jit code)
+                    tie = tl.load(rank_ptr + rows, mask=mask_n, other=0)
+                else:
+                    tie = rows
+                place = count[:, None] + tl.cumsum(hits, axis=1) - 1
+                tl.store(buf + place, pack(score_to_hi(score), tie), mask=hit)
             count += n_hit
     return thr, open_, count
 

@@ -205,6 +205,8 @@ def plan_fused_knn(
             "CAP": cap,
             "LOG_CAP": log2(cap),
             "RB": merge_rows(config.block_m, k_pad, cap, config.num_warps),
+            # The one-key append spills with float32 dots and with float32 query chunks.
+            "ONE_APPEND": not ieee and not (split_queries and dim > config.block_d),
         },
         config.num_warps,
         config.num_stages,

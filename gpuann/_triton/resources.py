@@ -131,10 +131,12 @@ def sass_summary(sass: str) -> dict[str, int]:
     tile in a second copy); ``branch``: the largest range a forward conditional branch at
     the top of it skips (the fused k-NN's append of candidates, the batched top-k's merge of
     a tile); ``steady``: ``loop - branch``, what every tile costs when that branch is not
-    taken; ``inner``: the largest forward branch inside ``branch`` (the fused k-NN's merge of
-    the candidate buffers) and ``inner_loop``: the largest loop inside ``inner`` (its loop
-    over rows of lists, run ``BM / RB`` times). Counts are per warp and static (each
-    executes once per pass).
+    taken; ``inner``: the largest forward branch inside ``branch`` that holds a loop (the
+    fused k-NN's merge of the candidate buffers) and ``inner_loop``: the largest loop inside
+    it (its loop over rows of lists, run ``BM / RB`` times); ``fast`` and ``slow``: the
+    smaller and the larger side of the largest if/else inside ``branch`` outside ``inner``
+    (the fused k-NN's one-candidate-per-query append and its cumsum append), 0 without one.
+    Counts are per warp and static (each executes once per pass).
     """
     instructions = []  # (opcode, predicated, operands)
     labels: dict[str, int] = {}
@@ -151,7 +153,7 @@ def sass_summary(sass: str) -> dict[str, int]:
         counts[opcode] = counts.get(opcode, 0) + 1
     out = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
     out["total"] = len(instructions)
-    loops, forwards = [], []
+    loops, forwards, jumps = [], [], {}
     for i, (opcode, predicated, operands) in enumerate(instructions):
         if opcode != "BRA" or operands.split(" ")[-1] not in labels:
             continue
@@ -160,6 +162,8 @@ def sass_summary(sass: str) -> dict[str, int]:
             loops.append((j, i))
         elif predicated:
             forwards.append((i, j))
+        else:
+            jumps[i] = j
     outer = [r for r in loops if not any(o != r and o[0] <= r[0] and r[1] <= o[1] for o in loops)]
     if outer:
         start, end = min(outer)
@@ -169,8 +173,20 @@ def sass_summary(sass: str) -> dict[str, int]:
         out["branch"] = top[1] - top[0] if top else 0
         out["steady"] = out["loop"] - out["branch"]
         nested = [r for r in inside if top and top[0] < r[0] and r[1] <= top[1]]
-        inner = max(nested, key=lambda r: r[1] - r[0], default=None)
+
+        def holds_loop(r: tuple[int, int]) -> bool:
+            return any(r[0] < a and b < r[1] for a, b in loops)
+
+        inner = max(filter(holds_loop, nested), key=lambda r: r[1] - r[0], default=None)
         out["inner"] = inner[1] - inner[0] if inner else 0
         inner_loops = [b - a + 1 for a, b in loops if inner and inner[0] < a and b < inner[1]]
         out["inner_loop"] = max(inner_loops, default=0)
+        sides = []  # if/else: a conditional branch over the "then" side, which ends in a jump
+        for i, j in nested:  # over the "else" side
+            end = jumps.get(j - 1)
+            outside = not inner or not inner[0] <= i < inner[1]
+            if end is not None and end > j and outside and not holds_loop((i, end)):
+                sides.append(sorted((j - i - 1, end - j)))
+        fast, slow = max(sides, key=sum, default=(0, 0))
+        out["fast"], out["slow"] = fast, slow
     return out

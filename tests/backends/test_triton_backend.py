@@ -266,3 +266,31 @@ def test_rank_tie_words_across_merges(seed):
         D, I = fused_knn(queries, database, k, True, filters=RowFilters(row_rank=rank))
         keys = scores * 1024 + rank[None, :].float()  # (score, rank) order, exact in float32
         assert torch.equal(I, torch.sort(keys, dim=1, stable=True).indices[:, :k])
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_single_candidate_appends(k, metric, dtype):
+    # Past the first tiles a block of queries mostly has at most one candidate per query in
+    # a tile: with 16-bit storage (``ONE_APPEND``) the kernel then stores each query's one key
+    # without the cumsum. Random data, a long scan, with and without a row rank as tie word.
+    from gpuann.engine.eligibility import RowFilters
+
+    gen = torch.Generator().manual_seed(7)
+    queries = torch.randn(16, 8, generator=gen).to(dtype)
+    database = torch.randn(3000, 8, generator=gen).to(dtype)
+    request = _request(queries, database, k, metric)
+    D_ref, I_ref, D_next = _reference(request)
+    sign = 1 if metric == "l2" else -1
+    D, I = fused_knn(queries, database, k, metric == "l2", splits=1)
+    assert_same_knn(sign * D, I, sign * D_ref, I_ref, sign * D_next, TOL[dtype])
+    rank = torch.randperm(3000, generator=gen)  # changes only the order of equal scores
+    D2, I2 = fused_knn(
+        queries, database, k, metric == "l2", splits=1, filters=RowFilters(row_rank=rank)
+    )
+    assert torch.equal(D2, D)
+    tied = torch.zeros_like(I, dtype=torch.bool)
+    tied[:, 1:] |= D[:, 1:] == D[:, :-1]
+    tied[:, :-1] |= D[:, 1:] == D[:, :-1]
+    assert torch.equal(I2[~tied], I[~tied])

@@ -166,3 +166,25 @@ def test_sass_summary_finds_the_tile_loop_and_its_branch():
     s = aot.sass_summary(sass)
     assert s["total"] == 8 and s["HGMMA"] == 1 and s["IMNMX"] == 2
     assert (s["loop"], s["branch"], s["steady"]) == (6, 3, 3)
+    assert (s["inner"], s["inner_loop"], s["fast"], s["slow"]) == (0, 0, 0, 0)
+
+
+def test_sass_summary_finds_the_merge_and_the_two_appends():
+    # Tile loop LBB0..; append branch (@!P0 -> LBB9) holding a merge (@!P2 -> LBB5, over a
+    # loop at LBB4) and an if/else (@P1 -> LBB2 over the "then" side, whose jump to LBB3
+    # skips the 3-instruction "else").
+    lines = [
+        "Function:k",
+        "LBB0:",
+        "--:-:-:-:1\tFFMA R1, R2, R3, R4;",
+        "--:-:-:-:5\t@!P0 BRA LBB9;",
+    ]
+    lines += ["--:-:-:-:5\t@!P2 BRA LBB5;", "LBB4:", "--:-:-:-:1\tIMNMX R3, R3, R4, PT;"]
+    lines += ["--:-:-:-:5\t@P3 BRA LBB4;", "LBB5:", "--:-:-:-:5\t@P1 BRA LBB2;"]
+    lines += ["--:-:-:-:1\tSTG.E.64 [R2], R4;", "--:-:-:-:5\tBRA LBB3;", "LBB2:"]
+    lines += ["--:-:-:-:1\tSHFL.UP R1, R2, 0x1, RZ;"] * 3
+    lines += ["LBB3:", "LBB9:", "--:-:-:-:5\t@P4 BRA LBB0;", "--:-:-:-:1\tEXIT;"]
+    s = aot.sass_summary("\n".join(lines))
+    assert (s["loop"], s["branch"], s["steady"]) == (12, 10, 2)
+    assert (s["inner"], s["inner_loop"]) == (3, 2)
+    assert (s["fast"], s["slow"]) == (2, 3)  # the "then" side counts its closing jump

@@ -42,7 +42,8 @@ from benchmarks import harness
 
 __all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_selection"]
 
-#: Per architecture: the GPU modelled (SMs, boost clock, dense 16-bit tensor FLOP/s, HBM B/s).
+#: Per architecture: the GPU modelled (SMs, boost clock, dense 16-bit and TF32 tensor FLOP/s,
+#: float32 FMA FLOP/s, HBM B/s).
 #: ``l2_bw`` (L2 to SM bandwidth) is a round model constant, not a data-sheet figure.
 GPUS = {
     90: {
@@ -50,6 +51,8 @@ GPUS = {
         "sms": 132,
         "clock_hz": 1.98e9,
         "flops16": 989e12,
+        "flops_tf32": 494e12,
+        "flops32": 67e12,
         "bw": 3.35e12,
         "l2_bw": 5.5e12,
     },
@@ -58,6 +61,8 @@ GPUS = {
         "sms": 108,
         "clock_hz": 1.41e9,
         "flops16": 312e12,
+        "flops_tf32": 156e12,
+        "flops32": 19.5e12,
         "bw": 2.04e12,
         "l2_bw": 4.0e12,
     },
@@ -66,6 +71,8 @@ GPUS = {
 HEADLINE = [
     {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float16"}
     for k in (10, 100, 1000, 2048)
+] + [
+    {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float32"} for k in (10, 100)
 ]
 #: Queries replayed per shape (whole blocks of the kernel, so block-wide branches are exact).
 REPLAY_QUERIES = 128
@@ -164,7 +171,12 @@ def _data(kind: str, n_rows: int, dim: int, n_queries: int) -> tuple[Any, Any]:
 
 
 def estimate(
-    shape: dict[str, Any], plan: Any, sass: dict[str, int] | None, freq: dict[str, float], gpu: dict
+    shape: dict[str, Any],
+    plan: Any,
+    sass: dict[str, int] | None,
+    freq: dict[str, float],
+    gpu: dict,
+    programs_per_sm: int = 1,
 ) -> dict[str, Any]:
     """Issue-bound time estimate of the fused kernel, and the torch ``mm + topk`` model.
 
@@ -172,6 +184,14 @@ def estimate(
     its one-candidate side (``fast``) taken for the ``single`` share and the cumsum side
     (``slow``) for the rest; a merge costs ``inner`` with its loop over rows of lists
     (``inner_loop``) run ``BM / RB`` times. ``freq`` is :func:`replay_selection`'s.
+
+    With ``dim > BD`` the loop over chunks of d (``d_loop``) runs ``ceil(dim / BD)`` times per
+    tile; the static ``steady`` count holds it once.
+
+    Waves: the launch's programs run ``programs_per_sm`` at a time on each multiprocessor
+    (sharing its 4 schedulers), so it takes ``ceil(programs / (SMs × programs_per_sm))``
+    waves, each as long as ``programs_per_sm`` whole programs issued by one multiprocessor.
+    A launch that leaves slots idle in its last wave costs that wave in full.
     """
     q, n, d = shape["queries"], shape["rows"], shape["dim"]
     launch = plan.partial
@@ -187,24 +207,46 @@ def estimate(
     issue_rate = gpu["sms"] * 4 * gpu["clock_hz"]
     if sass and "steady" in sass:
         tiles = n_blocks * n_splits * math.ceil(per_split / block_n)
+        if not constexprs.get("SINGLE_D", True):  # the loop over chunks of d, per tile
+            chunks = math.ceil(d / constexprs["BD"])
+            sass = {**sass, "steady": sass["steady"] + (chunks - 1) * sass.get("d_loop", 0)}
         fast, slow, single = sass.get("fast", 0), sass.get("slow", 0), freq.get("single", 0.0)
         append = sass["branch"] - sass["inner"] - fast - slow + single * fast
         append += (1.0 - single) * slow
         merge = sass["inner"] - sass["inner_loop"] + sass["inner_loop"] * (block_m // rows)
         per_tile = sass["steady"] + freq.get("append", 0.0) * append
         per_tile += freq.get("merge", 0.0) * merge
+        programs = n_blocks * n_splits
+        waves = math.ceil(programs / (gpu["sms"] * programs_per_sm))
+        # Issue time of the launch as if its programs filled every slot, stretched by the
+        # slots its waves leave idle.
+        stretch = waves * gpu["sms"] * programs_per_sm / programs
+        out["programs"], out["waves"], out["wave_stretch"] = programs, waves, stretch
         out["fused_estimate_ms"] = 1e3 * tiles * launch.num_warps * per_tile / issue_rate
+        out["fused_estimate_ms"] *= stretch
         out["fused_steady_estimate_ms"] = (
-            1e3 * tiles * launch.num_warps * sass["steady"] / issue_rate
+            1e3 * tiles * launch.num_warps * sass["steady"] / issue_rate * stretch
         )
         out["sass_steady"], out["sass_append"] = sass["steady"], round(append)
         out["sass_merge"] = merge
     flops = 2.0 * q * n * d
-    score_bytes = 2.0 * q * n * 2  # float16 scores written by mm, read by topk
-    out["torch_mm_topk_estimate_ms"] = 1e3 * (flops / gpu["flops16"] + score_bytes / gpu["bw"])
-    out["tensor_core_floor_ms"] = 1e3 * flops / gpu["flops16"]
-    out["hbm_floor_ms"] = 1e3 * (n + q) * d * 2 / gpu["bw"]
-    out["l2_floor_ms"] = 1e3 * n_blocks * n * d * 2 / gpu["l2_bw"]
+    if shape.get("dtype", "float16") == "float32":
+        # torch: cuBLAS float32 FMA (TF32 off by default) and float32 scores; the kernel's
+        # floor: three TF32 products per score (TF32X3), or FMA dots.
+        item = 4
+        out["torch_mm_topk_estimate_ms"] = 1e3 * (
+            flops / gpu["flops32"] + 2 * q * n * 4 / gpu["bw"]
+        )
+        tf32x3 = constexprs.get("TF32X3", False)
+        rate = gpu["flops_tf32"] / 3 if tf32x3 else gpu["flops32"]
+        out["tensor_core_floor_ms"] = 1e3 * flops / rate
+    else:
+        item = 2
+        score_bytes = 2.0 * q * n * 2  # float16 scores written by mm, read by topk
+        out["torch_mm_topk_estimate_ms"] = 1e3 * (flops / gpu["flops16"] + score_bytes / gpu["bw"])
+        out["tensor_core_floor_ms"] = 1e3 * flops / gpu["flops16"]
+    out["hbm_floor_ms"] = 1e3 * (n + q) * d * item / gpu["bw"]
+    out["l2_floor_ms"] = 1e3 * n_blocks * n * d * item / gpu["l2_bw"]
     out["floor_ms"] = max(out["tensor_core_floor_ms"], out["l2_floor_ms"])
     out["l2_reread_note"] = f"database read by {n_blocks} query blocks (through L2)"
     return out
@@ -257,6 +299,7 @@ COLUMNS = [
     harness.Column("problems", "problems", lambda p: "; ".join(p) or "ok", align="left"),
 ]
 ESTIMATE_COLUMNS = [
+    harness.Column("dtype", "dtype", align="left"),
     harness.Column("k", "k"),
     harness.Column("data", "data", align="left"),
     harness.Column("config", "config", align="left"),
@@ -265,6 +308,8 @@ ESTIMATE_COLUMNS = [
     harness.Column("merges_per_tile", "merges/tile", "{:.5f}".format),
     harness.Column("p_query_tiles", "P(cand.) query", "{:.4f}".format),
     harness.Column("p_scores", "P(cand.) score", "{:.5f}".format),
+    harness.Column("programs", "programs"),
+    harness.Column("waves", "waves"),
     harness.Column("sass_steady", "SASS steady"),
     harness.Column("sass_append", "SASS append"),
     harness.Column("sass_merge", "SASS merge"),
@@ -303,13 +348,14 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
 
     out = []
     for shape in HEADLINE:
+        dtype = getattr(torch, shape["dtype"])
         plan = plan_fused_knn(
             shape["queries"],
             shape["rows"],
             shape["dim"],
             shape["k"],
-            storage_dtype=torch.float16,
-            query_dtype=torch.float16,
+            storage_dtype=dtype,
+            query_dtype=dtype,
             l2=True,
             has_sqnorms=True,
             sm_count=catalog.SM_COUNT[arch],
@@ -320,6 +366,8 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
             per_split = dict(plan.partial.args)["rows_per_split"]
             n_q = max(cfg.block_m, REPLAY_QUERIES // cfg.block_m * cfg.block_m)
             kinds = ("random", "clustered") if shape["k"] <= 100 else ("random",)
+            if shape["dtype"] == "float32":
+                kinds = ("random",)
             for kind in kinds:
                 key = (shape["k"], kind, cfg.block_m, cfg.block_n, plan.cap, per_split)
                 if key in memo:
@@ -397,8 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         heads = aot.compile_launches([r["plan"].partial for r in replays], arch, sass=True)
         for entry, res in zip(replays, heads, strict=True):
             for kind, freq in entry["freq"].items() or [("none", {})]:
-                est = estimate(entry["shape"], entry["plan"], res.sass, freq, gpu)
+                per_sm = max(1, aot.resident_warps(res) // entry["plan"].partial.num_warps)
+                est = estimate(entry["shape"], entry["plan"], res.sass, freq, gpu, per_sm)
                 est.update(
+                    dtype=entry["shape"]["dtype"],
                     k=entry["shape"]["k"],
                     data=kind,
                     p_query_tiles=freq.get("query_tiles"),
@@ -434,10 +484,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             "## Estimates (issue-bound model, not measurements)",
             "",
-            f"Headline: Q=4096, N=10⁶, d=128, float16, L2. Issue rate {gpu['sms']} SMs × 4 × "
-            f"{gpu['clock_hz'] / 1e9:.2f} GHz; torch: FLOPs at {gpu['flops16'] / 1e12:.0f} "
-            f"TFLOP/s + the float16 score matrix written and read at {gpu['bw'] / 1e12:.2f} "
-            f"TB/s; L2 floor: the database read once per query block at "
+            f"Headline: Q=4096, N=10⁶, d=128, L2, float16 and float32 storage. Issue rate "
+            f"{gpu['sms']} SMs × 4 × {gpu['clock_hz'] / 1e9:.2f} GHz, in whole waves of "
+            f"programs; torch: FLOPs at {gpu['flops16'] / 1e12:.0f} TFLOP/s (float32: "
+            f"{gpu['flops32'] / 1e12:.1f} TFLOP/s FMA, TF32 off as in torch's default) + the "
+            f"score matrix written and read at {gpu['bw'] / 1e12:.2f} TB/s; tensor-core floor "
+            f"for float32 storage: three TF32 products at {gpu['flops_tf32'] / 1e12:.0f} "
+            f"TFLOP/s; L2 floor: the database read once per query block at "
             f"{gpu['l2_bw'] / 1e12:.1f} TB/s (a round model constant).",
             "",
             harness.markdown_table(estimates, ESTIMATE_COLUMNS),

@@ -10,6 +10,8 @@ import, so a test or a notebook can set them after ``import gpuann``.
   on by default on CUDA, always off under the interpreter.
 - ``GPUANN_CPU_BLAS``: ``auto`` (default), ``numpy`` or ``torch``: which BLAS multiplies blocks
   of few queries on the CPU (see :mod:`gpuann.engine.cpu_blas`).
+- ``GPUANN_TRITON_FP32``: ``tf32x3`` (default) or ``ieee``: how the fused k-NN kernel multiplies
+  float32 storage (three TF32 tensor-core products of a hi/lo split, or FMA dots).
 - ``GPUANN_AOT_CACHE``: the folder of the ahead-of-time compile checks' disk cache (default
   ``~/.cache/gpuann/aot``); ``0`` turns it off.
 """
@@ -25,6 +27,7 @@ __all__ = [
     "cpu_blas_mode",
     "env_flag",
     "interpreter_enabled",
+    "triton_fp32_dot",
 ]
 
 _TRUE = frozenset({"1", "true", "on", "yes"})
@@ -81,4 +84,20 @@ def cpu_blas_mode() -> str:
     value = "auto" if raw is None or not raw.strip() else raw.strip().lower()
     if value not in _CPU_BLAS_MODES:
         raise ValueError(f"GPUANN_CPU_BLAS: expected one of auto/numpy/torch, got {raw!r}")
+    return value
+
+
+_FP32_DOTS = ("tf32x3", "ieee")
+
+
+def triton_fp32_dot() -> str:
+    """``GPUANN_TRITON_FP32``: ``tf32x3`` (default) or ``ieee``; anything else raises.
+
+    >>> triton_fp32_dot() in ("tf32x3", "ieee")
+    True
+    """
+    raw = os.environ.get("GPUANN_TRITON_FP32")
+    value = "tf32x3" if raw is None or not raw.strip() else raw.strip().lower()
+    if value not in _FP32_DOTS:
+        raise ValueError(f"GPUANN_TRITON_FP32: expected one of tf32x3/ieee, got {raw!r}")
     return value

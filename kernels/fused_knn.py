@@ -41,26 +41,40 @@ from gpuann._kernels.bitonic import SENTINEL, hi_to_score, merge_keys, pack, sco
 
 
 @triton.jit
-def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """``acc + a @ b.T`` in float32 (``UPCAST``: operands to float32 first, exact the same)."""
+def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr, TF32X3: tl.constexpr):
+    """``acc + a @ b.T`` in float32 (``UPCAST``: operands to float32 first, exact the same).
+
+    Float32 operands (``IEEE``): FMA dots, or with ``TF32X3`` three TF32 tensor-core products
+    of the hi/lo split of each operand (errors of the order of float32 accumulation's).
+    """
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
+    if IEEE and TF32X3:
+        return tl.dot(a, tl.trans(b), acc, input_precision="tf32x3", out_dtype=tl.float32)
     if IEEE:
         return tl.dot(a, tl.trans(b), acc, input_precision="ieee", out_dtype=tl.float32)
     return tl.dot(a, tl.trans(b), acc, out_dtype=tl.float32)
 
 
 @triton.jit
-def _dot(q, x, acc, SPLIT_QUERIES: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _dot(
+    q,
+    x,
+    acc,
+    SPLIT_QUERIES: tl.constexpr,
+    IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+    TF32X3: tl.constexpr,
+):
     """``acc + q @ x.T``: q (BM, BD) float32 or storage dtype, x (BN, BD) storage dtype."""
     if SPLIT_QUERIES:
         q_hi = q.to(x.dtype)
         q_lo = (q - q_hi.to(tl.float32)).to(x.dtype)
-        acc = _mma(q_hi, x, acc, IEEE, UPCAST)
-        acc = _mma(q_lo, x, acc, IEEE, UPCAST)
+        acc = _mma(q_hi, x, acc, IEEE, UPCAST, TF32X3)
+        acc = _mma(q_lo, x, acc, IEEE, UPCAST, TF32X3)
     else:
-        acc = _mma(q, x, acc, IEEE, UPCAST)
+        acc = _mma(q, x, acc, IEEE, UPCAST, TF32X3)
     return acc
 
 
@@ -96,6 +110,7 @@ def fused_knn_kernel(
     HAS_RANK: tl.constexpr,
     SPLIT_QUERIES: tl.constexpr,
     IEEE: tl.constexpr,
+    TF32X3: tl.constexpr,
     SINGLE_D: tl.constexpr,
     UPCAST: tl.constexpr,
     BM: tl.constexpr,
@@ -124,6 +139,8 @@ def fused_knn_kernel(
         query with the same non-negative label (``HAS_LABELS``)
     rank_ptr : (n_rows,) int64 tie order in [0, 2**32), packed instead of the row
         (``HAS_RANK``; the launcher maps ranks back to rows)
+    TF32X3 : constexpr bool, float32 storage (``IEEE``) on the tensor cores: three TF32
+        products of each operand's hi/lo split (else FMA dots)
     SINGLE_D : constexpr bool, ``dim <= BD``
     UPCAST : constexpr bool, dot in float32 (the interpreter's bfloat16 ``tl.dot`` is wrong)
     partial_ptr : (ceil(n_queries / BM) · BM, n_splits, K) int64, ``SENTINEL``-filled: the
@@ -204,6 +221,7 @@ def fused_knn_kernel(
             HAS_RANK,
             SPLIT_QUERIES,
             IEEE,
+            TF32X3,
             SINGLE_D,
             UPCAST,
             BM,
@@ -264,6 +282,7 @@ def _scan(
     HAS_RANK: tl.constexpr,
     SPLIT_QUERIES: tl.constexpr,
     IEEE: tl.constexpr,
+    TF32X3: tl.constexpr,
     SINGLE_D: tl.constexpr,
     UPCAST: tl.constexpr,
     BM: tl.constexpr,
@@ -294,7 +313,7 @@ def _scan(
         if SINGLE_D:
             x = x_next
             x_next = _load_rows(x_ptr, rows + BN, scan_end, offs_d, dim, stride_x)
-            dot = _dot(q_once, x, dot, SPLIT_QUERIES, IEEE, UPCAST)
+            dot = _dot(q_once, x, dot, SPLIT_QUERIES, IEEE, UPCAST, TF32X3)
             if L2 and not HAS_SQNORMS:
                 xf = x.to(tl.float32)
                 sq += tl.sum(xf * xf, axis=1)
@@ -312,7 +331,7 @@ def _scan(
                     mask=mask_m[:, None] & mask_d[None, :],
                     other=0.0,
                 )
-                dot = _dot(q, x, dot, SPLIT_QUERIES, IEEE, UPCAST)
+                dot = _dot(q, x, dot, SPLIT_QUERIES, IEEE, UPCAST, TF32X3)
                 if L2 and not HAS_SQNORMS:
                     xf = x.to(tl.float32)
                     sq += tl.sum(xf * xf, axis=1)
@@ -378,7 +397,13 @@ def _scan(
             if ONE_APPEND and tl.max(n_hit) <= 1:  # mostly at most one candidate per query
                 one = n_hit > 0
                 col = tl.max(tl.where(hit, offs_n[None, :], 0), axis=1)
-                value = tl.sum(tl.where(hit, score, 0.0), axis=1)  # the one score, exactly
+                # The one score, exactly: a lone candidate beats every other score of its row,
+                # so it is the row's min, except in an open row of a filtered tile, whose one
+                # eligible score may be NaN (which the min skips).
+                if FILTERED:  # noqa: SIM108 (a constexpr branch of the jit code)
+                    value = tl.sum(tl.where(hit, score, 0.0), axis=1)
+                else:
+                    value = nearest
                 # (names unlike the other branch's: the GPU compiler wants one type per name)
                 if HAS_RANK:
                     tie_one = tl.load(rank_ptr + start + col, mask=one, other=0)

@@ -122,10 +122,12 @@ def test_default_tiles_by_queries_and_k(k_pad, dtype):
     assert cfg.block_m * cfg.block_n <= 4096  # what the AOT check found fits
     if dtype != torch.float32:
         assert cfg.block_m == 128  # tall blocks: the database is re-read once per 128 queries
-    few = config.knn_default(8, 128, k_pad, dtype, interpreted=False)
-    assert few.block_m == (
-        16 if k_pad <= config.KNN_SMALL_Q_MAX_K else cfg.block_m if dtype == torch.float32 else 64
-    )
+    else:  # FMA dots: 32-query blocks; on the tensor cores (TF32X3), tall ones
+        assert cfg.block_m == 32
+        tf32 = config.knn_default(4096, 128, k_pad, dtype, interpreted=False, tf32x3=True)
+        assert (tf32.block_m, tf32.block_d) == (128, config.KNN_TF32X3_BLOCK_D)
+    few = config.knn_default(8, 128, k_pad, dtype, interpreted=False, tf32x3=True)
+    assert few.block_m == (16 if k_pad <= config.KNN_SMALL_Q_MAX_K else 64)
 
 
 def test_env_flags_come_from_gpuann_env():
@@ -163,3 +165,30 @@ def test_multiprocessors_and_device_guard_off_cuda():
     assert config.choose_splits(1, 10, None) == 2
     assert config.choose_splits(1, 1000, 132) == 264
     assert config.choose_splits(64, 1000, 132) == 5
+
+
+@pytest.mark.parametrize(
+    ("n_blocks", "sms", "programs_per_sm", "splits", "waves"),
+    [
+        (32, 132, 1, 4, 1),  # Q = 4096 in 128-query blocks: 128 of 132 slots, one wave
+        (32, 108, 1, 3, 1),  # A100: 96 of 108 slots, not 10 splits in 3 waves (10% faster)
+        (1, 132, 1, 118, 1),  # within 12% of 132 splits
+        (1, 132, 2, 236, 1),
+        (50, 132, 1, 5, 2),  # 2 splits fill 76% of one wave; 5 fill 95% of two
+        (128, 132, 1, 1, 1),
+        (133, 132, 1, 3, 4),  # one split: a second wave for one program; three: 4 waves
+        (1000, 132, 1, 1, 8),
+    ],
+)
+def test_knn_splits_fill_whole_waves(n_blocks, sms, programs_per_sm, splits, waves):
+    slots = sms * programs_per_sm
+    assert config.knn_splits(n_blocks, 31250, sms, programs_per_sm) == splits
+    assert -(-n_blocks * splits // slots) == waves
+    assert config.knn_splits(n_blocks, 3, sms, programs_per_sm) <= 3  # never more than tiles
+    assert config.knn_splits(n_blocks, 1000, None, 1) == config.choose_splits(n_blocks, 1000, None)
+
+
+def test_knn_programs_per_sm_by_block_height():
+    assert config.knn_programs_per_sm(config.TileConfig(128, 32, 128, 8)) == 1
+    assert config.knn_programs_per_sm(config.TileConfig(64, 32, 128, 8)) == 1
+    assert config.knn_programs_per_sm(config.TileConfig(16, 32, 128, 8)) == 2

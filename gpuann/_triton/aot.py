@@ -75,13 +75,15 @@ _PTXAS_RE = {
 
 # ---------------------------------------------------------------------------- caching
 def kernel_source_digest() -> str:
-    """SHA-256 of every kernel source file and of the triton version (the cache's key)."""
+    """SHA-256 of every kernel source file, of the module that summarises the compiles
+    (a cached summary must have today's fields) and of the triton version (the cache's key)."""
     import importlib.metadata
 
     import gpuann._kernels as kernels
+    from gpuann._triton import resources
 
     h = hashlib.sha256(importlib.metadata.version("triton").encode())
-    for path in sorted(Path(kernels.__file__).parent.glob("*.py")):
+    for path in [*sorted(Path(kernels.__file__).parent.glob("*.py")), Path(resources.__file__)]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()

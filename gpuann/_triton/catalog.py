@@ -180,6 +180,24 @@ def fused_knn_cases(
     )
     for q, d, k, dtype, metric, flags in itertools.chain(base, extra):
         storage, query = _dtypes(dtype)
+        if storage == torch.float32:  # the FMA dots of GPUANN_TRITON_FP32=ieee as well
+            params = (("Q", q), ("N", N_ROWS), ("d", d), ("k", k), ("dtype", f"{dtype} ieee"))
+            params += (("metric", metric), ("filters", _flag_names(flags)))
+            plan = plan_fused_knn(
+                q,
+                N_ROWS,
+                d,
+                k,
+                storage_dtype=storage,
+                query_dtype=query,
+                l2=metric == "l2",
+                has_sqnorms=metric == "l2",
+                filters=flags,
+                n_exclude=4 if flags[0] else 0,
+                sm_count=SM_COUNT[arch],
+                fp32_dot="ieee",
+            )
+            yield Case("fused_knn", params, plan.partial)
         params = (("Q", q), ("N", N_ROWS), ("d", d), ("k", k), ("dtype", dtype))
         params += (("metric", metric), ("filters", _flag_names(flags)))
         kwargs = {
@@ -190,12 +208,14 @@ def fused_knn_cases(
             "filters": flags,
             "n_exclude": 4 if flags[0] else 0,
             "sm_count": SM_COUNT[arch],
+            "fp32_dot": "tf32x3",
         }
         plan = plan_fused_knn(q, N_ROWS, d, k, **kwargs)
         yield Case("fused_knn", params, plan.partial)
         yield Case("merge", params, plan.merge)
         if candidates:
-            for cfg in knn_candidates(q, d, plan.k_pad, storage):
+            tf32x3 = storage == torch.float32
+            for cfg in knn_candidates(q, d, plan.k_pad, storage, tf32x3=tf32x3):
                 cand = plan_fused_knn(q, N_ROWS, d, k, config=cfg, **kwargs)
                 yield Case("fused_knn", params, cand.partial, default=False)
 

@@ -39,6 +39,8 @@ __all__ = [
     "device_guard",
     "knn_candidates",
     "knn_default",
+    "knn_programs_per_sm",
+    "knn_splits",
     "multiprocessors",
     "pick_config",
     "shape_bucket",
@@ -160,9 +162,49 @@ def choose_splits(n_blocks: int, n_tiles: int, sm_count: int | None) -> int:
     return max(1, min(-(-target // max(n_blocks, 1)), n_tiles))
 
 
+#: Fused k-NN programs one multiprocessor holds at once, by block height: 64- and 128-row
+#: tiles compile to more than 128 registers per thread at 8 warps (sm_90 and sm_80, checked by
+#: ``tests/kernels/test_aot_compile.py``), so one fits; the few-query tiles hold one to three
+#: (by k, d and dtype), and two per multiprocessor are launched for them, as before.
+KNN_TALL_BLOCK = 64
+#: Splits cost candidates: the fewest whose waves come within this factor of the best time.
+KNN_WAVE_SLACK = 1.12
+
+
+def knn_programs_per_sm(config: TileConfig) -> int:
+    """Resident fused k-NN programs per multiprocessor assumed for ``config``'s tiles."""
+    return 1 if config.block_m >= KNN_TALL_BLOCK else 2
+
+
+def knn_splits(n_blocks: int, n_tiles: int, sm_count: int | None, programs_per_sm: int) -> int:
+    """How many programs share one query block's database in the fused k-NN kernel.
+
+    Each split restarts its thresholds from nothing, so more splits mean more candidates (a
+    split of ``n`` rows appends about ``k·ln(n/k)`` per query); too few leave
+    multiprocessors idle. A launch of ``p`` programs over ``s`` slots (``sm_count ×
+    programs_per_sm``) takes ``ceil(p / s)`` waves, so ``splits`` rows-per-program cost
+    ``waves(splits) / splits``. The choice: the fewest splits within :data:`KNN_WAVE_SLACK` of
+    the least cost over up to four programs per slot; never more splits than tiles. With no
+    ``sm_count`` (the interpreter) it is :func:`choose_splits`'s two programs.
+
+    >>> knn_splits(32, 31250, 132, 1)  # Q = 4096 in 128-query blocks, H100: one full wave
+    4
+    >>> knn_splits(32, 31250, 108, 1)  # A100: 96 of 108 slots rather than 10 splits' 3 waves
+    3
+    """
+    if not sm_count:
+        return choose_splits(n_blocks, n_tiles, sm_count)
+    slots = sm_count * programs_per_sm
+    most = max(1, min(n_tiles, 4 * slots // max(n_blocks, 1)))
+    cost = {s: -(-n_blocks * s // slots) / s for s in range(1, most + 1)}
+    least = min(cost.values())
+    return min(s for s, c in cost.items() if c <= least * KNN_WAVE_SLACK)
+
+
 #: Fused k-NN tiles (block_m, block_n, num_warps) by the largest k_pad they serve: 16-bit
 #: storage with queries in the storage dtype (tensor cores), 16-bit storage with float32
-#: queries (two dots: ``SPLIT_QUERIES``), float32 storage (IEEE dots). The lists live in
+#: queries (two dots: ``SPLIT_QUERIES``), float32 storage (IEEE dots; with TF32X3, the
+#: default, the tall tiles of 16-bit storage with 32 dimensions per step). The lists live in
 #: global scratch, so k does not shrink the tiles; 128 queries per block halve the database's
 #: re-reads through L2 against 64. Each was compiled ahead of time for sm_90 and sm_80 with
 #: triton 3.9 (``tests/kernels/test_aot_compile.py``, ``python -m benchmarks.kernel_report``):
@@ -171,6 +213,14 @@ def choose_splits(n_blocks: int, n_tiles: int, sm_count: int | None) -> int:
 KNN_TILES_16BIT = ((2048, (128, 32, 8)),)
 KNN_TILES_SPLIT = ((2048, (128, 32, 8)),)
 KNN_TILES_FP32 = ((2048, (32, 64, 8)),)
+KNN_TILES_TF32X3 = ((2048, (128, 32, 8)),)
+#: Dimensions per dot step of float32 storage with TF32X3, which keeps the hi/lo splits of both
+#: operands in registers: 32 for tall blocks when d is a multiple of 32, else 16 (a partial last
+#: step, or 16-row blocks, spill at 32 on sm_80 or sm_90; 64 and 128 spill everywhere). By the
+#: kernel report's model (sm_90, Q = 4096, N = 10^6, d = 128, k = 10): 10.8 ms at 32, 14.4 ms at
+#: 16, against 26.9 ms for the FMA dots' 32 x 64 tiles.
+KNN_TF32X3_BLOCK_D = 32
+KNN_TF32X3_NARROW_D = 16
 #: Few queries: (block_m, block_n, num_warps) for Q <= 16 up to this k_pad; beyond it (the
 #: merges of k_pad >= 128 spill with 16-row blocks), and for Q <= 64, blocks of 64. Float32
 #: queries against 16-bit storage with d > BD (query chunks loaded per tile): KNN_TILES_SPLIT_D.
@@ -188,17 +238,22 @@ def knn_default(
     interpreted: bool,
     *,
     split_queries: bool = False,
+    tf32x3: bool = False,
 ) -> TileConfig:
     """Fixed tiles of the fused k-NN kernel (tl.dot needs 16 <= each block on GPUs).
 
-    ``split_queries``: float32 queries against 16-bit storage (two dots per tile). The tile
-    table is checked by ``tests/kernels/test_aot_compile.py`` for sm_90 and sm_80.
+    ``split_queries``: float32 queries against 16-bit storage (two dots per tile).
+    ``tf32x3``: float32 storage multiplied on the tensor cores (``TF32X3``). The tile table is
+    checked by ``tests/kernels/test_aot_compile.py`` for sm_90 and sm_80.
     """
-    block_d = min(max(16, next_power_of_2(dim)), 64 if dtype == torch.float32 else 128)
+    widest = 128
+    if dtype == torch.float32:
+        widest = KNN_TF32X3_BLOCK_D if tf32x3 else 64
+    block_d = min(max(16, next_power_of_2(dim)), widest)
     if interpreted:
         return TileConfig(16, 32, min(block_d, 64), 4, 1)
     if dtype == torch.float32:
-        table = KNN_TILES_FP32
+        table = KNN_TILES_TF32X3 if tf32x3 else KNN_TILES_FP32
     else:
         table = KNN_TILES_SPLIT if split_queries else KNN_TILES_16BIT
     block_m, block_n, num_warps = next(
@@ -210,10 +265,14 @@ def knn_default(
         block_m, block_n, num_warps = KNN_TILES_FEW
     elif n_queries <= 64 and block_m > 64:
         block_m, block_n, num_warps = KNN_TILES_FEW_LARGE_K
+    if dtype == torch.float32 and tf32x3 and (block_m < 128 or dim % block_d):
+        block_d = min(block_d, KNN_TF32X3_NARROW_D)
     return TileConfig(block_m, block_n, block_d, num_warps, 3)
 
 
-def knn_candidates(n_queries: int, dim: int, k_pad: int, dtype: torch.dtype) -> list[TileConfig]:
+def knn_candidates(
+    n_queries: int, dim: int, k_pad: int, dtype: torch.dtype, *, tf32x3: bool = False
+) -> list[TileConfig]:
     """Configs the fused k-NN autotuner times (at most 16).
 
     Register budget ``BM·BN <= 4096`` scores per tile (the lists live in global scratch, so k
@@ -221,7 +280,7 @@ def knn_candidates(n_queries: int, dim: int, k_pad: int, dtype: torch.dtype) -> 
     fit sm_80's 163 KiB of shared memory. The slow AOT test compiles the candidates of its
     grid for sm_90 and sm_80.
     """
-    block_d = knn_default(n_queries, dim, k_pad, dtype, False).block_d
+    block_d = knn_default(n_queries, dim, k_pad, dtype, False, tf32x3=tf32x3).block_d
     itemsize = 4 if dtype == torch.float32 else 2
     max_m = max(16, next_power_of_2(n_queries))
     out = []

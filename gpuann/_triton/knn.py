@@ -20,6 +20,7 @@ from gpuann._triton.config import (
     pick_config,
     shape_bucket,
 )
+from gpuann._triton.final_rescore import rescore_winners
 from gpuann._triton.knn_plan import FusedKnnPlan, partial_bytes, plan_fused_knn
 from gpuann._triton.topk import FINISH_L2, FINISH_NEGATE, merge_partial
 from gpuann.engine.eligibility import RowFilters
@@ -47,6 +48,9 @@ def fused_knn(
 
     Same results as the torch backend: L2 scores ``‖x‖² − 2⟨q, x⟩`` (``‖q‖²`` added to the
     winners, clamped at 0), IP scores ``−⟨q, x⟩·scale``, ties to the lower row, NaN last.
+    Float32 storage is scored on the tensor cores (three TF32 products, ``GPUANN_TRITON_FP32``)
+    and its winners re-scored exactly in float64, rounded to float32
+    (:mod:`gpuann._triton.final_rescore`).
 
     Parameters
     ----------
@@ -183,6 +187,9 @@ def _fused_knn(
         )
         if filters.has_rank:  # the kernel packed ranks: back to rows
             chosen = torch.where(chosen >= 0, filters.row_of_rank[chosen.clamp(min=0)], -1)
+        if dict(p.partial.constexprs)["TF32X3"]:  # exact values of the tensor cores' winners
+            tie = filters.rank if filters.has_rank else None
+            values, chosen = rescore_winners(q, database, values, chosen, l2, scale, tie)
         return values, chosen
 
     if config is not None:
@@ -204,7 +211,13 @@ def _fused_knn(
     chosen = pick_config(
         key,
         default.config,
-        knn_candidates(n_queries, dim, default.k_pad, database.dtype),
+        knn_candidates(
+            n_queries,
+            dim,
+            default.k_pad,
+            database.dtype,
+            tf32x3=bool(dict(default.partial.constexprs)["TF32X3"]),
+        ),
         lambda cfg: run_plan(plan(cfg)),
     )
     return run_plan(default if chosen == default.config else plan(chosen))

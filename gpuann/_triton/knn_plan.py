@@ -14,8 +14,9 @@ import dataclasses
 
 import torch
 
+from gpuann._env import triton_fp32_dot
 from gpuann._triton import cdiv, log2, next_power_of_2
-from gpuann._triton.config import TileConfig, choose_splits, knn_default
+from gpuann._triton.config import TileConfig, knn_default, knn_programs_per_sm, knn_splits
 from gpuann._triton.launch import KernelLaunch
 from gpuann._triton.topk import FINISH_L2, FINISH_NEGATE, plan_merge
 
@@ -118,6 +119,7 @@ def plan_fused_knn(
     config: TileConfig | None = None,
     splits: int | None = None,
     max_splits: int | None = None,
+    fp32_dot: str | None = None,
 ) -> FusedKnnPlan:
     """The launches ``fused_knn`` makes for these shapes (``n_queries, n_rows >= 1``).
 
@@ -139,20 +141,30 @@ def plan_fused_knn(
         The Triton interpreter runs the kernels (small tiles, ``UPCAST`` for bfloat16).
     config, splits, max_splits
         As in :func:`fused_knn`; ``config`` None means the fixed default.
+    fp32_dot : str, optional
+        Float32 storage: ``"tf32x3"`` (tensor cores) or ``"ieee"`` (FMA dots); default
+        ``GPUANN_TRITON_FP32``.
     """
     k_found = min(k, n_rows)
     k_pad = next_power_of_2(k_found)
     ieee = storage_dtype == torch.float32
+    tf32x3 = ieee and (fp32_dot or triton_fp32_dot()) == "tf32x3"
     split_queries = not ieee and query_dtype != storage_dtype
     q_dtype = torch.float32 if ieee or split_queries else query_dtype
     if config is None:
         config = knn_default(
-            n_queries, dim, k_pad, storage_dtype, interpreted, split_queries=split_queries
+            n_queries,
+            dim,
+            k_pad,
+            storage_dtype,
+            interpreted,
+            split_queries=split_queries,
+            tf32x3=tf32x3,
         )
     has_exclude, has_allowed, has_labels, has_rank = filters
     n_blocks = cdiv(n_queries, config.block_m)
     n_tiles = cdiv(n_rows, config.block_n)
-    n_split = splits or choose_splits(n_blocks, n_tiles, sm_count)
+    n_split = splits or knn_splits(n_blocks, n_tiles, sm_count, knn_programs_per_sm(config))
     n_split = max(1, min(n_split, max_splits or n_split))
     per_split = cdiv(cdiv(n_rows, n_split), config.block_n) * config.block_n
     n_split = cdiv(n_rows, per_split)
@@ -194,6 +206,7 @@ def plan_fused_knn(
             "HAS_RANK": has_rank,
             "SPLIT_QUERIES": split_queries,
             "IEEE": ieee,
+            "TF32X3": tf32x3,
             "SINGLE_D": dim <= config.block_d,
             "UPCAST": interpreted and storage_dtype == torch.bfloat16,
             "BM": config.block_m,
@@ -205,8 +218,10 @@ def plan_fused_knn(
             "CAP": cap,
             "LOG_CAP": log2(cap),
             "RB": merge_rows(config.block_m, k_pad, cap, config.num_warps),
-            # The one-key append spills with float32 dots and with float32 query chunks.
-            "ONE_APPEND": not ieee and not (split_queries and dim > config.block_d),
+            # The one-key append spills with float32 FMA dots, with float32 query chunks, and
+            # with TF32X3 dots over a partial last chunk of d.
+            "ONE_APPEND": (not ieee or (tf32x3 and dim % config.block_d == 0))
+            and not (split_queries and dim > config.block_d),
         },
         config.num_warps,
         config.num_stages,

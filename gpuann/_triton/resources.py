@@ -135,7 +135,9 @@ def sass_summary(sass: str) -> dict[str, int]:
     fused k-NN's merge of the candidate buffers) and ``inner_loop``: the largest loop inside
     it (its loop over rows of lists, run ``BM / RB`` times); ``fast`` and ``slow``: the
     smaller and the larger side of the largest if/else inside ``branch`` outside ``inner``
-    (the fused k-NN's one-candidate-per-query append and its cumsum append), 0 without one.
+    (the fused k-NN's one-candidate-per-query append and its cumsum append), 0 without one;
+    ``d_loop``: the largest loop in the tile loop outside ``branch`` (the fused k-NN's loop
+    over chunks of d, run ``ceil(d / BD)`` times per tile), 0 without one.
     Counts are per warp and static (each executes once per pass).
     """
     instructions = []  # (opcode, predicated, operands)
@@ -172,6 +174,14 @@ def sass_summary(sass: str) -> dict[str, int]:
         top = max(inside, key=lambda r: r[1] - r[0], default=None)
         out["branch"] = top[1] - top[0] if top else 0
         out["steady"] = out["loop"] - out["branch"]
+        # A loop inside the tile loop but outside its branch: the loop over chunks of d (run
+        # ceil(d / BD) times per tile when the query block is not one tile).
+        in_steady = [
+            b - a + 1
+            for a, b in loops
+            if start < a and b < end and not (top and top[0] <= a and b < top[1])
+        ]
+        out["d_loop"] = max(in_steady, default=0)
         nested = [r for r in inside if top and top[0] < r[0] and r[1] <= top[1]]
 
         def holds_loop(r: tuple[int, int]) -> bool:

@@ -294,3 +294,83 @@ def test_single_candidate_appends(k, metric, dtype):
     tied[:, 1:] |= D[:, 1:] == D[:, :-1]
     tied[:, :-1] |= D[:, 1:] == D[:, :-1]
     assert torch.equal(I2[~tied], I[~tied])
+
+
+def _float64_knn(queries, database, k, metric):
+    """Float64 values rounded to float32, sorted by (value, row): the re-scored reference."""
+    q, x = queries.double(), database.double()
+    if metric == "l2":
+        exact = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1).float()
+        order = torch.argsort(exact, dim=1, stable=True)
+    else:
+        exact = (q @ x.T).float()
+        order = torch.argsort(-exact, dim=1, stable=True)
+    order = order[:, :k]
+    return exact.gather(1, order), order
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_float32_storage_winners_are_rescored_exactly(metric, monkeypatch):
+    # TF32X3 (the default for float32 storage): the kernel ranks, the winners' values are
+    # float64 re-scores rounded to float32, re-sorted with ties to the lower row.
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(150, 24, generator=gen)
+    x[40:45] = x[3]  # exact ties: the lower row first
+    q = torch.cat([x[3:4] + 1e-3, torch.randn(6, 24, generator=gen)])
+    D, I = fused_knn(q, x, 12, metric == "l2")
+    D_ref, I_ref = _float64_knn(q, x, 12, metric)
+    assert torch.equal(I, I_ref)
+    assert torch.equal(D, D_ref)  # bit for bit: float64 arithmetic, one rounding
+    monkeypatch.setenv("GPUANN_TRITON_FP32", "ieee")  # FMA dots: the kernel's own values,
+    D_fma, I_fma = fused_knn(q, x, 12, metric == "l2")  # whose bits (not ties) may differ
+    assert torch.equal(I_fma[1:], I_ref[1:])  # from row to row under the interpreter
+    torch.testing.assert_close(D_fma, D_ref, rtol=1e-5, atol=1e-4)
+    assert not torch.equal(D_fma, D_ref)  # so the exact values above are the re-scoring's
+
+
+def test_rescored_winners_keep_padding_and_tie_order():
+    from gpuann._triton.final_rescore import rescore_winners
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [3.0, 3.0]])
+    q = torch.tensor([[1.0, 0.0]])
+    # Rows 2 and 0 tie; the kernel's order (2, 0) and values are re-done; -1 stays last.
+    values = torch.tensor([[0.1, 0.2, 2.0, float("inf")]])
+    rows = torch.tensor([[2, 0, 1, -1]])
+    D, I = rescore_winners(q, x, values, rows, True)
+    assert I.tolist() == [[0, 2, 1, -1]] and D.tolist() == [[0.0, 0.0, 2.0, float("inf")]]
+    rank = torch.tensor([5, 0, 1, 2])  # a tie order that puts row 2 before row 0
+    D, I = rescore_winners(q, x, values, rows, True, tie=rank)
+    assert I.tolist() == [[2, 0, 1, -1]]
+    D, I = rescore_winners(
+        q, x, values[:, :3], rows[:, :3], False, torch.tensor([1.0, 3.0, 2.0, 1.0])
+    )
+    assert I.tolist() == [[2, 0, 1]] and D.tolist() == [[2.0, 1.0, 0.0]]
+
+
+def test_float32_plan_picks_tensor_cores_unless_told(monkeypatch):
+    from gpuann._triton.knn_plan import plan_fused_knn
+
+    def flags(**kw):
+        plan = plan_fused_knn(
+            4096,
+            10**6,
+            128,
+            10,
+            storage_dtype=torch.float32,
+            query_dtype=torch.float32,
+            l2=True,
+            sm_count=132,
+            **kw,
+        )
+        return dict(plan.partial.constexprs), plan.config
+
+    constexprs, cfg = flags()
+    assert constexprs["TF32X3"] and constexprs["ONE_APPEND"] and cfg.block_m == 128
+    assert cfg.block_d == 32
+    monkeypatch.setenv("GPUANN_TRITON_FP32", "ieee")
+    constexprs, cfg = flags()
+    assert not constexprs["TF32X3"] and not constexprs["ONE_APPEND"] and cfg.block_m == 32
+    assert flags(fp32_dot="tf32x3")[0]["TF32X3"]
+    monkeypatch.setenv("GPUANN_TRITON_FP32", "fast")
+    with pytest.raises(ValueError, match="GPUANN_TRITON_FP32"):
+        flags()

@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 from gpuann._env import env_flag
 from gpuann._triton import aot, catalog
 from gpuann._triton import launch as kernel_launch
-from gpuann._triton.config import TileConfig
+from gpuann._triton.config import TileConfig, knn_programs_per_sm
 from gpuann._triton.knn import plan_fused_knn
 
 ARCHS = aot.ARCHS
@@ -67,6 +67,32 @@ def test_default_launches_compile_fit_and_do_not_spill(arch):
     assert len(cases) > 30
     failures = _failures([c for c in cases if c.op != "hamming"], arch)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_knn_residency_matches_the_split_rule(arch):
+    # knn_splits fills whole waves of sm_count x knn_programs_per_sm programs: tall tiles must
+    # hold exactly one program per multiprocessor (two would leave half the slots idle). The
+    # few-query tiles hold one to three (registers vary with k, d and dtype); the rule's two
+    # then means two full waves, one, or 16 resident warps of a memory-bound scan.
+    cases = [
+        c
+        for c in catalog.all_cases(catalog.REPRESENTATIVE, arch)
+        if c.default and c.op == "fused_knn"
+    ]
+    results = aot.compile_launches([c.launch for c in cases], arch)
+    seen = set()
+    for case, res in zip(cases, results, strict=True):
+        constexprs = dict(case.launch.constexprs)
+        tiles = TileConfig(constexprs["BM"], constexprs["BN"], constexprs["BD"])
+        programs = aot.resident_warps(res) // case.launch.num_warps
+        assumed = knn_programs_per_sm(tiles)
+        if assumed == 1:
+            assert programs == 1, f"sm_{arch} {case.describe()}: {programs} programs per SM"
+        else:
+            assert 1 <= programs <= 3, f"sm_{arch} {case.describe()}: {programs}"
+        seen.add(assumed)
+    assert seen == {1, 2}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -166,7 +192,29 @@ def test_sass_summary_finds_the_tile_loop_and_its_branch():
     s = aot.sass_summary(sass)
     assert s["total"] == 8 and s["HGMMA"] == 1 and s["IMNMX"] == 2
     assert (s["loop"], s["branch"], s["steady"]) == (6, 3, 3)
-    assert (s["inner"], s["inner_loop"], s["fast"], s["slow"]) == (0, 0, 0, 0)
+    assert (s["inner"], s["inner_loop"], s["fast"], s["slow"], s["d_loop"]) == (0, 0, 0, 0, 0)
+
+
+def test_sass_summary_finds_the_loop_over_d():
+    # Tile loop LBB0..; a loop over chunks of d (LBB1..) before the append branch.
+    sass = "\n".join(
+        [
+            "Function:k",
+            "LBB0:",
+            "--:-:-:-:1\tIADD3 R7, R7, 0x1, RZ;",
+            "LBB1:",
+            "--:-:-:-:1\tHMMA.1684.F32.TF32 R24, R4, R8, R24;",
+            "--:-:-:-:1\tHMMA.1684.F32.TF32 R24, R5, R8, R24;",
+            "--:-:-:-:5\t@P2 BRA LBB1;",
+            "--:-:-:-:5\t@!P0 BRA LBB2;",
+            "--:-:-:-:1\tIMNMX R3, R3, R4, PT;",
+            "LBB2:",
+            "--:-:-:-:5\t@P1 BRA LBB0;",
+            "--:-:-:-:1\tEXIT;",
+        ]
+    )
+    s = aot.sass_summary(sass)
+    assert (s["loop"], s["branch"], s["steady"], s["d_loop"]) == (7, 2, 5, 3)
 
 
 def test_sass_summary_finds_the_merge_and_the_two_appends():

@@ -176,7 +176,6 @@ def estimate(
     sass: dict[str, int] | None,
     freq: dict[str, float],
     gpu: dict,
-    programs_per_sm: int = 1,
 ) -> dict[str, Any]:
     """Issue-bound time estimate of the fused kernel, and the torch ``mm + topk`` model.
 
@@ -188,10 +187,12 @@ def estimate(
     With ``dim > BD`` the loop over chunks of d (``d_loop``) runs ``ceil(dim / BD)`` times per
     tile; the static ``steady`` count holds it once.
 
-    Waves: the launch's programs run ``programs_per_sm`` at a time on each multiprocessor
-    (sharing its 4 schedulers), so it takes ``ceil(programs / (SMs × programs_per_sm))``
-    waves, each as long as ``programs_per_sm`` whole programs issued by one multiprocessor.
-    A launch that leaves slots idle in its last wave costs that wave in full.
+    Whole programs: each multiprocessor issues the instructions of ``ceil(programs / SMs)``
+    programs (however many it holds at once, they share its 4 schedulers), so a launch whose
+    programs do not divide evenly over the SMs costs its busiest SM's share.
+
+    Float32 storage on the tensor cores (``TF32X3``) adds the float64 re-scoring of the
+    winners: about 28 bytes per query × k × d element at HBM bandwidth.
     """
     q, n, d = shape["queries"], shape["rows"], shape["dim"]
     launch = plan.partial
@@ -217,13 +218,16 @@ def estimate(
         per_tile = sass["steady"] + freq.get("append", 0.0) * append
         per_tile += freq.get("merge", 0.0) * merge
         programs = n_blocks * n_splits
-        waves = math.ceil(programs / (gpu["sms"] * programs_per_sm))
-        # Issue time of the launch as if its programs filled every slot, stretched by the
-        # slots its waves leave idle.
-        stretch = waves * gpu["sms"] * programs_per_sm / programs
-        out["programs"], out["waves"], out["wave_stretch"] = programs, waves, stretch
+        per_sm = math.ceil(programs / gpu["sms"])
+        # Issue time of the launch as if its programs spread evenly, stretched to the
+        # busiest multiprocessor's share.
+        stretch = per_sm * gpu["sms"] / programs
+        out["programs"], out["programs_per_sm"], out["wave_stretch"] = programs, per_sm, stretch
         out["fused_estimate_ms"] = 1e3 * tiles * launch.num_warps * per_tile / issue_rate
         out["fused_estimate_ms"] *= stretch
+        if constexprs.get("TF32X3"):
+            out["rescore_estimate_ms"] = 1e3 * 28.0 * q * shape["k"] * d / gpu["bw"]
+            out["fused_estimate_ms"] += out["rescore_estimate_ms"]
         out["fused_steady_estimate_ms"] = (
             1e3 * tiles * launch.num_warps * sass["steady"] / issue_rate * stretch
         )
@@ -309,7 +313,7 @@ ESTIMATE_COLUMNS = [
     harness.Column("p_query_tiles", "P(cand.) query", "{:.4f}".format),
     harness.Column("p_scores", "P(cand.) score", "{:.5f}".format),
     harness.Column("programs", "programs"),
-    harness.Column("waves", "waves"),
+    harness.Column("programs_per_sm", "per SM"),
     harness.Column("sass_steady", "SASS steady"),
     harness.Column("sass_append", "SASS append"),
     harness.Column("sass_merge", "SASS merge"),
@@ -445,8 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         heads = aot.compile_launches([r["plan"].partial for r in replays], arch, sass=True)
         for entry, res in zip(replays, heads, strict=True):
             for kind, freq in entry["freq"].items() or [("none", {})]:
-                per_sm = max(1, aot.resident_warps(res) // entry["plan"].partial.num_warps)
-                est = estimate(entry["shape"], entry["plan"], res.sass, freq, gpu, per_sm)
+                est = estimate(entry["shape"], entry["plan"], res.sass, freq, gpu)
                 est.update(
                     dtype=entry["shape"]["dtype"],
                     k=entry["shape"]["k"],
@@ -485,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "## Estimates (issue-bound model, not measurements)",
             "",
             f"Headline: Q=4096, N=10⁶, d=128, L2, float16 and float32 storage. Issue rate "
-            f"{gpu['sms']} SMs × 4 × {gpu['clock_hz'] / 1e9:.2f} GHz, in whole waves of "
-            f"programs; torch: FLOPs at {gpu['flops16'] / 1e12:.0f} TFLOP/s (float32: "
+            f"{gpu['sms']} SMs × 4 × {gpu['clock_hz'] / 1e9:.2f} GHz, the busiest SM's share "
+            f"of whole programs; torch: FLOPs at {gpu['flops16'] / 1e12:.0f} TFLOP/s (float32: "
             f"{gpu['flops32'] / 1e12:.1f} TFLOP/s FMA, TF32 off as in torch's default) + the "
             f"score matrix written and read at {gpu['bw'] / 1e12:.2f} TB/s; tensor-core floor "
             f"for float32 storage: three TF32 products at {gpu['flops_tf32'] / 1e12:.0f} "

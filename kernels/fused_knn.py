@@ -20,14 +20,18 @@ overflow (and once at the end) are the block's buffers merged into its running t
 which also live in global scratch (``partial``, so k does not bound the tiles), ``RB`` rows at
 a time, and the thresholds reloaded. The threshold keeps ties (``<=``): an equal score may win
 on its tie word (``HAS_RANK``), so no candidate of the final top-k is ever skipped and the
-result is the same set of keys as a full sort — bit-identical to the torch backend. Block
-barriers order the buffers' writes and reads between the program's threads.
+result is the same set of keys as a full sort of the kernel's scores. Block barriers order the
+buffers' writes and reads between the program's threads.
 
 Precision: products are exact and accumulate in float32. float16/bfloat16 storage runs the
 tensor cores on the storage dtype; float32 queries against such storage are split into
 ``hi + lo`` parts in that dtype (``SPLIT_QUERIES``), two dots that keep ~16 (bf16) or ~22
-(fp16) bits of each query instead of 8 or 11. float32 storage uses ``input_precision="ieee"``
-so TF32 never changes a result on the GPU (the interpreter always computes in full float32).
+(fp16) bits of each query instead of 8 or 11. float32 storage runs on the tensor cores with
+``TF32X3`` (``input_precision="tf32x3"``: three TF32 products of each operand's hi/lo split,
+errors of the order of float32 accumulation's; the launcher re-scores the winners in float64),
+or with FMA dots (``input_precision="ieee"``, ``GPUANN_TRITON_FP32=ieee``). Either way the
+scores differ from a cuBLAS product's in the last bits, so ids can differ from the torch
+backend's only where two scores at the k-th place are that close.
 Under the interpreter a bfloat16 ``tl.dot`` returns garbage (triton 3.9: its operands are
 read as raw 16-bit integers), so the launcher sets ``UPCAST`` there: products of bfloat16
 values are exact in float32 either way, so the results are the GPU's.

@@ -36,6 +36,7 @@ __all__ = [
     "cache_info",
     "choose_splits",
     "clear_cache",
+    "compute_capability",
     "device_guard",
     "knn_candidates",
     "knn_default",
@@ -134,6 +135,19 @@ def _capturing() -> bool:
 @functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.cache
+def _capability(device_index: int) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device_index))
+
+
+def compute_capability(device: torch.device) -> tuple[int, int] | None:
+    """(major, minor) of a CUDA device (read once per device); None for other devices."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index)
 
 
 def multiprocessors(device: torch.device) -> int | None:

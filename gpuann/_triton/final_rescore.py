@@ -4,7 +4,12 @@ With ``TF32X3`` the kernel ranks float32 rows by three TF32 products of each ope
 split: errors of the order of float32 accumulation's, but not float32 FMA's bits. The ``k``
 winners of each query are re-scored here in float64 from the stored values (L2 ``‖q − x‖²``,
 inner product ``⟨q, x⟩ · scale``), rounded to float32, and re-sorted by (value, tie order), so
-the distances returned do not carry the tensor cores' rounding.
+the distances returned do not carry the tensor cores' rounding. The winners themselves were
+chosen by the TF32X3 scores: where two rows' scores differ by less than float32-level errors at
+the k-th place, the set may differ from an FMA search's (as between any two float32 searches).
+
+Cost: the winners' rows are gathered and converted (about 28 bytes of traffic per
+query × k × d element), in chunks of :data:`RESCORE_CHUNK_BYTES`.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import torch
 
 from gpuann._tiebreak import ordered_key
 
-__all__ = ["RESCORE_CHUNK_BYTES", "rescore_winners"]
+__all__ = ["RESCORE_CHUNK_BYTES", "RESCORE_CHUNK_BYTES_CUDA", "rescore_winners"]
 
-#: Bytes of float64 temporaries per chunk of queries (gathered rows and their products).
+#: Bytes of float64 temporaries per chunk of queries (gathered rows and their products): on
+#: CUDA larger chunks, so that large k does not cost thousands of small launches.
 RESCORE_CHUNK_BYTES = 64 << 20
+RESCORE_CHUNK_BYTES_CUDA = 256 << 20
 
 
 def rescore_winners(
@@ -50,7 +57,8 @@ def rescore_winners(
     if n_queries == 0 or k == 0:
         return values, positions
     dim = queries.shape[1]
-    step = max(1, RESCORE_CHUNK_BYTES // (16 * k * max(dim, 1)))
+    budget = RESCORE_CHUNK_BYTES_CUDA if queries.device.type == "cuda" else RESCORE_CHUNK_BYTES
+    step = max(1, budget // (16 * k * max(dim, 1)))
     out_values = torch.empty_like(values)
     out_positions = torch.empty_like(positions)
     for q0 in range(0, n_queries, step):
@@ -58,11 +66,13 @@ def rescore_winners(
         found = positions[part]
         valid = found >= 0
         rows = database[found.clamp(min=0)].double()  # (B, k, d)
-        q = queries[part].double()[:, None, :]
-        if l2:
-            exact = ((rows - q) ** 2).sum(dim=2)
+        q = queries[part].double()
+        if l2:  # a non-finite coordinate gives NaN, as ‖x‖² − 2⟨q, x⟩ + ‖q‖² does (inf − inf)
+            diff = rows.sub_(q[:, None, :])
+            exact = torch.einsum("bkd,bkd->bk", diff, diff)
+            exact = exact.masked_fill_(~torch.isfinite(exact), float("nan"))
         else:
-            exact = (rows * q).sum(dim=2)
+            exact = torch.einsum("bkd,bd->bk", rows, q)
             if column_scale is not None:
                 exact = exact * column_scale[found.clamp(min=0)].double()
         exact = torch.where(valid, exact.float(), values[part])

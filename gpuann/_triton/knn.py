@@ -14,6 +14,7 @@ import torch
 from gpuann._triton import MAX_K, interpreter_enabled
 from gpuann._triton.config import (
     TileConfig,
+    compute_capability,
     device_guard,
     knn_candidates,
     multiprocessors,
@@ -46,8 +47,9 @@ def fused_knn(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-NN of ``queries`` in ``database`` with one fused kernel and a merge.
 
-    Same results as the torch backend: L2 scores ``‖x‖² − 2⟨q, x⟩`` (``‖q‖²`` added to the
-    winners, clamped at 0), IP scores ``−⟨q, x⟩·scale``, ties to the lower row, NaN last.
+    The torch backend's rules: L2 scores ``‖x‖² − 2⟨q, x⟩`` (``‖q‖²`` added to the winners,
+    clamped at 0), IP scores ``−⟨q, x⟩·scale``, ties to the lower row, NaN last; the float32
+    scores' last bits are the kernel's, not cuBLAS's.
     Float32 storage is scored on the tensor cores (three TF32 products, ``GPUANN_TRITON_FP32``)
     and its winners re-scored exactly in float64, rounded to float32
     (:mod:`gpuann._triton.final_rescore`).
@@ -124,6 +126,9 @@ def _fused_knn(
     scale = column_scale.float().contiguous() if (not l2 and column_scale is not None) else None
     interpreted = interpreter_enabled()
     sm_count = multiprocessors(device)
+    # TF32 tensor cores start with sm_80: before, TF32X3 would only be slower FMA dots.
+    capability = compute_capability(device)
+    fp32_dot = "ieee" if capability is not None and capability < (8, 0) else None
 
     def plan(cfg: TileConfig | None) -> FusedKnnPlan:
         return plan_fused_knn(
@@ -144,9 +149,11 @@ def _fused_knn(
             config=cfg,
             splits=splits,
             max_splits=max_splits,
+            fp32_dot=fp32_dot,
         )
 
     default = plan(config)
+    tf32x3 = bool(dict(default.partial.constexprs)["TF32X3"])
     q = queries.to(default.query_dtype).contiguous()
     query_sqnorms = (q.float() * q.float()).sum(dim=1) if l2 else None
     k_found = default.k_found
@@ -187,7 +194,7 @@ def _fused_knn(
         )
         if filters.has_rank:  # the kernel packed ranks: back to rows
             chosen = torch.where(chosen >= 0, filters.row_of_rank[chosen.clamp(min=0)], -1)
-        if dict(p.partial.constexprs)["TF32X3"]:  # exact values of the tensor cores' winners
+        if tf32x3:  # exact values of the tensor cores' winners
             tie = filters.rank if filters.has_rank else None
             values, chosen = rescore_winners(q, database, values, chosen, l2, scale, tie)
         return values, chosen
@@ -207,17 +214,12 @@ def _fused_knn(
         shape_bucket(n_rows),
         dim,
         default.k_pad,
+        tf32x3,  # the float32 dot mode changes the candidates (GPUANN_TRITON_FP32)
     )
     chosen = pick_config(
         key,
         default.config,
-        knn_candidates(
-            n_queries,
-            dim,
-            default.k_pad,
-            database.dtype,
-            tf32x3=bool(dict(default.partial.constexprs)["TF32X3"]),
-        ),
+        knn_candidates(n_queries, dim, default.k_pad, database.dtype, tf32x3=tf32x3),
         lambda cfg: run_plan(plan(cfg)),
     )
     return run_plan(default if chosen == default.config else plan(chosen))

@@ -1,13 +1,16 @@
 """Exact search with the fused Triton kernel: distances and top-k in one pass over the database.
 
 The fast path on CUDA. Each program scores a block of queries against database tiles with
-``tl.dot`` (float32 accumulation) and keeps its running top-k as packed int64 keys in
-registers, so the (Q, N) distance matrix never exists; when queries are few, the database is
-split across programs and the partial lists are merged by a second small kernel. Results are
-those of the torch backend: same scores, ties to the lower row, NaN last. Filters and a
-per-row tie order run inside the kernel (see ``gpuann._kernels.fused_knn``).
+``tl.dot`` (float32 accumulation), tests each score against its query's threshold, and keeps
+its running top-k as packed int64 keys in global scratch, fed by per-query candidate buffers,
+so the (Q, N) distance matrix never exists; when queries are few, the database is
+split across programs and the partial lists are merged by a second small kernel. Results
+follow the torch backend's rules (ties to the lower row, NaN last) on float32 scores whose
+last bits differ from a cuBLAS product's (float32 storage: TF32X3 tensor-core scores, the
+winners re-scored in float64). Filters and a per-row tie order run inside the kernel (see
+``gpuann._kernels.fused_knn``).
 
-The kernel selects at most ``max_k`` (``gpuann._triton.MAX_K``) per query in registers;
+The kernel selects at most ``max_k`` (``gpuann._triton.MAX_K``) per query;
 a larger ``k`` is a declared reason, and the dispatcher moves on, visibly (see
 ``gpuann.backends.explain``), to the next backend.
 

@@ -374,3 +374,25 @@ def test_float32_plan_picks_tensor_cores_unless_told(monkeypatch):
     monkeypatch.setenv("GPUANN_TRITON_FP32", "fast")
     with pytest.raises(ValueError, match="GPUANN_TRITON_FP32"):
         flags()
+
+
+def test_rescored_infinite_rows_are_nan_as_in_the_torch_backend():
+    # check_finite off: inf − inf is NaN in ‖x‖² − 2⟨q, x⟩, so the re-scoring says NaN too.
+    x = torch.tensor([[float("nan"), 0.0], [float("inf"), 0.0], [2.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0]])
+    D, I = fused_knn(q, x, 3, True)
+    D_ref, I_ref = torch_exact_search(_request(q, x, 3, "l2"))
+    assert torch.equal(I, I_ref) and I.tolist() == [[2, 0, 1]]
+    torch.testing.assert_close(D, D_ref, equal_nan=True)
+
+
+def test_gpus_without_tf32_keep_fma_dots(monkeypatch):
+    import gpuann._triton.knn as knn_module
+
+    monkeypatch.setattr(knn_module, "compute_capability", lambda device: (7, 5))
+    gen = torch.Generator().manual_seed(5)
+    x, q = torch.randn(90, 24, generator=gen), torch.randn(4, 24, generator=gen)
+    D, I = fused_knn(q, x, 5, True)
+    D_exact, _ = _float64_knn(q, x, 5, "l2")
+    assert not torch.equal(D, D_exact)  # the kernel's own FMA values: not re-scored
+    torch.testing.assert_close(D, D_exact, rtol=1e-5, atol=1e-4)

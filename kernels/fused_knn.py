@@ -381,7 +381,10 @@ def _scan(
                 hit = hit & eligible
             hits = hit.to(tl.int32)
             n_hit = tl.sum(hits, axis=1)
-            if tl.max(count + n_hit) > CAP:  # a buffer would overflow: merge them all first
+            # One block-wide max answers both questions (2: a buffer would overflow, 1: a row
+            # has several candidates); after an overflow the cumsum side runs, which takes any.
+            worst = tl.max((count + n_hit > CAP).to(tl.int32) * 2 + (n_hit > 1).to(tl.int32))
+            if worst >= 2:  # a buffer would overflow: merge them all first
                 thr = _flush(
                     partial_ptr,
                     buffer_ptr,
@@ -398,7 +401,7 @@ def _scan(
                 )
                 open_ = thr != thr
                 count = tl.zeros((BM,), tl.int32)
-            if ONE_APPEND and tl.max(n_hit) <= 1:  # mostly at most one candidate per query
+            if ONE_APPEND and worst == 0:  # mostly at most one candidate per query
                 one = n_hit > 0
                 col = tl.max(tl.where(hit, offs_n[None, :], 0), axis=1)
                 # The one score, exactly: a lone candidate beats every other score of its row,

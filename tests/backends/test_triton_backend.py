@@ -396,3 +396,19 @@ def test_gpus_without_tf32_keep_fma_dots(monkeypatch):
     D_exact, _ = _float64_knn(q, x, 5, "l2")
     assert not torch.equal(D, D_exact)  # the kernel's own FMA values: not re-scored
     torch.testing.assert_close(D, D_exact, rtol=1e-5, atol=1e-4)
+
+
+def test_single_candidate_tile_that_overflows_a_buffer_merges_first():
+    # After the first tiles fill the buffers, each later tile holds exactly one new best row
+    # for every query: a one-key tile whose append would overflow. It must merge first (a
+    # write past a buffer lands in the next query's). Integer distances: exact on both sides.
+    tiles = 40
+    a = torch.full((tiles * 32,), 3000.0)
+    a[:32] = 2000.0 + torch.arange(32)
+    a[32::32] = 1000.0 - torch.arange(1, tiles)
+    x = torch.stack([a, torch.zeros_like(a)], dim=1)
+    q = torch.stack([torch.zeros(16), torch.arange(16.0)], dim=1)
+    for k in (1, 3):
+        D, I = fused_knn(q, x, k, True)
+        D_ref, I_ref = torch_exact_search(_request(q, x, k, "l2"))
+        assert torch.equal(I, I_ref) and torch.equal(D, D_ref)

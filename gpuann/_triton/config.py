@@ -178,8 +178,8 @@ def choose_splits(n_blocks: int, n_tiles: int, sm_count: int | None) -> int:
 
 #: Fused k-NN programs one multiprocessor holds at once, by block height: 64- and 128-row
 #: tiles compile to more than 128 registers per thread at 8 warps (sm_90 and sm_80, checked by
-#: ``tests/kernels/test_aot_compile.py``), so one fits; the few-query tiles hold one to three
-#: (by k, d and dtype), and two per multiprocessor are launched for them, as before.
+#: ``tests/kernels/test_aot_compile.py``), so one fits; the few-query tiles hold one to four
+#: (by k, d, dtype and float32 dot), and two per multiprocessor are launched for them.
 KNN_TALL_BLOCK = 64
 #: Splits cost candidates: the fewest whose waves come within this factor of the best time.
 KNN_WAVE_SLACK = 1.12

@@ -73,8 +73,9 @@ def test_default_launches_compile_fit_and_do_not_spill(arch):
 def test_fused_knn_residency_matches_the_split_rule(arch):
     # knn_splits fills whole waves of sm_count x knn_programs_per_sm programs: tall tiles must
     # hold exactly one program per multiprocessor (two would leave half the slots idle). The
-    # few-query tiles hold one to three (registers vary with k, d and dtype); the rule's two
-    # then means two full waves, one, or 16 resident warps of a memory-bound scan.
+    # few-query tiles hold one to four (registers vary with k, d, dtype and the float32 dot);
+    # the rule's two then means two full waves, one, or 16 resident warps of a memory-bound
+    # scan.
     cases = [
         c
         for c in catalog.all_cases(catalog.REPRESENTATIVE, arch)
@@ -90,7 +91,7 @@ def test_fused_knn_residency_matches_the_split_rule(arch):
         if assumed == 1:
             assert programs == 1, f"sm_{arch} {case.describe()}: {programs} programs per SM"
         else:
-            assert 1 <= programs <= 3, f"sm_{arch} {case.describe()}: {programs}"
+            assert 1 <= programs <= 4, f"sm_{arch} {case.describe()}: {programs}"
         seen.add(assumed)
     assert seen == {1, 2}
 

@@ -25,6 +25,7 @@ __all__ = [
     "aot_cache_dir",
     "autotune_enabled",
     "cpu_blas_mode",
+    "env_choice",
     "env_flag",
     "interpreter_enabled",
     "triton_fp32_dot",
@@ -71,7 +72,18 @@ def aot_cache_dir() -> Path | None:
     return Path(raw) if raw else Path.home() / ".cache" / "gpuann" / "aot"
 
 
-_CPU_BLAS_MODES = ("auto", "numpy", "torch")
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The value of environment variable ``name``, one of ``choices`` (unset or blank: the
+    first); anything else raises, naming the variable and the choices.
+
+    >>> env_choice("GPUANN_SURELY_UNSET_CHOICE", ("auto", "off"))
+    'auto'
+    """
+    raw = os.environ.get(name)
+    value = choices[0] if raw is None or not raw.strip() else raw.strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {'/'.join(choices)}, got {raw!r}")
+    return value
 
 
 def cpu_blas_mode() -> str:
@@ -80,14 +92,7 @@ def cpu_blas_mode() -> str:
     >>> cpu_blas_mode() in ("auto", "numpy", "torch")
     True
     """
-    raw = os.environ.get("GPUANN_CPU_BLAS")
-    value = "auto" if raw is None or not raw.strip() else raw.strip().lower()
-    if value not in _CPU_BLAS_MODES:
-        raise ValueError(f"GPUANN_CPU_BLAS: expected one of auto/numpy/torch, got {raw!r}")
-    return value
-
-
-_FP32_DOTS = ("tf32x3", "ieee")
+    return env_choice("GPUANN_CPU_BLAS", ("auto", "numpy", "torch"))
 
 
 def triton_fp32_dot() -> str:
@@ -96,8 +101,4 @@ def triton_fp32_dot() -> str:
     >>> triton_fp32_dot() in ("tf32x3", "ieee")
     True
     """
-    raw = os.environ.get("GPUANN_TRITON_FP32")
-    value = "tf32x3" if raw is None or not raw.strip() else raw.strip().lower()
-    if value not in _FP32_DOTS:
-        raise ValueError(f"GPUANN_TRITON_FP32: expected one of tf32x3/ieee, got {raw!r}")
-    return value
+    return env_choice("GPUANN_TRITON_FP32", ("tf32x3", "ieee"))

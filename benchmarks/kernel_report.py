@@ -43,7 +43,7 @@ from benchmarks import harness
 __all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_selection"]
 
 #: Per architecture: the GPU modelled (SMs, boost clock, dense 16-bit and TF32 tensor FLOP/s,
-#: float32 FMA FLOP/s, HBM B/s).
+#: float32 FMA FLOP/s, dense int8 tensor OP/s, HBM B/s).
 #: ``l2_bw`` (L2 to SM bandwidth) is a round model constant, not a data-sheet figure.
 GPUS = {
     90: {
@@ -53,6 +53,7 @@ GPUS = {
         "flops16": 989e12,
         "flops_tf32": 494e12,
         "flops32": 67e12,
+        "ops_int8": 1979e12,
         "bw": 3.35e12,
         "l2_bw": 5.5e12,
     },
@@ -63,6 +64,7 @@ GPUS = {
         "flops16": 312e12,
         "flops_tf32": 156e12,
         "flops32": 19.5e12,
+        "ops_int8": 624e12,
         "bw": 2.04e12,
         "l2_bw": 4.0e12,
     },
@@ -72,7 +74,9 @@ HEADLINE = [
     {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float16"}
     for k in (10, 100, 1000, 2048)
 ] + [
-    {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float32"} for k in (10, 100)
+    {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": dtype}
+    for dtype in ("float32", "int8")
+    for k in (10, 100)
 ]
 #: Queries replayed per shape (whole blocks of the kernel, so block-wide branches are exact).
 REPLAY_QUERIES = 128
@@ -244,6 +248,13 @@ def estimate(
         tf32x3 = constexprs.get("TF32X3", False)
         rate = gpu["flops_tf32"] / 3 if tf32x3 else gpu["flops32"]
         out["tensor_core_floor_ms"] = 1e3 * flops / rate
+    elif shape.get("dtype") == "int8":
+        # torch: ``_int_mm`` (cuBLASLt int8) writes int32 scores that topk reads.
+        item = 1
+        out["torch_mm_topk_estimate_ms"] = 1e3 * (
+            flops / gpu["ops_int8"] + 2 * q * n * 4 / gpu["bw"]
+        )
+        out["tensor_core_floor_ms"] = 1e3 * flops / gpu["ops_int8"]
     else:
         item = 2
         score_bytes = 2.0 * q * n * 2  # float16 scores written by mm, read by topk
@@ -370,7 +381,7 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
             per_split = dict(plan.partial.args)["rows_per_split"]
             n_q = max(cfg.block_m, REPLAY_QUERIES // cfg.block_m * cfg.block_m)
             kinds = ("random", "clustered") if shape["k"] <= 100 else ("random",)
-            if shape["dtype"] == "float32":
+            if shape["dtype"] in ("float32", "int8"):  # (int8: replayed on the float scores)
                 kinds = ("random",)
             for kind in kinds:
                 key = (shape["k"], kind, cfg.block_m, cfg.block_n, plan.cap, per_split)
@@ -487,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             "## Estimates (issue-bound model, not measurements)",
             "",
-            f"Headline: Q=4096, N=10⁶, d=128, L2, float16 and float32 storage. Issue rate "
+            f"Headline: Q=4096, N=10⁶, d=128, L2, float16, float32 and int8 storage (int8: "
+            f"branch frequencies replayed on the float scores; torch's `_int_mm` at "
+            f"{gpu['ops_int8'] / 1e12:.0f} TOP/s plus int32 scores). Issue rate "
             f"{gpu['sms']} SMs × 4 × {gpu['clock_hz'] / 1e9:.2f} GHz, the busiest SM's share "
             f"of whole programs; torch: FLOPs at {gpu['flops16'] / 1e12:.0f} TFLOP/s (float32: "
             f"{gpu['flops32'] / 1e12:.1f} TFLOP/s FMA, TF32 off as in torch's default) + the "

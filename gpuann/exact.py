@@ -36,6 +36,7 @@ def _exact_search_impl(
     database: torch.Tensor,
     database_sqnorms: torch.Tensor | None,
     column_scale: torch.Tensor | None,
+    query_scale: torch.Tensor | None,
     k: int,
     metric: str,
     backend: str,
@@ -51,6 +52,7 @@ def _exact_search_impl(
         database_sqnorms,
         column_scale,
         check_budget(memory_budget or None, database.device),
+        query_scale,
         **dict(zip(FILTER_FIELDS, filters, strict=False)),
     )
     return select_backend(request, backend).search(request)
@@ -60,6 +62,7 @@ def _exact_search_impl(
 #: :class:`~gpuann.engine.eligibility.RowFilters`' fields (each optional, default None).
 _EXACT_SEARCH_SCHEMA = (
     "(Tensor queries, Tensor database, Tensor? database_sqnorms, Tensor? column_scale, "
+    "Tensor? query_scale, "
     "SymInt k, str metric, str backend, SymInt memory_budget, "
     + ", ".join(f"Tensor? {name}=None" for name in FILTER_FIELDS)
     + ") -> (Tensor, Tensor)"
@@ -74,7 +77,7 @@ _exact_search_op = torch.library.custom_op(
 
 
 @_exact_search_op.register_fake
-def _exact_search_fake(queries, database, database_sqnorms, column_scale, k, *rest):
+def _exact_search_fake(queries, database, database_sqnorms, column_scale, query_scale, k, *rest):
     shape = (queries.shape[0], k)
     return (
         queries.new_empty(shape, dtype=torch.float32),
@@ -90,6 +93,7 @@ def exact_search(
     *,
     database_sqnorms: torch.Tensor | None = None,
     column_scale: torch.Tensor | None = None,
+    query_scale: torch.Tensor | None = None,
     backend: str = "auto",
     memory_budget: int | None = None,
     excluded_rows: torch.Tensor | None = None,
@@ -110,6 +114,9 @@ def exact_search(
     metric : Metric
         ``L2`` or ``IP`` (cosine callers normalise, or pass ``column_scale``).
     database_sqnorms, column_scale : torch.Tensor, optional, shape (N,), float32
+    query_scale : torch.Tensor, optional, shape (Q,), float32
+        With int8 ``database`` codes and int8 ``queries``: each query's power-of-two factor
+        (see :class:`~gpuann.backends.base.SearchRequest`); dots are exact integers.
     excluded_rows : torch.Tensor, optional, shape (Q, m), int64
         Rows never returned for each query; ``-1`` pads.
     allowed_rows : torch.Tensor, optional, shape (N,), bool
@@ -127,6 +134,18 @@ def exact_search(
     """
     if metric is Metric.COSINE:
         raise ValueError("exact_search takes L2 or IP; normalise for cosine first")
+    if (database.dtype == torch.int8) != (query_scale is not None) or (
+        query_scale is not None
+        and (
+            queries.dtype != torch.int8
+            or query_scale.shape != (queries.shape[0],)
+            or (metric is Metric.L2 and database_sqnorms is None)
+        )
+    ):
+        raise ValueError(
+            "query_scale: int8 database codes take int8 queries with a (Q,) query_scale (and, "
+            "for L2, database_sqnorms); float databases take none"
+        )
     if memory_budget is not None:
         check_budget(memory_budget, database.device)
     args = (
@@ -134,6 +153,7 @@ def exact_search(
         database.detach(),
         database_sqnorms,
         column_scale,
+        query_scale,
         k,
         metric.value,
         backend,

@@ -277,13 +277,17 @@ class FlatIndex(RefineOptions, Index):
                 lookup_rows(rows.stored_ids, as_allow_ids(allow_ids, self._device)), n
             )
         vectors = rows.view("vectors")
-        wanted = k * (refine_factor or 1) if self._int8 is not None else k
+        engine_queries, query_scale, wanted = queries, None, k
+        if self._int8 is not None:
+            engine_queries, query_scale = self._int8.engine_queries(queries)
+            wanted = self._int8.candidates(k, refine_factor)
         distances, found = exact_search(
-            self._int8.engine_queries(queries) if self._int8 is not None else queries,
+            engine_queries,
             vectors,
             wanted,
             self._metric.scoring,
             database_sqnorms=rows.view("sqnorms") if self._metric is Metric.L2 else None,
+            query_scale=query_scale,
             backend=backend,
             memory_budget=self._budget(memory_budget),
             excluded_rows=excluded_rows,

@@ -31,7 +31,9 @@ tensor cores on the storage dtype; float32 queries against such storage are spli
 errors of the order of float32 accumulation's; the launcher re-scores the winners in float64),
 or with FMA dots (``input_precision="ieee"``, ``GPUANN_TRITON_FP32=ieee``). Either way the
 scores differ from a cuBLAS product's in the last bits, so ids can differ from the torch
-backend's only where two scores at the k-th place are that close.
+backend's only where two scores at the k-th place are that close. int8 queries against int8
+storage (``INT8``) accumulate exactly in int32 on the tensor cores; each query's factor is a
+power of two, so every score is exactly the torch backend's.
 Under the interpreter a bfloat16 ``tl.dot`` returns garbage (triton 3.9: its operands are
 read as raw 16-bit integers), so the launcher sets ``UPCAST`` there: products of bfloat16
 values are exact in float32 either way, so the results are the GPU's.
@@ -45,20 +47,29 @@ from gpuann._kernels.bitonic import SENTINEL, hi_to_score, merge_keys, pack, sco
 
 
 @triton.jit
-def _mma(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr, TF32X3: tl.constexpr):
+def _mma(
+    a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr, TF32X3: tl.constexpr, INT8: tl.constexpr
+):
     """``acc + a @ b.T`` in float32 (``UPCAST``: operands to float32 first, exact the same).
 
     Float32 operands (``IEEE``): FMA dots, or with ``TF32X3`` three TF32 tensor-core products
-    of the hi/lo split of each operand (errors of the order of float32 accumulation's).
+    of the hi/lo split of each operand (errors of the order of float32 accumulation's). int8
+    operands (``INT8``): exact int32 accumulation (``acc`` is int32).
     """
-    if UPCAST:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if IEEE and TF32X3:
-        return tl.dot(a, tl.trans(b), acc, input_precision="tf32x3", out_dtype=tl.float32)
-    if IEEE:
-        return tl.dot(a, tl.trans(b), acc, input_precision="ieee", out_dtype=tl.float32)
-    return tl.dot(a, tl.trans(b), acc, out_dtype=tl.float32)
+    # (one return: the compiler also compiles what follows a constexpr branch's return)
+    if INT8:
+        out = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+    else:
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE and TF32X3:
+            out = tl.dot(a, tl.trans(b), acc, input_precision="tf32x3", out_dtype=tl.float32)
+        elif IEEE:
+            out = tl.dot(a, tl.trans(b), acc, input_precision="ieee", out_dtype=tl.float32)
+        else:
+            out = tl.dot(a, tl.trans(b), acc, out_dtype=tl.float32)
+    return out
 
 
 @triton.jit
@@ -70,15 +81,16 @@ def _dot(
     IEEE: tl.constexpr,
     UPCAST: tl.constexpr,
     TF32X3: tl.constexpr,
+    INT8: tl.constexpr,
 ):
     """``acc + q @ x.T``: q (BM, BD) float32 or storage dtype, x (BN, BD) storage dtype."""
     if SPLIT_QUERIES:
         q_hi = q.to(x.dtype)
         q_lo = (q - q_hi.to(tl.float32)).to(x.dtype)
-        acc = _mma(q_hi, x, acc, IEEE, UPCAST, TF32X3)
-        acc = _mma(q_lo, x, acc, IEEE, UPCAST, TF32X3)
+        acc = _mma(q_hi, x, acc, IEEE, UPCAST, TF32X3, INT8)
+        acc = _mma(q_lo, x, acc, IEEE, UPCAST, TF32X3, INT8)
     else:
-        acc = _mma(q, x, acc, IEEE, UPCAST, TF32X3)
+        acc = _mma(q, x, acc, IEEE, UPCAST, TF32X3, INT8)
     return acc
 
 
@@ -88,6 +100,7 @@ def fused_knn_kernel(
     x_ptr,
     sqnorm_ptr,
     scale_ptr,
+    qscale_ptr,
     partial_ptr,
     buffer_ptr,
     exclude_ptr,
@@ -115,6 +128,7 @@ def fused_knn_kernel(
     SPLIT_QUERIES: tl.constexpr,
     IEEE: tl.constexpr,
     TF32X3: tl.constexpr,
+    INT8: tl.constexpr,
     SINGLE_D: tl.constexpr,
     UPCAST: tl.constexpr,
     BM: tl.constexpr,
@@ -136,6 +150,8 @@ def fused_knn_kernel(
     x_ptr : (n_rows, dim), float32 / float16 / bfloat16, row stride ``stride_x``
     sqnorm_ptr : (n_rows,) float32 squared row norms (read when ``HAS_SQNORMS``; else computed)
     scale_ptr : (n_rows,) float32 factor of each inner product (read when ``HAS_SCALE``)
+    qscale_ptr : (n_queries,) float32 factor of each query's int32 dots, a power of two (read
+        when ``INT8``: int8 queries and storage; exact, so the scores are the torch backend's)
     exclude_ptr : (n_queries, n_exclude) int64 rows skipped per query, ``-1`` pads, row stride
         ``stride_exclude`` (read when ``HAS_EXCLUDE``)
     allowed_ptr : (n_rows,) uint8, nonzero where a row may be returned (``HAS_ALLOWED``)
@@ -145,6 +161,8 @@ def fused_knn_kernel(
         (``HAS_RANK``; the launcher maps ranks back to rows)
     TF32X3 : constexpr bool, float32 storage (``IEEE``) on the tensor cores: three TF32
         products of each operand's hi/lo split (else FMA dots)
+    INT8 : constexpr bool, int8 queries and storage: dots accumulated exactly in int32, then
+        scaled by ``qscale`` (L2 needs ``HAS_SQNORMS``: the decoded rows' norms)
     SINGLE_D : constexpr bool, ``dim <= BD``
     UPCAST : constexpr bool, dot in float32 (the interpreter's bfloat16 ``tl.dot`` is wrong)
     partial_ptr : (ceil(n_queries / BM) · BM, n_splits, K) int64, ``SENTINEL``-filled: the
@@ -173,6 +191,9 @@ def fused_knn_kernel(
     open_ = thr != thr  # rows whose every eligible score is a candidate
     count = tl.zeros((BM,), tl.int32)
     q_once = offs_m  # unused unless SINGLE_D
+    qscale = tl.zeros((BM,), tl.float32)  # unused unless INT8
+    if INT8:
+        qscale = tl.load(qscale_ptr + offs_m, mask=mask_m, other=1.0)
     if SINGLE_D:  # dim <= BD: the query block is one tile, loaded once
         q_once = tl.load(
             q_ptr + offs_m[:, None] * stride_q + offs_d[None, :],
@@ -200,6 +221,7 @@ def fused_knn_kernel(
             query_label_ptr,
             rank_ptr,
             q_once,
+            qscale,
             offs_m,
             mask_m,
             offs_d,
@@ -226,6 +248,7 @@ def fused_knn_kernel(
             SPLIT_QUERIES,
             IEEE,
             TF32X3,
+            INT8,
             SINGLE_D,
             UPCAST,
             BM,
@@ -261,6 +284,7 @@ def _scan(
     query_label_ptr,
     rank_ptr,
     q_once,
+    qscale,
     offs_m,
     mask_m,
     offs_d,
@@ -287,6 +311,7 @@ def _scan(
     SPLIT_QUERIES: tl.constexpr,
     IEEE: tl.constexpr,
     TF32X3: tl.constexpr,
+    INT8: tl.constexpr,
     SINGLE_D: tl.constexpr,
     UPCAST: tl.constexpr,
     BM: tl.constexpr,
@@ -312,12 +337,15 @@ def _scan(
     for start in range(scan_start, scan_end, BN):
         rows = start + offs_n  # int64: no overflow in rows * stride_x
         mask_n = rows < scan_end
-        dot = tl.zeros((BM, BN), dtype=tl.float32)
+        if INT8:  # exact int32 dots  # noqa: SIM108 (a constexpr branch of the jit code)
+            acc = tl.zeros((BM, BN), dtype=tl.int32)
+        else:
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
         sq = tl.zeros((BN,), dtype=tl.float32)
         if SINGLE_D:
             x = x_next
             x_next = _load_rows(x_ptr, rows + BN, scan_end, offs_d, dim, stride_x)
-            dot = _dot(q_once, x, dot, SPLIT_QUERIES, IEEE, UPCAST, TF32X3)
+            acc = _dot(q_once, x, acc, SPLIT_QUERIES, IEEE, UPCAST, TF32X3, INT8)
             if L2 and not HAS_SQNORMS:
                 xf = x.to(tl.float32)
                 sq += tl.sum(xf * xf, axis=1)
@@ -335,10 +363,15 @@ def _scan(
                     mask=mask_m[:, None] & mask_d[None, :],
                     other=0.0,
                 )
-                dot = _dot(q, x, dot, SPLIT_QUERIES, IEEE, UPCAST, TF32X3)
+                acc = _dot(q, x, acc, SPLIT_QUERIES, IEEE, UPCAST, TF32X3, INT8)
                 if L2 and not HAS_SQNORMS:
                     xf = x.to(tl.float32)
                     sq += tl.sum(xf * xf, axis=1)
+        # int8: a power-of-two factor, so the product is exact (no rounding to fuse)
+        if INT8:  # noqa: SIM108 (a constexpr branch of the jit code)
+            dot = acc.to(tl.float32) * qscale[:, None]
+        else:
+            dot = acc
         if L2:
             if HAS_SQNORMS:
                 if MASKED:

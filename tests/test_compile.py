@@ -13,9 +13,9 @@ from gpuann.exact import _exact_search_op
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_opcheck(metric):
     q, x = torch.randn(5, 8), torch.randn(100, 8)
-    torch.library.opcheck(_exact_search_op, (q, x, None, None, 3, metric, "torch", 0))
+    torch.library.opcheck(_exact_search_op, (q, x, None, None, None, 3, metric, "torch", 0))
     sq = (x * x).sum(1)
-    torch.library.opcheck(_exact_search_op, (q, x, sq, None, 200, metric, "auto", 1 << 20))
+    torch.library.opcheck(_exact_search_op, (q, x, sq, None, None, 200, metric, "auto", 1 << 20))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -28,7 +28,7 @@ def test_opcheck_with_filters(backend):
         torch.randint(0, 3, (5,)),  # query labels
         torch.randperm(100),  # tie order
     )
-    torch.library.opcheck(_exact_search_op, (q, x, None, None, 7, "ip", backend, 0, *filters))
+    torch.library.opcheck(_exact_search_op, (q, x, None, None, None, 7, "ip", backend, 0, *filters))
 
 
 def test_opcheck_gather_rows():

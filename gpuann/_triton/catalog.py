@@ -73,6 +73,10 @@ REPRESENTATIVE: dict[str, Any] = {
         {"queries": 4096, "dim": 128, "k": MAX_K, "dtype": "float16"},
         {"queries": 4096, "dim": 128, "k": 10, "dtype": "float16", "filters": FILTER_SETS},
         {"queries": 4096, "dim": 128, "k": 10, "dtype": "bfloat16", "metric": "ip"},
+        # int8 storage (exact int32 dots): tall and few-query blocks, an unaligned d, ip.
+        {"queries": 4096, "dim": 128, "k": 20, "dtype": "int8"},
+        {"queries": 1, "dim": 100, "k": 20, "dtype": "int8"},
+        {"queries": 4096, "dim": 768, "k": 40, "dtype": "int8", "metric": "ip"},
     ),
     "topk": {"rows": (1024,), "cols": (1_000_000,), "k": (16, 256, 2048), "dtypes": ("float32",)},
     "hamming": {"queries": (4096,), "words": (8,), "k": (10, 100)},
@@ -82,8 +86,8 @@ REPRESENTATIVE: dict[str, Any] = {
 REPORT: dict[str, Any] = {
     **REPRESENTATIVE,
     "dims": (100, 128, 768),
-    "dtypes": ("float16", "bfloat16", "float32", "float32>float16"),
-    "extra": REPRESENTATIVE["extra"][-3:],
+    "dtypes": ("float16", "bfloat16", "float32", "float32>float16", "int8"),
+    "extra": REPRESENTATIVE["extra"][-6:-3],
     "topk": {**REPRESENTATIVE["topk"], "rows": (1, 1024), "k": (1, 16, 256, 1000, TOPK_MAX_K)},
     "hamming": {"queries": (4096,), "words": (8,), "k": (1, 10, 100, 1000)},
 }
@@ -93,7 +97,7 @@ CANDIDATES: dict[str, Any] = {
     "queries": (4096,),
     "dims": (128,),
     "k": (10, 100, MAX_K),
-    "dtypes": ("float16", "float32"),
+    "dtypes": ("float16", "float32", "int8"),
     "metrics": ("l2",),
     "filters": FILTER_SETS[:1],
     "topk": {"rows": (1024,), "cols": (1_000_000,), "k": (16, 256, 2048), "dtypes": ("float32",)},
@@ -114,7 +118,7 @@ FULL: dict[str, Any] = {
     "queries": (1, 100, 4096),
     "dims": (64, 100, 128, 384, 768),
     "k": (1, 10, 100, 256, 1000, MAX_K),
-    "dtypes": ("float16", "bfloat16", "float32", "float32>float16", "float32>bfloat16"),
+    "dtypes": ("float16", "bfloat16", "float32", "float32>float16", "float32>bfloat16", "int8"),
     "metrics": ("l2", "ip"),
     "filters": FILTER_SETS[:1],
     "extra": tuple(

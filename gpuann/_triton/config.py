@@ -235,6 +235,9 @@ KNN_TILES_TF32X3 = ((2048, (128, 32, 8)),)
 #: 16, against 26.9 ms for the FMA dots' 32 x 64 tiles.
 KNN_TF32X3_BLOCK_D = 32
 KNN_TF32X3_NARROW_D = 16
+#: int8 storage takes the tiles of 16-bit storage, with at least 32 dimensions per dot step (an
+#: int8 tensor-core product's depth).
+KNN_INT8_MIN_BLOCK_D = 32
 #: Few queries: (block_m, block_n, num_warps) for Q <= 16 up to this k_pad; beyond it (the
 #: merges of k_pad >= 128 spill with 16-row blocks), and for Q <= 64, blocks of 64. Float32
 #: queries against 16-bit storage with d > BD (query chunks loaded per tile): KNN_TILES_SPLIT_D.
@@ -263,7 +266,8 @@ def knn_default(
     widest = 128
     if dtype == torch.float32:
         widest = KNN_TF32X3_BLOCK_D if tf32x3 else 64
-    block_d = min(max(16, next_power_of_2(dim)), widest)
+    narrowest = KNN_INT8_MIN_BLOCK_D if dtype == torch.int8 else 16
+    block_d = min(max(narrowest, next_power_of_2(dim)), widest)
     if interpreted:
         return TileConfig(16, 32, min(block_d, 64), 4, 1)
     if dtype == torch.float32:
@@ -295,7 +299,7 @@ def knn_candidates(
     grid for sm_90 and sm_80.
     """
     block_d = knn_default(n_queries, dim, k_pad, dtype, False, tf32x3=tf32x3).block_d
-    itemsize = 4 if dtype == torch.float32 else 2
+    itemsize = dtype.itemsize
     max_m = max(16, next_power_of_2(n_queries))
     out = []
     for bm, bn, warps in itertools.product((16, 32, 64, 128), (32, 64), (4, 8)):

@@ -44,6 +44,7 @@ def fused_knn(
     splits: int | None = None,
     config: TileConfig | None = None,
     filters: RowFilters | None = None,
+    query_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-NN of ``queries`` in ``database`` with one fused kernel and a merge.
 
@@ -73,6 +74,9 @@ def fused_knn(
     filters : RowFilters, optional
         Rows skipped (excluded rows, an allow-mask, labels) and the tie order, which the
         kernel packs in place of the row; per-query tensors have ``Q`` rows.
+    query_scale : torch.Tensor, shape (Q,), float32, optional
+        int8 storage: int8 ``queries`` whose exact int32 dots are multiplied by this power of
+        two per query (L2 needs ``database_sqnorms``); the scores equal the torch backend's.
 
     Ineligible rows are never returned; queries with fewer than ``k`` eligible rows are
     padded with ``-1`` / ``±inf``. Kernels launch on the database's device (made current
@@ -106,11 +110,22 @@ def fused_knn(
             splits,
             config,
             _FilterArgs.of(filters if filters is not None else RowFilters()),
+            query_scale,
         )
 
 
 def _fused_knn(
-    queries, database, k, l2, database_sqnorms, column_scale, max_splits, splits, config, filters
+    queries,
+    database,
+    k,
+    l2,
+    database_sqnorms,
+    column_scale,
+    max_splits,
+    splits,
+    config,
+    filters,
+    query_scale,
 ):
     from gpuann._kernels.fused_knn import fused_knn_kernel
 
@@ -124,6 +139,10 @@ def _fused_knn(
         database_sqnorms.float().contiguous() if (l2 and database_sqnorms is not None) else None
     )
     scale = column_scale.float().contiguous() if (not l2 and column_scale is not None) else None
+    int8 = database.dtype == torch.int8
+    if int8 and (query_scale is None or queries.dtype != torch.int8):
+        raise ValueError("int8 storage: int8 queries and a query_scale are needed")
+    qscale = query_scale.float().contiguous() if int8 else None
     interpreted = interpreter_enabled()
     sm_count = multiprocessors(device)
     # TF32 tensor cores start with sm_80: before, TF32X3 would only be slower FMA dots.
@@ -174,6 +193,7 @@ def _fused_knn(
                 "x_ptr": database,
                 "sqnorm_ptr": sqnorms if sqnorms is not None else q,
                 "scale_ptr": scale if scale is not None else q,
+                "qscale_ptr": qscale if qscale is not None else q,
                 "partial_ptr": lists,
                 "buffer_ptr": buffers,
                 "exclude_ptr": filters.exclude if filters.has_exclude else q,

@@ -127,7 +127,8 @@ def plan_fused_knn(
     ----------
     n_queries, n_rows, dim, k : int
     storage_dtype, query_dtype : torch.dtype
-        The database's and the queries' dtypes as given to ``fused_knn``.
+        The database's and the queries' dtypes as given to ``fused_knn`` (int8 storage: int8
+        queries, with a per-query power-of-two factor, and for L2 the rows' sqnorms).
     l2, has_sqnorms, has_scale : bool
     filters : tuple of 4 bool
         (excluded rows, allowed rows, labels, row rank) given.
@@ -147,6 +148,9 @@ def plan_fused_knn(
     """
     k_found = min(k, n_rows)
     k_pad = next_power_of_2(k_found)
+    int8 = storage_dtype == torch.int8
+    if int8 and (query_dtype != torch.int8 or (l2 and not has_sqnorms)):
+        raise ValueError("int8 storage takes int8 queries (and, for L2, the rows' sqnorms)")
     ieee = storage_dtype == torch.float32
     tf32x3 = ieee and (fp32_dot or triton_fp32_dot()) == "tf32x3"
     split_queries = not ieee and query_dtype != storage_dtype
@@ -178,6 +182,7 @@ def plan_fused_knn(
             "x_ptr": storage_dtype,
             "sqnorm_ptr": torch.float32 if l2 and has_sqnorms else placeholder,
             "scale_ptr": torch.float32 if not l2 and has_scale else placeholder,
+            "qscale_ptr": torch.float32 if int8 else placeholder,
             "partial_ptr": torch.int64,
             "buffer_ptr": torch.int64,
             "exclude_ptr": torch.int64 if has_exclude else placeholder,
@@ -207,6 +212,7 @@ def plan_fused_knn(
             "SPLIT_QUERIES": split_queries,
             "IEEE": ieee,
             "TF32X3": tf32x3,
+            "INT8": int8,
             "SINGLE_D": dim <= config.block_d,
             "UPCAST": interpreted and storage_dtype == torch.bfloat16,
             "BM": config.block_m,

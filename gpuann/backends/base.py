@@ -157,7 +157,7 @@ class SearchRequest(DatabaseRequest, RowFilters):
     ----------
     queries : torch.Tensor, shape (Q, d), floating, on ``database.device``
         For cosine, already normalised.
-    database : torch.Tensor, shape (N, d), float32 / float16 / bfloat16
+    database : torch.Tensor, shape (N, d), float32 / float16 / bfloat16, or int8 codes
     k : int
         Results per query (may exceed N: the rest is padded).
     metric : Metric
@@ -168,6 +168,10 @@ class SearchRequest(DatabaseRequest, RowFilters):
         Multiplies each row's inner product (``1 / ‖x‖`` for a cosine search over raw rows).
     memory_budget : int
         Bytes of working memory the search may use.
+    query_scale : torch.Tensor or None, shape (Q,), float32
+        int8 storage only: ``queries`` are int8 too, and each query's exact integer dots are
+        multiplied by this power of two (scores ``‖x‖² − 2·s·⟨q, c⟩`` or ``−s·⟨q, c⟩``, with
+        ``database_sqnorms`` required for L2).
     excluded_rows, allowed_rows, row_labels, query_labels, row_rank : torch.Tensor or None
         The row filters and tie order, keyword-only (the fields of
         :class:`~gpuann.engine.eligibility.RowFilters`, whose ``filtered`` and
@@ -186,6 +190,7 @@ class SearchRequest(DatabaseRequest, RowFilters):
     database_sqnorms: torch.Tensor | None
     column_scale: torch.Tensor | None
     memory_budget: int
+    query_scale: torch.Tensor | None = None
 
 
 class ExactBackend(Backend):

@@ -53,6 +53,7 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
         plan,
         filters=request.row_filters(),
         memory_budget=request.memory_budget,
+        query_scale=request.query_scale,
     )
     search.add(Chunk(0, database, request.database_sqnorms, request.column_scale))
     distances[:, :k_found], positions[:, :k_found] = search.result()

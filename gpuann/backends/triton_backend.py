@@ -45,7 +45,7 @@ class TritonBackend(ExactBackend):
 
     priority: ClassVar[int] = 10
     name: ClassVar[str] = "triton"
-    dtypes: ClassVar[tuple[torch.dtype, ...]] = STORAGE_DTYPES
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = (*STORAGE_DTYPES, torch.int8)
     max_k: ClassVar[int] = MAX_K
     #: Whether ``backend="auto"`` may pick this backend for CPU tensors: never, the
     #: interpreter that runs it there is a test tool (see the module docstring).
@@ -60,7 +60,14 @@ class TritonBackend(ExactBackend):
                 reasons.append(f"CUDA compute capability {capability} < (7, 0)")
             elif request.database.dtype == torch.bfloat16 and capability < (8, 0):
                 reasons.append(f"bfloat16 needs compute capability >= (8, 0), got {capability}")
-        if request.queries.dtype not in FLOAT_DTYPES:
+            elif request.database.dtype == torch.int8 and capability < (8, 0):
+                reasons.append(
+                    f"int8 is compile-checked for compute capability >= (8, 0), got {capability}"
+                )
+        int8 = request.database.dtype == torch.int8
+        if int8 and (request.queries.dtype != torch.int8 or request.query_scale is None):
+            reasons.append("int8 storage: needs int8 queries with a query_scale")
+        elif not int8 and request.queries.dtype not in FLOAT_DTYPES:
             reasons.append(f"queries dtype {request.queries.dtype} is not supported")
         if request.database.shape[0] > _MAX_ROWS:
             reasons.append(
@@ -106,6 +113,9 @@ def _fused_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tensor]:
                 None if l2 else request.column_scale,
                 max_splits=max(1, allowance // (per_query * max(q.shape[0], 1))),
                 filters=request.for_queries(slice(q0, q0 + chunk)),
+                query_scale=None
+                if request.query_scale is None
+                else request.query_scale[q0 : q0 + chunk],
             )
         )
     if len(results) == 1:

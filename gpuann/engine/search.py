@@ -62,6 +62,9 @@ class TiledSearch:
         chunk gives no ``scale``.
     memory_budget : int
         Bounds the temporaries of keyed selection.
+    query_scale : torch.Tensor, shape (Q,), float32, optional
+        int8 queries against int8 codes: each query's power-of-two factor (see
+        :class:`~gpuann.engine.tiles.TileScorer`).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class TiledSearch:
         filters: RowFilters | None = None,
         normalize_rows: bool = False,
         memory_budget: int = 256 << 20,
+        query_scale: torch.Tensor | None = None,
     ) -> None:
         self.l2, self.plan, self.normalize_rows = l2, plan, normalize_rows
         self.filters = filters if filters is not None else RowFilters()
@@ -81,7 +85,9 @@ class TiledSearch:
         self._blocks = []
         numpy_blas = use_numpy_blas(device, plan.query_block)
         for q0 in range(0, queries.shape[0], plan.query_block):
-            scorer = TileScorer(queries[q0 : q0 + plan.query_block], l2, numpy_blas)
+            block = slice(q0, q0 + plan.query_block)
+            scale = None if query_scale is None else query_scale[block]
+            scorer = TileScorer(queries[block], l2, numpy_blas, scale)
             lists = RunningTopK(scorer.rows, k, q0, self.filters, device, memory_budget)
             self._blocks.append((scorer, lists))
         self._scores = torch.empty(

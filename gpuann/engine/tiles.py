@@ -15,6 +15,7 @@ import torch
 
 from gpuann.budget import TilePlan, plan_tiles
 from gpuann.engine.cpu_blas import numpy_mm_t
+from gpuann.engine.int8_dots import int8_scores
 
 __all__ = ["DatabaseTile", "TileScorer", "plan_score_tiles"]
 
@@ -135,22 +136,37 @@ class TileScorer:
     the bias: the tile is converted anyway (16-bit storage), or the block has more queries
     than ``x`` has columns.
 
+    int8 queries (with ``query_scale``) against int8 tiles: ``‖x‖² − 2·s·⟨q, c⟩`` and
+    ``−s·⟨q, c⟩`` from exact integer dots (:func:`~gpuann.engine.int8_dots.int8_scores`).
+
     Parameters
     ----------
-    queries : torch.Tensor, shape (B, d), floating
+    queries : torch.Tensor, shape (B, d), floating, or int8 with ``query_scale``
     l2 : bool
     numpy_blas : bool
         Multiply with numpy's BLAS (CPU, float32; see :mod:`gpuann.engine.cpu_blas`).
+    query_scale : torch.Tensor, shape (B,), float32, optional
+        int8 queries: each query's power-of-two factor.
     """
 
-    def __init__(self, queries: torch.Tensor, l2: bool, numpy_blas: bool = False) -> None:
+    def __init__(
+        self,
+        queries: torch.Tensor,
+        l2: bool,
+        numpy_blas: bool = False,
+        query_scale: torch.Tensor | None = None,
+    ) -> None:
+        self._int8 = None
+        if queries.dtype == torch.int8:
+            self._int8 = (queries.contiguous(), query_scale.float().reshape(-1, 1))
+            numpy_blas = False
         q = queries.float()
         self.rows = q.shape[0]
         self.l2 = l2
         self.query_sqnorms = (q * q).sum(dim=1, keepdim=True) if l2 else None
         self.q = q if l2 else -q
         self._augmented = None
-        if l2 and q.shape[0] >= _AUGMENT_MIN_QUERIES:
+        if l2 and q.shape[0] >= _AUGMENT_MIN_QUERIES and self._int8 is None:
             ones = torch.ones((q.shape[0], 1), device=q.device)
             self._augmented = torch.cat([q * -2.0, ones], dim=1)
         self._augment_float32 = q.shape[0] > q.shape[1]
@@ -159,6 +175,12 @@ class TileScorer:
 
     def __call__(self, tile: DatabaseTile, out: torch.Tensor) -> torch.Tensor:
         """Scores (B, n) of ``tile`` into ``out``."""
+        if self._int8 is not None:
+            q8, scale = self._int8
+            int8_scores(q8, tile.x, scale, out)
+            if self.l2:  # ‖x‖² − 2·(exact): one rounding, as in the Triton kernel
+                return out.mul_(-2.0).add_(tile.sqnorms)
+            return out.neg_()
         if self._augmented is not None and (tile.x.dtype != torch.float32 or self._augment_float32):
             return torch.mm(self._augmented, tile.augmented().T, out=out)
         x = tile.float32()

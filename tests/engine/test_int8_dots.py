@@ -1,0 +1,44 @@
+"""Exact int8 dot products: every path gives the integer dot, rounded once to float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpuann.engine import int8_dots
+from gpuann.engine.int8_dots import EXACT_FLOAT32_MAX_DIM, int8_scores
+
+
+def _codes(rows: int, dim: int, seed: int, extreme: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if extreme:  # every product at its largest: the float32 bound is tight
+        return torch.full((rows, dim), -128, dtype=torch.int8)
+    return torch.randint(-128, 128, (rows, dim), generator=g, dtype=torch.int8)
+
+
+@pytest.mark.parametrize("path", ["int_mm", "float"])
+@pytest.mark.parametrize(
+    "shape", [(1, 37, 1), (5, 83, 19), (17, 64, 128), (3, 10, EXACT_FLOAT32_MAX_DIM)], ids=str
+)
+@pytest.mark.parametrize("extreme", [False, True])
+def test_scores_are_the_integer_dot_times_the_scale(path, shape, extreme, monkeypatch):
+    if path == "float":
+        monkeypatch.setattr(int8_dots, "_int_mm_ok", lambda q, c: False)
+    n_q, n, d = shape
+    q, c = _codes(n_q, d, 0, extreme), _codes(n, d, 1, extreme)
+    scale = torch.ldexp(torch.ones(n_q, 1), torch.randint(-9, 3, (n_q, 1)))
+    out = int8_scores(q, c, scale, torch.empty(n_q, n))
+    exact = (q.double() @ c.double().T).float() * scale  # < 2**24: exact in float32
+    assert torch.equal(out, exact)
+
+
+def test_beyond_the_float32_bound_both_paths_round_the_exact_integer_once(monkeypatch):
+    d = EXACT_FLOAT32_MAX_DIM * 3
+    q, c = _codes(4, d, 2), _codes(9, d, 3)
+    scale = torch.ones(4, 1)
+    ints = q.long() @ c.long().T
+    expected = ints.float()  # int64 -> float32: one round-to-nearest-even
+    fast = int8_scores(q, c, scale, torch.empty(4, 9))
+    monkeypatch.setattr(int8_dots, "_int_mm_ok", lambda q, c: False)
+    slow = int8_scores(q, c, scale, torch.empty(4, 9))
+    assert torch.equal(fast, expected) and torch.equal(slow, expected)

@@ -53,9 +53,11 @@ class FlatIndex(RefineOptions, Index):
     -----
     int8 storage learns each dimension's range from :meth:`train` — or, when ``add`` comes
     first, from the vectors of that first ``add`` (later values outside the range are
-    clipped). The search runs the exact engine over the codes (queries stay float), then
-    re-scores the candidates against the decoded codes, or the kept float vectors with
-    ``refine=True``. Results are approximate without ``refine``.
+    clipped). The search runs the exact engine on int8 × int8 products accumulated exactly in
+    int32 (each query quantised to int8 with a power-of-two factor: every backend gives the
+    same bits), then re-scores the candidates (``2k``, or ``refine_factor · k``) with the
+    float query against the decoded codes, or the kept float vectors with ``refine=True``.
+    Results are approximate without ``refine``.
 
     Examples
     --------

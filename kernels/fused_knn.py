@@ -192,8 +192,8 @@ def fused_knn_kernel(
     count = tl.zeros((BM,), tl.int32)
     q_once = offs_m  # unused unless SINGLE_D
     qscale = tl.zeros((BM,), tl.float32)  # unused unless INT8
-    if INT8:
-        qscale = tl.load(qscale_ptr + offs_m, mask=mask_m, other=1.0)
+    if INT8:  # the factor of the int32 dots in the scores: −2s (L2) or −s, powers of two
+        qscale = tl.load(qscale_ptr + offs_m, mask=mask_m, other=1.0) * (-2.0 if L2 else -1.0)
     if SINGLE_D:  # dim <= BD: the query block is one tile, loaded once
         q_once = tl.load(
             q_ptr + offs_m[:, None] * stride_q + offs_d[None, :],
@@ -367,25 +367,25 @@ def _scan(
                 if L2 and not HAS_SQNORMS:
                     xf = x.to(tl.float32)
                     sq += tl.sum(xf * xf, axis=1)
-        # int8: a power-of-two factor, so the product is exact (no rounding to fuse)
-        if INT8:  # noqa: SIM108 (a constexpr branch of the jit code)
-            dot = acc.to(tl.float32) * qscale[:, None]
-        else:
-            dot = acc
         if L2:
             if HAS_SQNORMS:
                 if MASKED:
                     sq = tl.load(sqnorm_ptr + rows, mask=mask_n, other=0.0)
                 else:
                     sq = tl.load(sqnorm_ptr + rows)
-            score = sq[None, :] - 2.0 * dot
+            if INT8:  # ‖x‖² + (−2s)·dot: the product is exact, one rounding (as torch's)
+                score = sq[None, :] + acc.to(tl.float32) * qscale[:, None]
+            else:
+                score = sq[None, :] - 2.0 * acc
+        elif INT8:  # (−s)·dot, exact
+            score = acc.to(tl.float32) * qscale[:, None]
         elif HAS_SCALE:
             if MASKED:
-                score = -dot * tl.load(scale_ptr + rows, mask=mask_n, other=0.0)[None, :]
+                score = -acc * tl.load(scale_ptr + rows, mask=mask_n, other=0.0)[None, :]
             else:
-                score = -dot * tl.load(scale_ptr + rows)[None, :]
+                score = -acc * tl.load(scale_ptr + rows)[None, :]
         else:
-            score = -dot
+            score = -acc
         if FILTERED:
             eligible = mask_n[None, :]
             if HAS_ALLOWED:

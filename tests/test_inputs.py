@@ -49,3 +49,22 @@ def test_cosine_preparation_is_scale_safe_on_tiny_and_huge_rows():
     )
     expected = torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.6, 0.8], [0.0, 0.0]])
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("scale", [1e-17, 1.0, 1e15])
+def test_cosine_preparation_gives_normalize_bits(dtype, scale):
+    # The CPU fast path (row norms only) must give F.normalize's bits, in the caller's dtype;
+    # rows near the rescaling bounds and a zero row take the careful path, unchanged.
+    if dtype == torch.float16 and scale != 1.0:
+        pytest.skip("beyond float16's range")
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(37, 61, generator=g) * scale).to(dtype)
+    for rows in (x, torch.cat([x, torch.zeros(1, 61, dtype=dtype)])):
+        got, _, _ = inputs.prepare_vectors(
+            rows, "x", dim=61, metric=Metric.COSINE, device=torch.device("cpu"),
+            check_finite=True, dtype=None,
+        )  # fmt: skip
+        expected = torch.nn.functional.normalize(rows.float(), dim=1)
+        want = torch.float32 if dtype == torch.float64 else dtype
+        assert got.dtype == want and torch.equal(got, expected.to(want))

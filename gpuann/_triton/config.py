@@ -235,9 +235,17 @@ KNN_TILES_TF32X3 = ((2048, (128, 32, 8)),)
 #: 16, against 26.9 ms for the FMA dots' 32 x 64 tiles.
 KNN_TF32X3_BLOCK_D = 32
 KNN_TF32X3_NARROW_D = 16
-#: int8 storage takes the tiles of 16-bit storage, with at least 32 dimensions per dot step (an
-#: int8 tensor-core product's depth).
+#: int8 storage takes the tiles of 16-bit storage, with 32 to 256 dimensions per dot step (an
+#: int8 tensor-core product's depth; the bytes of 16-bit storage's 128). With at most 128 the
+#: loop over d spilled 72-84 B per thread on sm_80 in 64-query blocks, and d = 200 (a partial
+#: second step) about 1 KB per thread on sm_90. Not spill-free everywhere: in the full grid
+#: (Q 1/100/4096, d 64-768, k 1-2048, l2/ip) 11 of 150 launches spill on sm_90 (4-104 B of
+#: stores per thread: d = 200 with 4096 queries, d = 100 with 100) and 14 on sm_80 (8-160 B:
+#: k >= 1000 at d = 200 and 384, one query at d = 64 with k = 100 and 2048). 16-query blocks
+#: keep 128 per step (256 spilled 28 B at d = 384 and 768, k = 10, on sm_90).
+#: The representative and report grids are spill-free.
 KNN_INT8_MIN_BLOCK_D = 32
+KNN_INT8_MAX_BLOCK_D = 256
 #: Few queries: (block_m, block_n, num_warps) for Q <= 16 up to this k_pad; beyond it (the
 #: merges of k_pad >= 128 spill with 16-row blocks), and for Q <= 64, blocks of 64. Float32
 #: queries against 16-bit storage with d > BD (query chunks loaded per tile): KNN_TILES_SPLIT_D.
@@ -266,6 +274,8 @@ def knn_default(
     widest = 128
     if dtype == torch.float32:
         widest = KNN_TF32X3_BLOCK_D if tf32x3 else 64
+    elif dtype == torch.int8:
+        widest = KNN_INT8_MAX_BLOCK_D
     narrowest = KNN_INT8_MIN_BLOCK_D if dtype == torch.int8 else 16
     block_d = min(max(narrowest, next_power_of_2(dim)), widest)
     if interpreted:
@@ -285,6 +295,8 @@ def knn_default(
         block_m, block_n, num_warps = KNN_TILES_FEW_LARGE_K
     if dtype == torch.float32 and tf32x3 and (block_m < 128 or dim % block_d):
         block_d = min(block_d, KNN_TF32X3_NARROW_D)
+    if dtype == torch.int8 and block_m < 64:  # 16-query blocks spill at 256 (sm_90)
+        block_d = min(block_d, 128)
     return TileConfig(block_m, block_n, block_d, num_warps, 3)
 
 

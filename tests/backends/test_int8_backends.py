@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import DEVICES
 
 from gpuann._int8 import quantize_queries
 from gpuann.backends.base import SearchRequest
@@ -47,11 +48,14 @@ def _reference(queries, codes, scale, sqnorms, k, metric, excluded=None, allowed
     return values, ids
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP], ids=str)
-@pytest.mark.parametrize("shape", [(1, 37, 20, 5), (7, 150, 64, 13), (19, 90, 100, 40)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(1, 37, 20, 5), (7, 150, 64, 13), (19, 90, 100, 40), (24, 96, 64, 8)], ids=str
+)
 @pytest.mark.parametrize("filtered", [False, True])
-def test_triton_and_torch_give_the_reference_bits(metric, shape, filtered):
-    n_q, n, d, k = shape
+def test_triton_and_torch_give_the_reference_bits(device, metric, shape, filtered):
+    n_q, n, d, k = shape  # (24, 96, 64): a shape cuBLASLt's int8 GEMM takes on CUDA
     queries, codes, scale, sqnorms = _data(n_q, n, d, seed=n)
     excluded = allowed = None
     if filtered:
@@ -59,18 +63,20 @@ def test_triton_and_torch_give_the_reference_bits(metric, shape, filtered):
         allowed = torch.ones(n, dtype=torch.bool)
         allowed[::5] = False
     ref_values, ref_ids = _reference(queries, codes, scale, sqnorms, k, metric, excluded, allowed)
+    on = {"device": device}
     for backend in ("torch", "triton"):
         values, ids = exact_search(
-            queries,
-            codes,
+            queries.to(**on),
+            codes.to(**on),
             k,
             metric,
-            database_sqnorms=sqnorms if metric is Metric.L2 else None,
-            query_scale=scale,
+            database_sqnorms=sqnorms.to(**on) if metric is Metric.L2 else None,
+            query_scale=scale.to(**on),
             backend=backend,
-            excluded_rows=excluded,
-            allowed_rows=allowed,
+            excluded_rows=None if excluded is None else excluded.to(**on),
+            allowed_rows=None if allowed is None else allowed.to(**on),
         )
+        values, ids = values.cpu(), ids.cpu()
         assert torch.equal(ids, ref_ids), backend
         if metric is Metric.IP:
             assert torch.equal(-values, ref_values.float()), backend

@@ -10,6 +10,7 @@ Methods, all cosine (inner product over normalised vectors), k = 10, the same qu
 ``float32``           ``gpuann.FlatIndex(d, metric="cosine")``: the exact baseline.
 ``gpuann int8``       ``FlatIndex(d, metric="cosine", dtype=torch.int8)``, ranges from ``train``.
 ``gpuann int8+refine``  the same with ``refine=True``, ``refine_factor`` F (exact re-scoring).
+``…, int8 queries``   the same with ``int8_queries=True`` (int8 × int8 products, int32 sums).
 ``faiss SQ8``         ``faiss.IndexScalarQuantizer(d, QT_8bit, METRIC_INNER_PRODUCT)``.
 ``faiss SQ8+refine``  ``faiss.IndexRefineFlat`` over it with ``k_factor`` F.
 
@@ -62,6 +63,10 @@ def bench_dataset(name: str, x: torch.Tensor, q: torch.Tensor, cfg: dict) -> lis
     int8.train(x)
     int8.add(x)
     methods["gpuann int8"] = (lambda: int8.search(q, K), int8.nbytes)
+    int8q = gpuann.FlatIndex(d, metric="cosine", dtype=torch.int8, int8_queries=True, device="cpu")
+    int8q.train(x)
+    int8q.add(x)
+    methods["gpuann int8, int8 queries"] = (lambda: int8q.search(q, K), int8q.nbytes)
     sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     sq.train(xn)
     sq.add(xn)
@@ -69,10 +74,19 @@ def bench_dataset(name: str, x: torch.Tensor, q: torch.Tensor, cfg: dict) -> lis
     refined = gpuann.FlatIndex(d, metric="cosine", dtype=torch.int8, refine=True, device="cpu")
     refined.train(x)
     refined.add(x)
+    refined_q = gpuann.FlatIndex(
+        d, metric="cosine", dtype=torch.int8, refine=True, int8_queries=True, device="cpu"
+    )
+    refined_q.train(x)
+    refined_q.add(x)
     for factor in cfg["factors"]:
         methods[f"gpuann int8+refine F={factor}"] = (
             lambda f=factor: refined.search(q, K, refine_factor=f),
             refined.nbytes,
+        )
+        methods[f"gpuann int8+refine F={factor}, int8 queries"] = (
+            lambda f=factor: refined_q.search(q, K, refine_factor=f),
+            refined_q.nbytes,
         )
         base = faiss.IndexScalarQuantizer(
             d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
@@ -108,7 +122,7 @@ def bench_dataset(name: str, x: torch.Tensor, q: torch.Tensor, cfg: dict) -> lis
         )
     by_name = {row["method"]: row for row in rows}
     for row in rows:
-        twin = row["method"].replace("gpuann int8", "faiss SQ8")
+        twin = row["method"].replace("gpuann int8", "faiss SQ8").removesuffix(", int8 queries")
         if row["method"].startswith("gpuann") and twin in by_name:
             row["qps_vs_faiss"] = row["qps"] / by_name[twin]["qps"]
     return rows

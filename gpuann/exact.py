@@ -108,15 +108,18 @@ def exact_search(
 
     Parameters
     ----------
-    queries : torch.Tensor, shape (Q, d), floating, on ``database.device``
-    database : torch.Tensor, shape (N, d), float32 / float16 / bfloat16
+    queries : torch.Tensor, shape (Q, d), floating (or int8 with ``query_scale``), on
+        ``database.device``
+    database : torch.Tensor, shape (N, d), float32 / float16 / bfloat16, or int8 codes
     k : int
     metric : Metric
         ``L2`` or ``IP`` (cosine callers normalise, or pass ``column_scale``).
     database_sqnorms, column_scale : torch.Tensor, optional, shape (N,), float32
     query_scale : torch.Tensor, optional, shape (Q,), float32
         With int8 ``database`` codes and int8 ``queries``: each query's power-of-two factor
-        (see :class:`~gpuann.backends.base.SearchRequest`); dots are exact integers.
+        (see :class:`~gpuann.backends.base.SearchRequest`); dots are exact integers, and the
+        returned distances are the engine's scores plus ``‖queries‖²`` in code units (l2,
+        clamped at 0), meaningful for their order only (callers re-score).
     excluded_rows : torch.Tensor, optional, shape (Q, m), int64
         Rows never returned for each query; ``-1`` pads.
     allowed_rows : torch.Tensor, optional, shape (N,), bool
@@ -134,17 +137,18 @@ def exact_search(
     """
     if metric is Metric.COSINE:
         raise ValueError("exact_search takes L2 or IP; normalise for cosine first")
-    if (database.dtype == torch.int8) != (query_scale is not None) or (
+    if (queries.dtype == torch.int8) != (query_scale is not None) or (
         query_scale is not None
         and (
-            queries.dtype != torch.int8
+            database.dtype != torch.int8
             or query_scale.shape != (queries.shape[0],)
             or (metric is Metric.L2 and database_sqnorms is None)
+            or column_scale is not None
         )
     ):
         raise ValueError(
-            "query_scale: int8 database codes take int8 queries with a (Q,) query_scale (and, "
-            "for L2, database_sqnorms); float databases take none"
+            "query_scale: int8 queries take int8 database codes and a (Q,) query_scale (and, "
+            "for L2, database_sqnorms; no column_scale); float queries take none"
         )
     if memory_budget is not None:
         check_budget(memory_budget, database.device)

@@ -48,16 +48,23 @@ class FlatIndex(RefineOptions, Index):
         ``refine_factor · k`` candidates with them exactly (the distances are then exact).
     refine_factor : int
         Default re-scoring factor of :meth:`search` (with ``refine``).
+    int8_queries : bool
+        int8 only: quantise each query to int8 too and score with exact int32 dots
+        (``torch._int_mm`` on the CPU, the fused kernel's int8 ``tl.dot`` on CUDA: faster,
+        and the same bits on every backend), at a cost in recall where a few dimensions
+        have much larger ranges than the rest (one factor per query). Default: float
+        queries against the codes.
 
     Notes
     -----
     int8 storage learns each dimension's range from :meth:`train` — or, when ``add`` comes
     first, from the vectors of that first ``add`` (later values outside the range are
-    clipped). The search runs the exact engine on int8 × int8 products accumulated exactly in
-    int32 (each query quantised to int8 with a power-of-two factor: every backend gives the
-    same bits), then re-scores the candidates (``2k``, or ``refine_factor · k``) with the
-    float query against the decoded codes, or the kept float vectors with ``refine=True``.
-    Results are approximate without ``refine``.
+    clipped). The search runs the exact engine over the codes (float queries, or with
+    ``int8_queries`` int8 × int8 products accumulated exactly in int32, each query quantised
+    with a power-of-two factor), then re-scores the candidates (``k``, ``2k`` with
+    ``int8_queries``, or ``refine_factor · k``) with the float query against the decoded
+    codes, or the kept float vectors with ``refine=True``. Results are approximate without
+    ``refine``.
 
     Examples
     --------
@@ -71,7 +78,7 @@ class FlatIndex(RefineOptions, Index):
     """
 
     _derived_columns = ("sqnorms",)
-    _config_keys = (*Index._config_keys, "refine", "refine_factor")
+    _config_keys = (*Index._config_keys, "refine", "refine_factor", "int8_queries")
 
     def __init__(
         self,
@@ -83,14 +90,23 @@ class FlatIndex(RefineOptions, Index):
         memory_budget: int | None = None,
         refine: bool = False,
         refine_factor: int = DEFAULT_REFINE_FACTOR,
+        int8_queries: bool = False,
     ) -> None:
         int8 = dtype in (torch.int8, "int8")
         dtype = torch.int8 if int8 else storage_dtype(dtype)
         self._init_refine(refine, refine_factor)
         if refine and not int8:
             raise ValueError("refine: only for dtype=torch.int8 (float storage is exact)")
+        if int8_queries and not int8:
+            raise ValueError("int8_queries: only for dtype=torch.int8")
         self._int8 = (
-            Int8Codes(positive_int(dim, "dim"), as_metric(metric), resolve_device(device), refine)
+            Int8Codes(
+                positive_int(dim, "dim"),
+                as_metric(metric),
+                resolve_device(device),
+                refine,
+                bool(int8_queries),
+            )
             if int8
             else None
         )
@@ -109,7 +125,12 @@ class FlatIndex(RefineOptions, Index):
         return self._rows.nbytes + (self._int8.nbytes if self._int8 is not None else 0)
 
     def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "refine": self._refine, "refine_factor": self.refine_factor}
+        return {
+            **super()._config(),
+            "refine": self._refine,
+            "refine_factor": self.refine_factor,
+            "int8_queries": self._int8 is not None and self._int8.int8_queries,
+        }
 
     def _display_extra(self) -> dict[str, Any]:
         if self._int8 is None:

@@ -114,14 +114,15 @@ def prepare_vectors(
     if metric is Metric.COSINE:
         if x.device.type == "cpu" and not compiling and x.numel():
             # The common case in two ops and one sync: every row norm finite and in
-            # [1e-18·sqrt(d), 1e18] means every value is finite and no row needs rescaling
+            # [2e-18·sqrt(d), 0.5e18] means every value is finite and no row needs rescaling
             # (its largest magnitude is within [norm / sqrt(d), norm]). Else the careful path.
+            # (margins of 2 cover the float32 rounding of a float64 input's norms)
             xf = x.float()
             norms = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
-            low, high = (float(v) for v in torch.aminmax(norms))
-            if low >= 1e-18 * math.sqrt(x.shape[1]) and high <= 1e18:  # NaN: False
-                # what F.normalize computes, without its wrappers' overhead
-                return (xf / norms.clamp_min_(1e-12)).to(dtype), was_numpy, source
+            low, high = (float(v) for v in torch.aminmax(norms.detach()))
+            if low >= 2e-18 * math.sqrt(x.shape[1]) and high <= 0.5e18:  # NaN: False
+                # what F.normalize computes, without its wrappers' overhead (autograd intact)
+                return (xf / norms.clamp_min(1e-12)).to(dtype), was_numpy, source
         scale = x.abs().amax(dim=1, keepdim=True)
         if checking:
             check_values(x, name, metric, x.dtype, row_peaks=scale)

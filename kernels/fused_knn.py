@@ -147,7 +147,7 @@ def fused_knn_kernel(
     Parameters
     ----------
     q_ptr : (n_queries, dim), float32 or the storage dtype, row stride ``stride_q``
-    x_ptr : (n_rows, dim), float32 / float16 / bfloat16, row stride ``stride_x``
+    x_ptr : (n_rows, dim), float32 / float16 / bfloat16 / int8, row stride ``stride_x``
     sqnorm_ptr : (n_rows,) float32 squared row norms (read when ``HAS_SQNORMS``; else computed)
     scale_ptr : (n_rows,) float32 factor of each inner product (read when ``HAS_SCALE``)
     qscale_ptr : (n_queries,) float32 factor of each query's int32 dots, a power of two (read

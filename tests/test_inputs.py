@@ -68,3 +68,23 @@ def test_cosine_preparation_gives_normalize_bits(dtype, scale):
         expected = torch.nn.functional.normalize(rows.float(), dim=1)
         want = torch.float32 if dtype == torch.float64 else dtype
         assert got.dtype == want and torch.equal(got, expected.to(want))
+
+
+def test_cosine_preparation_keeps_autograd_and_the_old_bounds():
+    # Regressions of the fast path: no in-place op on what backward needs, no warning from
+    # reading a tensor that requires grad; float64 rows just under 1e-18 still rescaled.
+    import warnings
+
+    x = torch.randn(4, 8, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got, _, _ = inputs.prepare_vectors(
+            x, "q", dim=8, metric=Metric.COSINE, device=torch.device("cpu"), check_finite=True
+        )
+    got.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    tiny = torch.tensor([[9.99999999e-19]], dtype=torch.float64)
+    got, _, _ = inputs.prepare_vectors(
+        tiny, "q", dim=1, metric=Metric.COSINE, device=torch.device("cpu"), check_finite=True
+    )
+    assert got.tolist() == [[1.0]]

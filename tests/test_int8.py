@@ -96,3 +96,36 @@ def test_filters_and_range_search_work_on_int8():
     assert not (found == torch.arange(3)[:, None]).any()
     lims, D, I = index.range_search(x[:2], 0.5)
     assert lims[-1] >= 2 and set(I[lims[0] : lims[1]].tolist()) >= {0}
+
+
+def test_int8_queries_are_opt_in_and_cost_recall_on_uneven_ranges(tmp_path):
+    # One factor per query: two dimensions with 10x the range leave the others few bits.
+    g = torch.Generator().manual_seed(0)
+    scale = torch.ones(64)
+    scale[:2] = 10.0
+    x = torch.randn(4000, 64, generator=g) * scale
+    q = x[:100] + 0.5 * torch.randn(100, 64, generator=g) * scale
+    truth = ground_truth(q, x, k=10, metric="l2")
+    floats = gpuann.FlatIndex(64, dtype=torch.int8, device="cpu")
+    ints = gpuann.FlatIndex(64, dtype=torch.int8, int8_queries=True, device="cpu")
+    for index in (floats, ints):
+        index.add(x)
+    float_recall = recall_at_k(floats.search(q, 10).ids, truth)
+    int_recall = recall_at_k(ints.search(q, 10).ids, truth)
+    assert float_recall >= 0.9 and int_recall < float_recall
+    path = tmp_path / "ints.gpuann"
+    ints.save(path)
+    assert gpuann.load(path)._int8.int8_queries
+    with pytest.raises(ValueError, match="int8_queries"):
+        gpuann.FlatIndex(8, int8_queries=True)
+
+
+def test_int8_queries_give_the_same_ids_on_torch_and_triton():
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(1)
+    x, q = torch.randn(300, 40, generator=g), torch.randn(9, 40, generator=g)
+    for metric in ("l2", "cosine"):
+        index = gpuann.FlatIndex(40, metric=metric, dtype=torch.int8, int8_queries=True)
+        index.add(x)
+        a, b = index.search(q, 5, backend="torch"), index.search(q, 5, backend="triton")
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.distances, b.distances)

@@ -5,12 +5,15 @@ accumulation), rounded once to float32 (exact up to 2**24, so for d <= 1024), th
 each query's power-of-two factor (exact too). So the torch backend, the Triton kernel's int8
 ``tl.dot`` and any tiling give the same bits.
 
-On the CPU ``torch._int_mm`` (oneDNN, VNNI where the CPU has it) runs the product 2-5x faster
-than a float32 ``mm`` of the same codes; elsewhere (or for shapes ``_int_mm`` refuses on CUDA)
+On the CPU ``torch._int_mm`` (oneDNN) runs the product 2-5x faster than a float32 ``mm`` of
+the same codes here (AVX512-VNNI), when a probe finds it exact (it is not without VNNI);
+elsewhere (or for shapes ``_int_mm`` refuses on CUDA)
 a float32 ``mm`` of the codes is exact while d <= 1024, and a float64 one beyond.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -21,11 +24,35 @@ __all__ = ["EXACT_FLOAT32_MAX_DIM", "int8_scores"]
 EXACT_FLOAT32_MAX_DIM = 2**24 // (128 * 128)
 
 
+@functools.cache
+def _cpu_int_mm_exact() -> bool:
+    """Whether this CPU's ``torch._int_mm`` gives exact dots (probed once).
+
+    oneDNN's s8 x s8 -> s32 GEMM behind it is wrong on CPUs without VNNI (a review reproduced
+    it with ``ONEDNN_MAX_CPU_ISA=AVX2``: 127s against 127s gave 8160 for 1032256), so a product
+    with every value at its extremes and a random one are checked against exact integers.
+    """
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        (torch.full((32, 64), 127, dtype=torch.int8), torch.full((64, 64), 127, dtype=torch.int8)),
+        (
+            torch.randint(-128, 128, (33, 70), generator=g, dtype=torch.int8),
+            torch.randint(-128, 128, (65, 70), generator=g, dtype=torch.int8),
+        ),
+    ]
+    try:
+        return all(
+            torch.equal(torch._int_mm(a, b.T).long(), a.long() @ b.long().T) for a, b in cases
+        )
+    except RuntimeError:
+        return False
+
+
 def _int_mm_ok(queries: torch.Tensor, codes: torch.Tensor) -> bool:
     if queries.device.type == "cpu":
         # torch 2.13's CPU ``_int_mm`` returns uninitialised memory when d == 1 (seen here:
         # every d in 2..3000 and random shapes up to 700 x 5000 were exact, d == 1 never).
-        return queries.shape[1] >= 2
+        return queries.shape[1] >= 2 and _cpu_int_mm_exact()
     if queries.device.type != "cuda":
         return False
     # cuBLASLt's int8 GEMM: more than 16 rows, inner and outer sizes multiples of 8.

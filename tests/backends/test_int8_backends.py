@@ -87,7 +87,11 @@ def test_triton_and_torch_give_the_reference_bits(device, metric, shape, filtere
 def test_int8_storage_without_a_query_scale_is_refused():
     queries, codes, scale, sqnorms = _data(3, 40, 16, seed=0)
     with pytest.raises(ValueError, match="query_scale"):
-        exact_search(queries.float(), codes, 3, Metric.IP)
+        exact_search(queries.float(), codes, 3, Metric.IP, query_scale=scale)
+    with pytest.raises(ValueError, match="query_scale"):
+        exact_search(queries, codes, 3, Metric.IP)
+    with pytest.raises(ValueError, match="query_scale"):
+        exact_search(queries, codes, 3, Metric.IP, query_scale=scale, column_scale=sqnorms)
     with pytest.raises(ValueError, match="query_scale"):
         exact_search(queries, codes, 3, Metric.L2, query_scale=scale)  # no sqnorms
     request = SearchRequest(queries.float(), codes, 3, Metric.IP, None, None, 1 << 20)

@@ -42,3 +42,27 @@ def test_beyond_the_float32_bound_both_paths_round_the_exact_integer_once(monkey
     monkeypatch.setattr(int8_dots, "_int_mm_ok", lambda q, c: False)
     slow = int8_scores(q, c, scale, torch.empty(4, 9))
     assert torch.equal(fast, expected) and torch.equal(slow, expected)
+
+
+def test_int_mm_is_probed_and_not_used_where_it_is_wrong():
+    # Regression: oneDNN's int8 GEMM behind CPU ``_int_mm`` is wrong without VNNI; capping
+    # oneDNN's instruction set reproduces such a CPU. The probe must then route to the float
+    # path, whose dots are exact.
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from gpuann.engine import int8_dots\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "q = torch.randint(-128, 128, (40, 96), generator=g, dtype=torch.int8)\n"
+        "c = torch.randint(-128, 128, (300, 96), generator=g, dtype=torch.int8)\n"
+        "out = int8_dots.int8_scores(q, c, torch.ones(40, 1), torch.empty(40, 300))\n"
+        "assert torch.equal(out, (q.double() @ c.double().T).float()), 'wrong dots'\n"
+        "print(int8_dots._cpu_int_mm_exact())\n"
+    )
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

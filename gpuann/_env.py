@@ -10,6 +10,9 @@ import, so a test or a notebook can set them after ``import gpuann``.
   on by default on CUDA, always off under the interpreter.
 - ``GPUANN_CPU_BLAS``: ``auto`` (default), ``numpy`` or ``torch``: which BLAS multiplies blocks
   of few queries on the CPU (see :mod:`gpuann.engine.cpu_blas`).
+- ``GPUANN_CPU_SELECT``: ``auto`` (default) or ``torch``: how unfiltered CPU searches keep their
+  running top-k: faiss's heaps when faiss imports (:mod:`gpuann.engine.heap_select`), or
+  ``torch``'s threshold filter (:mod:`gpuann.engine.running`).
 - ``GPUANN_TRITON_FP32``: ``tf32x3`` (default) or ``ieee``: how the fused k-NN kernel multiplies
   float32 storage (three TF32 tensor-core products of a hi/lo split, or FMA dots).
 - ``GPUANN_AOT_CACHE``: the folder of the ahead-of-time compile checks' disk cache (default
@@ -25,6 +28,7 @@ __all__ = [
     "aot_cache_dir",
     "autotune_enabled",
     "cpu_blas_mode",
+    "cpu_select_mode",
     "env_choice",
     "env_flag",
     "interpreter_enabled",
@@ -93,6 +97,15 @@ def cpu_blas_mode() -> str:
     True
     """
     return env_choice("GPUANN_CPU_BLAS", ("auto", "numpy", "torch"))
+
+
+def cpu_select_mode() -> str:
+    """``GPUANN_CPU_SELECT``: ``auto`` (default) or ``torch``; anything else raises.
+
+    >>> cpu_select_mode() in ("auto", "torch")
+    True
+    """
+    return env_choice("GPUANN_CPU_SELECT", ("auto", "torch"))
 
 
 def triton_fp32_dot() -> str:

@@ -14,6 +14,11 @@ eligibility
     Row filters (excluded rows, allow-lists, labels, tie order) applied inside the search.
 search
     The tile loop over database chunks (:class:`~gpuann.engine.search.TiledSearch`).
+heap_select
+    The CPU running top-k of unfiltered searches in faiss's heaps, rows split across threads
+    (:class:`~gpuann.engine.heap_select.HeapTopK`).
+cpu_blas
+    numpy's OpenBLAS for CPU products where it beats torch's MKL, on one thread per part.
 """
 
 from gpuann.engine.eligibility import RowFilters

@@ -12,15 +12,19 @@ when ``GPUANN_CPU_BLAS`` asks for it:
 - ``torch``: always torch.
 
 OpenBLAS runs on one thread for these products (its thread count is set for the call and put
-back after it): with two, its idle worker spins after every product and the torch op that
-follows (the running top-k's threshold filter) took ~7 ms instead of 0.1 ms. Larger query
-blocks stay on torch: OpenBLAS's result for a row depends on how many rows share the product,
-and the engine promises the same bits whatever the query batching (``batch_search`` vs
-``knn``).
+back after it, through its own C API: threadpoolctl's setter ignores every thread but the
+first that used it): with two, its idle worker spins after every product and the torch op
+that follows (the running top-k's threshold filter) took ~7 ms instead of 0.1 ms. Larger query
+blocks stay on torch's MKL. OpenBLAS's matrix products give a row different bits depending on
+how many rows share the product, and, worse for exact search, give *identical database rows*
+different scores depending on their column (2032 of 2048 copies of one row differed from the
+first in a 500 × 2048 × 129 product here; MKL's and the matrix–vector products' agree), which
+would break ties between duplicates by rounding noise instead of by lower id.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import os
@@ -32,7 +36,13 @@ import torch
 
 from gpuann._env import cpu_blas_mode
 
-__all__ = ["NUMPY_MAX_QUERIES", "numpy_blas_active", "numpy_mm_t", "use_numpy_blas"]
+__all__ = [
+    "NUMPY_MAX_QUERIES",
+    "numpy_blas_active",
+    "numpy_mm_t",
+    "one_openblas_thread",
+    "use_numpy_blas",
+]
 
 #: Plans of query blocks up to this height multiply with numpy's BLAS when it is chosen: the
 #: matrix–vector products, where torch's MKL loses most and the product dominates the search.
@@ -85,7 +95,7 @@ def numpy_blas_active() -> bool:
     True
     """
     mode = cpu_blas_mode()
-    if mode == "torch" or _numpy_openblas() is None:
+    if mode == "torch" or _numpy_openblas() is None or _openblas_threads() is None:
         return False
     return mode == "numpy" or _cpu_vendor() == "AuthenticAMD"
 
@@ -175,24 +185,54 @@ class _OneOpenBLASThread:
         return self
 
     def __enter__(self) -> None:
-        blas = _numpy_openblas()
-        if blas is None:
+        api = _openblas_threads()
+        if api is None:
             return
+        get, set_ = api
         with self._lock:
             if self._active == 0:
-                self._before = blas.get_num_threads()
+                self._before = get()
                 if self._before != 1:
-                    blas.set_num_threads(1)
+                    set_(1)
             self._active += 1
 
     def __exit__(self, *exc: object) -> None:
-        blas = _numpy_openblas()
-        if blas is None:
+        api = _openblas_threads()
+        if api is None:
             return
         with self._lock:
             self._active -= 1
             if self._active == 0 and self._before != 1:
-                blas.set_num_threads(self._before)
+                api[1](self._before)
+
+
+@functools.cache
+def _openblas_threads() -> tuple[Any, Any] | None:
+    """``(get, set)`` of numpy's OpenBLAS thread count, called directly through ctypes.
+
+    Not threadpoolctl's ``set_num_threads``: it does nothing when called from any thread but
+    the first that used it (its "controlling thread"), so a search run from another thread
+    multiplied on two OpenBLAS threads, with other bits (found by the heap scan's
+    concurrency test).
+    """
+    blas = _numpy_openblas()
+    if blas is None:
+        return None
+    try:
+        lib = ctypes.CDLL(blas.filepath)
+    except OSError:
+        return None
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_"):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return get, set_
+    return None
 
 
 _one_openblas_thread = _OneOpenBLASThread()
+#: Context manager: numpy's OpenBLAS on one thread while the block runs (process-wide).
+one_openblas_thread = _one_openblas_thread

@@ -16,6 +16,7 @@ import torch
 from gpuann.budget import TilePlan
 from gpuann.engine.cpu_blas import use_numpy_blas
 from gpuann.engine.eligibility import RowFilters
+from gpuann.engine.heap_select import HeapTopK, heap_select_applies
 from gpuann.engine.running import RunningTopK
 from gpuann.engine.tiles import DatabaseTile, TileScorer
 
@@ -84,11 +85,16 @@ class TiledSearch:
         device = queries.device
         self._blocks = []
         numpy_blas = use_numpy_blas(device, plan.query_block)
+        tile_scores = queries.shape[0] * plan.database_block
+        heaps = heap_select_applies(device, self.filters.keyed, tile_scores)
         for q0 in range(0, queries.shape[0], plan.query_block):
             block = slice(q0, q0 + plan.query_block)
             scale = None if query_scale is None else query_scale[block]
             scorer = TileScorer(queries[block], l2, numpy_blas, scale)
-            lists = RunningTopK(scorer.rows, k, q0, self.filters, device, memory_budget)
+            if heaps:
+                lists = HeapTopK(scorer.rows, k)
+            else:
+                lists = RunningTopK(scorer.rows, k, q0, self.filters, device, memory_budget)
             self._blocks.append((scorer, lists))
         self._scores = torch.empty(
             min(queries.shape[0], plan.query_block) * plan.database_block, device=device

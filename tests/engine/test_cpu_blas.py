@@ -185,3 +185,28 @@ def test_nan_rows_across_many_tiles_never_hide_real_winners():
     expected = scores.topk(5).values
     torch.testing.assert_close(D[0], expected)
     assert set(I[0, :3].tolist()) == {200_001, 200_777, 250_123}
+
+
+@needs_openblas
+def test_one_thread_holds_for_searches_run_from_other_threads():
+    # Regression: threadpoolctl ignores set_num_threads from any thread but the first that
+    # called it, so a search run from another thread multiplied on two OpenBLAS threads.
+    import threading
+
+    blas = cpu_blas._numpy_openblas()
+    before = blas.get_num_threads()
+    blas.set_num_threads(2)  # this (main) thread is now threadpoolctl's controlling thread
+    seen = []
+
+    def inside() -> None:
+        with cpu_blas.one_openblas_thread():
+            seen.append(blas.get_num_threads())
+        seen.append(blas.get_num_threads())
+
+    try:
+        t = threading.Thread(target=inside)
+        t.start()
+        t.join()
+        assert seen == [1, 2]
+    finally:
+        blas.set_num_threads(before)

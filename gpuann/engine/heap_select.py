@@ -1,0 +1,198 @@
+"""CPU running top-k by faiss's k-selection heaps, rows split across threads.
+
+On the CPU the threshold filter of :class:`~gpuann.engine.running.RunningTopK` (a grouped min,
+``nonzero`` of the survivors, gathers and a merge, all torch ops) took ~40% of a 1000-query
+search here (1000 × 10⁵ × 128, k = 10). faiss's ``float_maxheap_array_t.addn`` does one compare
+per score against the row's current k-th and replaces the heap top only for winners: the
+selection the threshold filter approximates, in compiled code. Each thread of a small pool
+owns a contiguous range of the block's rows and feeds its part of every tile to those rows'
+heaps; the tile itself (its products, its bits) is the torch backend's, unchanged.
+
+- **Same answers as the torch selection**: a heap takes a score only when it is strictly
+  below the row's k-th, and tiles arrive in row order, so a tie goes to the lower row; the
+  lists are sorted by (score, row) at the end, ``-0.0`` equal to ``+0.0``.
+- **Non-finite scores** (NaN or ``+inf``, possible with ``check_finite=False`` or products
+  that overflow) never enter a faiss heap, and nor does an exact ``FLT_MAX``. One ``max`` per
+  part finds them; the rows concerned leave the heaps for torch's exact merge
+  (:func:`~gpuann._tiebreak.merge_topk`, NaN after ``+inf``, as everywhere else) for the rest
+  of the search.
+- Used for unfiltered CPU searches (:func:`heap_select_applies`) when faiss imports;
+  ``GPUANN_CPU_SELECT=torch`` keeps the threshold filter.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpuann._env import cpu_select_mode
+from gpuann._tiebreak import merge_topk
+from gpuann.engine.running import merge_keyed
+
+__all__ = ["MIN_SCORES", "HeapTopK", "heap_select_applies"]
+
+#: Fewest scores per tile (queries × rows) of a search kept in heaps (measured: one query against
+#: 10⁵ rows, one tile, costs the same either way; against 10⁶, 29 vs 37 ms): the threshold filter's
+#: per-tile cost is small below, and faiss need not be imported for small searches.
+MIN_SCORES = 1 << 17
+_FLT_MAX = float(np.finfo(np.float32).max)
+#: Fewest scores per thread of a tile: below this one thread feeds every row.
+_MIN_PART_SCORES = 1 << 16
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pool_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's pool threads
+    os.register_at_fork(after_in_child=_pools.clear)
+
+
+@functools.cache
+def _faiss() -> Any | None:
+    """faiss, if it imports and has its heap arrays (imported on first use only)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss if hasattr(faiss, "float_maxheap_array_t") else None
+
+
+def heap_select_applies(device: torch.device, keyed: bool, n_scores: int) -> bool:
+    """True when a running top-k on ``device`` is kept in faiss heaps.
+
+    ``keyed``: the search has row filters or a tie order (those keep the torch selection).
+    ``n_scores``: scores per tile of the whole search (queries × database rows per tile); below
+    :data:`MIN_SCORES` the torch selection runs (and a small search never imports faiss).
+
+    >>> heap_select_applies(torch.device("meta"), False, 1 << 30)
+    False
+    """
+    if device.type != "cpu" or keyed or n_scores < MIN_SCORES:
+        return False
+    return cpu_select_mode() != "torch" and _faiss() is not None
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _pool_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(
+                workers, thread_name_prefix="gpuann-heap", initializer=_one_omp_thread
+            )
+        return _pools[workers]
+
+
+def _one_omp_thread() -> None:
+    # faiss's OpenMP thread count is the calling thread's own: each worker's heaps stay on it
+    # (the caller's faiss setting is untouched).
+    faiss = _faiss()
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+
+
+class _Part:
+    """The heaps of rows ``lo : hi`` of a block and the rows that left them."""
+
+    def __init__(self, values: np.ndarray, rows: np.ndarray, lo: int, hi: int, k: int) -> None:
+        faiss = _faiss()
+        self.lo, self.hi, self.k = lo, hi, k
+        self.values, self.rows = values, rows
+        self.heaps = faiss.float_maxheap_array_t()
+        self.heaps.nh, self.heaps.k = hi - lo, k
+        self.heaps.val = faiss.swig_ptr(values[lo:hi])
+        self.heaps.ids = faiss.swig_ptr(rows[lo:hi])
+        self._ptr = faiss.swig_ptr
+        #: row of the block -> (values, rows) of its exact torch selection.
+        self.outside: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, scores: np.ndarray, r0: int) -> None:
+        """Feed rows ``lo : hi`` of a tile's ``scores`` (B, n), database rows ``r0 :``."""
+        part = scores[self.lo : self.hi]
+        n = part.shape[1]
+        if not part.max() < _FLT_MAX:  # NaN, +inf or FLT_MAX: a heap would drop them
+            for r in np.flatnonzero(~(part.max(axis=1) < _FLT_MAX)):
+                row = self.lo + int(r)
+                if row not in self.outside:
+                    self.outside[row] = self._heap_list(row)
+        self.heaps.addn(n, self._ptr(part), r0, 0, self.hi - self.lo)
+        for row, (values, rows) in list(self.outside.items()):
+            new = torch.from_numpy(scores[row]).reshape(1, -1)
+            cols = torch.arange(r0, r0 + n).reshape(1, -1)
+            merged = merge_topk(values.reshape(1, -1), rows.reshape(1, -1), new, cols, self.k)
+            self.outside[row] = (merged[0][0].clone(), merged[1][0].clone())
+
+    def _heap_list(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heap's entries of ``row`` so far, sorted by (score, row)."""
+        ids, values = self.rows[row].copy(), self.values[row].copy()
+        real = ids >= 0
+        ids, values = ids[real], values[real]
+        order = np.lexsort((ids, values))
+        return torch.from_numpy(values[order].copy()), torch.from_numpy(ids[order].copy())
+
+
+class HeapTopK:
+    """The best ``k`` (score, row) pairs so far of a block of ``n_rows`` queries, CPU.
+
+    The interface of :class:`~gpuann.engine.running.RunningTopK` for unfiltered searches:
+    :meth:`add` a tile of float32 "smaller is nearer" scores at a time, in row order.
+
+    Parameters
+    ----------
+    n_rows : int
+        Queries in the block.
+    k : int
+        Entries kept per query (``min(k, N)``).
+    """
+
+    def __init__(self, n_rows: int, k: int) -> None:
+        self.k = k
+        # Every entry (FLT_MAX, -1): a valid heap, as faiss's heapify() makes it.
+        self._values = np.full((n_rows, k), _FLT_MAX, dtype=np.float32)
+        self._rows = np.full((n_rows, k), -1, dtype=np.int64)
+        self._workers = max(1, min(torch.get_num_threads(), n_rows))
+        bounds = [n_rows * i // self._workers for i in range(self._workers + 1)]
+        self._parts = [
+            _Part(self._values, self._rows, lo, hi, k) for lo, hi in itertools.pairwise(bounds)
+        ]
+        self._whole = _Part(self._values, self._rows, 0, n_rows, k)
+
+    def add(self, scores: torch.Tensor, r0: int) -> None:
+        """Merge a tile of scores (B, n), float32, of rows ``r0 : r0 + n`` (after every
+        earlier row)."""
+        array = scores.detach().contiguous().numpy()
+        if len(self._parts) == 1 or array.size < _MIN_PART_SCORES * len(self._parts):
+            self._whole.outside.update(self._take_outside())
+            self._whole.add(array, r0)
+            return
+        self._give_outside()
+        pool = _pool(len(self._parts))
+        for f in [pool.submit(p.add, array, r0) for p in self._parts]:
+            f.result()
+
+    def _take_outside(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for p in self._parts:
+            out.update(p.outside)
+            p.outside.clear()
+        return out
+
+    def _give_outside(self) -> None:
+        for row, lists in self._whole.outside.items():
+            next(p for p in self._parts if p.lo <= row < p.hi).outside[row] = lists
+        self._whole.outside.clear()
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, positions)``, (B, k): sorted scores and rows."""
+        values = torch.from_numpy(self._values.copy())
+        rows = torch.from_numpy(self._rows.copy())
+        outside = {**self._whole.outside, **self._take_outside()}
+        for row, (v, r) in outside.items():
+            rows[row] = -1
+            rows[row, : r.numel()] = r
+            values[row, : v.numel()] = v
+        # Sorted by (score, row); a row -1 (fewer than k seen: not with k = min(k, N)) last.
+        return merge_keyed(values[:, :0], rows[:, :0], values, rows, self.k)

@@ -222,8 +222,10 @@ def _openblas_threads() -> tuple[Any, Any] | None:
         lib = ctypes.CDLL(blas.filepath)
     except OSError:
         return None
+    if getattr(blas, "threading_layer", "pthreads") != "pthreads":
+        return None  # an OpenMP build's count is per thread (and broken before 0.3.34)
     for prefix in ("", "scipy_"):
-        for suffix in ("", "64_"):
+        for suffix in ("", "64_", "_64"):
             get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
             set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
             if get is not None and set_ is not None:

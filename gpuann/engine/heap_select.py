@@ -13,9 +13,10 @@ heaps; the tile itself (its products, its bits) is the torch backend's, unchange
   lists are sorted by (score, row) at the end, ``-0.0`` equal to ``+0.0``.
 - **Non-finite scores** (NaN or ``+inf``, possible with ``check_finite=False`` or products
   that overflow) never enter a faiss heap, and nor does an exact ``FLT_MAX``. One ``max`` per
-  part finds them; the rows concerned leave the heaps for torch's exact merge
-  (:func:`~gpuann._tiebreak.merge_topk`, NaN after ``+inf``, as everywhere else) for the rest
-  of the search.
+  part finds them; a row whose heap does not already hold k better entries (a dropped score
+  could still be among its k best) leaves the heaps for torch's exact merge
+  (:func:`~gpuann.engine.running.merge_keyed`, one call per tile for all of them; NaN after
+  ``+inf``, as everywhere else) for the rest of the search.
 - Used for unfiltered CPU searches (:func:`heap_select_applies`) when faiss imports;
   ``GPUANN_CPU_SELECT=torch`` keeps the threshold filter.
 """
@@ -26,14 +27,13 @@ import functools
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 import torch
 
 from gpuann._env import cpu_select_mode
-from gpuann._tiebreak import merge_topk
 from gpuann.engine.running import merge_keyed
 
 __all__ = ["MIN_SCORES", "HeapTopK", "heap_select_applies"]
@@ -72,9 +72,10 @@ def heap_select_applies(device: torch.device, keyed: bool, n_scores: int) -> boo
     >>> heap_select_applies(torch.device("meta"), False, 1 << 30)
     False
     """
-    if device.type != "cpu" or keyed or n_scores < MIN_SCORES:
+    mode = cpu_select_mode()  # validated for every search
+    if device.type != "cpu" or keyed or n_scores < MIN_SCORES or mode == "torch":
         return False
-    return cpu_select_mode() != "torch" and _faiss() is not None
+    return _faiss() is not None
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -95,43 +96,36 @@ def _one_omp_thread() -> None:
 
 
 class _Part:
-    """The heaps of rows ``lo : hi`` of a block and the rows that left them."""
+    """The heaps of rows ``lo : hi`` of a block (views of the block's arrays)."""
 
     def __init__(self, values: np.ndarray, rows: np.ndarray, lo: int, hi: int, k: int) -> None:
         faiss = _faiss()
-        self.lo, self.hi, self.k = lo, hi, k
+        self.lo, self.hi = lo, hi
         self.values, self.rows = values, rows
         self.heaps = faiss.float_maxheap_array_t()
         self.heaps.nh, self.heaps.k = hi - lo, k
         self.heaps.val = faiss.swig_ptr(values[lo:hi])
         self.heaps.ids = faiss.swig_ptr(rows[lo:hi])
         self._ptr = faiss.swig_ptr
-        #: row of the block -> (values, rows) of its exact torch selection.
-        self.outside: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def add(self, scores: np.ndarray, r0: int) -> None:
-        """Feed rows ``lo : hi`` of a tile's ``scores`` (B, n), database rows ``r0 :``."""
+    def add(self, scores: np.ndarray, r0: int, outside: frozenset[int]) -> dict[int, Any]:
+        """Feed rows ``lo : hi`` of a tile's ``scores`` (B, n), database rows ``r0 :``.
+
+        Returns the rows (not yet in ``outside``) that dropped a score which may still belong
+        to their k best, each with its heap's entries before this tile (to be selected by torch
+        from now on). A dropped score (NaN, ``+inf`` or ``FLT_MAX``) cannot, once the heap
+        holds k entries below ``FLT_MAX``: every later k-th is lower still.
+        """
         part = scores[self.lo : self.hi]
-        n = part.shape[1]
+        dropped = {}
         if not part.max() < _FLT_MAX:  # NaN, +inf or FLT_MAX: a heap would drop them
             for r in np.flatnonzero(~(part.max(axis=1) < _FLT_MAX)):
                 row = self.lo + int(r)
-                if row not in self.outside:
-                    self.outside[row] = self._heap_list(row)
-        self.heaps.addn(n, self._ptr(part), r0, 0, self.hi - self.lo)
-        for row, (values, rows) in list(self.outside.items()):
-            new = torch.from_numpy(scores[row]).reshape(1, -1)
-            cols = torch.arange(r0, r0 + n).reshape(1, -1)
-            merged = merge_topk(values.reshape(1, -1), rows.reshape(1, -1), new, cols, self.k)
-            self.outside[row] = (merged[0][0].clone(), merged[1][0].clone())
-
-    def _heap_list(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The heap's entries of ``row`` so far, sorted by (score, row)."""
-        ids, values = self.rows[row].copy(), self.values[row].copy()
-        real = ids >= 0
-        ids, values = ids[real], values[real]
-        order = np.lexsort((ids, values))
-        return torch.from_numpy(values[order].copy()), torch.from_numpy(ids[order].copy())
+                if row not in outside:
+                    dropped[row] = (self.values[row].copy(), self.rows[row].copy())
+        self.heaps.addn(part.shape[1], self._ptr(part), r0, 0, self.hi - self.lo)
+        # The heap's root is its k-th entry (FLT_MAX while a place is empty).
+        return {row: lists for row, lists in dropped.items() if not self.values[row, 0] < _FLT_MAX}
 
 
 class HeapTopK:
@@ -153,46 +147,55 @@ class HeapTopK:
         # Every entry (FLT_MAX, -1): a valid heap, as faiss's heapify() makes it.
         self._values = np.full((n_rows, k), _FLT_MAX, dtype=np.float32)
         self._rows = np.full((n_rows, k), -1, dtype=np.int64)
-        self._workers = max(1, min(torch.get_num_threads(), n_rows))
-        bounds = [n_rows * i // self._workers for i in range(self._workers + 1)]
+        self._threads = max(1, torch.get_num_threads())
+        parts = min(self._threads, n_rows)
+        bounds = [n_rows * i // parts for i in range(parts + 1)]
         self._parts = [
             _Part(self._values, self._rows, lo, hi, k) for lo, hi in itertools.pairwise(bounds)
         ]
-        self._whole = _Part(self._values, self._rows, 0, n_rows, k)
+        self._whole = [_Part(self._values, self._rows, 0, n_rows, k)]
+        # Rows that left the heaps (a score no heap takes): their lists, selected by torch.
+        self._outside = torch.empty(0, dtype=torch.int64)
+        self._outside_values = torch.empty((0, k))
+        self._outside_rows = torch.empty((0, k), dtype=torch.int64)
 
     def add(self, scores: torch.Tensor, r0: int) -> None:
         """Merge a tile of scores (B, n), float32, of rows ``r0 : r0 + n`` (after every
         earlier row)."""
         array = scores.detach().contiguous().numpy()
-        if len(self._parts) == 1 or array.size < _MIN_PART_SCORES * len(self._parts):
-            self._whole.outside.update(self._take_outside())
-            self._whole.add(array, r0)
-            return
-        self._give_outside()
-        pool = _pool(len(self._parts))
-        for f in [pool.submit(p.add, array, r0) for p in self._parts]:
-            f.result()
-
-    def _take_outside(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        out = {}
-        for p in self._parts:
-            out.update(p.outside)
-            p.outside.clear()
-        return out
-
-    def _give_outside(self) -> None:
-        for row, lists in self._whole.outside.items():
-            next(p for p in self._parts if p.lo <= row < p.hi).outside[row] = lists
-        self._whole.outside.clear()
+        parts = self._parts
+        if len(parts) == 1 or array.size < _MIN_PART_SCORES * len(parts):
+            parts = self._whole
+        outside = frozenset(self._outside.tolist())
+        # Workers even for one part: faiss's addn would start an OpenMP team in the caller.
+        futures = [_pool(self._threads).submit(p.add, array, r0, outside) for p in parts]
+        wait(futures)
+        leaving = {}
+        for f in futures:
+            leaving.update(f.result())  # raises a worker's exception, once all are done
+        if leaving:
+            rows = sorted(leaving)
+            self._outside = torch.cat([self._outside, torch.tensor(rows, dtype=torch.int64)])
+            new_values = torch.from_numpy(np.stack([leaving[r][0] for r in rows]))
+            new_rows = torch.from_numpy(np.stack([leaving[r][1] for r in rows]))
+            self._outside_values = torch.cat([self._outside_values, new_values])
+            self._outside_rows = torch.cat([self._outside_rows, new_rows])
+        if self._outside.numel():
+            # One exact merge for every row outside the heaps, by (score, row), NaN after
+            # +inf, row -1 (an empty place) last.
+            n = array.shape[1]
+            tile = torch.from_numpy(array[self._outside.numpy()])
+            cols = torch.arange(r0, r0 + n).expand(self._outside.numel(), n)
+            self._outside_values, self._outside_rows = merge_keyed(
+                self._outside_values, self._outside_rows, tile, cols, self.k
+            )
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(values, positions)``, (B, k): sorted scores and rows."""
         values = torch.from_numpy(self._values.copy())
         rows = torch.from_numpy(self._rows.copy())
-        outside = {**self._whole.outside, **self._take_outside()}
-        for row, (v, r) in outside.items():
-            rows[row] = -1
-            rows[row, : r.numel()] = r
-            values[row, : v.numel()] = v
+        if self._outside.numel():
+            values[self._outside] = self._outside_values
+            rows[self._outside] = self._outside_rows
         # Sorted by (score, row); a row -1 (fewer than k seen: not with k = min(k, N)) last.
         return merge_keyed(values[:, :0], rows[:, :0], values, rows, self.k)

@@ -188,6 +188,9 @@ def test_nan_rows_across_many_tiles_never_hide_real_winners():
 
 
 @needs_openblas
+@pytest.mark.skipif(
+    cpu_blas._openblas_threads() is None, reason="no pthreads OpenBLAS thread-count functions"
+)
 def test_one_thread_holds_for_searches_run_from_other_threads():
     # Regression: threadpoolctl ignores set_num_threads from any thread but the first that
     # called it, so a search run from another thread multiplied on two OpenBLAS threads.

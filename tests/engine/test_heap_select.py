@@ -155,8 +155,59 @@ def test_the_callers_faiss_threads_are_left_alone():
 
     before = faiss.omp_get_max_threads()
     x, q = _integers(5000, 16, 7), _integers(64, 16, 8)
-    gpuann.knn(q, x, 5)
+    lists = heap_select.HeapTopK(64, 5)
+    lists.add(torch.cdist(q, x), 0)
     assert faiss.omp_get_max_threads() == before
+    # ... while each worker's own is 1, so a worker's addn starts no OpenMP team.
+    pool = heap_select._pool(max(1, torch.get_num_threads()))
+    assert pool.submit(faiss.omp_get_max_threads).result() == 1
+
+
+def _special_tile(g: torch.Generator, rows: int, cols: int) -> torch.Tensor:
+    """Small integers (ties) with NaN, ±inf, ±FLT_MAX and -0.0 sprinkled in."""
+    t = torch.randint(-4, 5, (rows, cols), generator=g).float()
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), FLT_MAX, -FLT_MAX, -0.0])
+    where = torch.rand((rows, cols), generator=g) < 0.03
+    pick = torch.randint(0, len(specials), (rows, cols), generator=g)
+    return torch.where(where, specials[pick], t)
+
+
+@needs_heaps
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_heaps_equal_the_torch_lists_tile_by_tile(monkeypatch, threads):
+    # HeapTopK against RunningTopK on the same tiles, bit for bit (the sign of zero too): ties
+    # at tile boundaries, rows leaving the heaps in one mode (parts or whole) and carried into
+    # the other, k above the rows seen so far, k == N. A tiny part size makes both modes run.
+    from gpuann.engine.eligibility import RowFilters
+    from gpuann.engine.running import RunningTopK
+
+    monkeypatch.setattr(heap_select, "_MIN_PART_SCORES", 40)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(12)
+    try:
+        for case in range(60):
+            rows = int(torch.randint(1, 9, (1,), generator=g))
+            widths = torch.randint(
+                1, 40, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g
+            )
+            n = int(widths.sum())
+            k = int(torch.randint(1, n + 1, (1,), generator=g))
+            heaps = heap_select.HeapTopK(rows, k)
+            plain = RunningTopK(rows, k, 0, RowFilters(), torch.device("cpu"), 1 << 20)
+            r0 = 0
+            for w in widths.tolist():
+                tile = _special_tile(g, rows, w)
+                heaps.add(tile, r0)
+                plain.add(tile, r0)
+                r0 += w
+            hv, hi = heaps.result()
+            pv, pi = plain.result()
+            assert torch.equal(hi, pi), case
+            assert torch.equal(hv.view(torch.int32), pv.view(torch.int32)), case
+            assert torch.equal(heaps.result()[1], hi)  # result() can be asked again
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_heaps

@@ -232,3 +232,19 @@ def test_concurrent_searches_give_the_sequential_answers():
     assert not errors
     for a, b in zip(got, expected, strict=True):
         _assert_identical(a, b)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("n_queries", [1, 300])
+def test_exact_duplicates_anywhere_tie_and_come_back_by_lower_id(metric, n_queries):
+    # Guards the choice of products: OpenBLAS's sgemm scores identical rows differently by
+    # column position (so duplicates would be ordered by rounding noise); MKL's products and
+    # OpenBLAS's matrix-vector product (single queries) score them alike.
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(200_001, 32, generator=g)
+    places = [123, 777, 4097, 65_537, 100_003, 150_001, 199_999]
+    x[places] = x[123].clone()
+    q = x[123] + 0.01 * torch.randn(n_queries, 32, generator=g)
+    D, I = gpuann.knn(q, x, 8, metric=metric)
+    assert (I[:, :7] == torch.tensor(places)).all()
+    assert (D[:, :7] == D[:, :1]).all()

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import functools
 import itertools
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from gpuann._pools import worker_pool
 from gpuann.backends.base import Backend
 
 __all__ = ["FaissHamming", "faiss_hamming_topk"]
@@ -37,18 +37,16 @@ _MIN_FAISS = (1, 7, 3)
 #: releases the GIL) whose lists are merged on packed keys; smaller parts lose more to the
 #: hand-off (~50 µs) than they gain.
 _MIN_PART_ROWS = 1 << 18
-_pool_lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 @functools.cache
 def _faiss_module():
-    """The faiss module, or None when it cannot be imported (imported on first use only)."""
-    try:
-        import faiss
-    except Exception:  # a broken install counts as missing
-        return None
-    return faiss
+    """The real faiss module, or None when it cannot be imported (imported on first use only;
+    :func:`gpuann.ivf._faiss.optional_faiss`, so also while ``sys.modules["faiss"]`` is the
+    shim)."""
+    from gpuann.ivf._faiss import optional_faiss
+
+    return optional_faiss()
 
 
 def _version(module) -> tuple[int, ...]:
@@ -70,10 +68,7 @@ def _install_reasons() -> tuple[str, ...]:
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    with _pool_lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="gpuann-hamming")
-        return _pools[workers]
+    return worker_pool("hamming", workers)
 
 
 def _scan(faiss, xq: np.ndarray, xb: np.ndarray, k: int, threads: int | None) -> torch.Tensor:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,12 +34,12 @@ from typing import Any
 import torch
 
 from gpuann._env import cpu_blas_mode
+from gpuann._pools import worker_pool
 
 __all__ = [
     "NUMPY_MAX_QUERIES",
     "numpy_blas_active",
     "numpy_mm_t",
-    "one_openblas_thread",
     "use_numpy_blas",
 ]
 
@@ -50,10 +49,6 @@ NUMPY_MAX_QUERIES = 1
 #: Fewest database rows per thread of a product; parts start at multiples of ``_ALIGN`` rows.
 _MIN_PART_ROWS = 32768
 _ALIGN = 64
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pool_lock = threading.Lock()
-if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's pool threads
-    os.register_at_fork(after_in_child=_pools.clear)
 
 
 @functools.cache
@@ -115,10 +110,7 @@ def use_numpy_blas(device: torch.device, query_block: int) -> bool:
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    with _pool_lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="gpuann-blas")
-        return _pools[workers]
+    return worker_pool("blas", workers)
 
 
 def numpy_mm_t(
@@ -212,8 +204,7 @@ def _openblas_threads() -> tuple[Any, Any] | None:
 
     Not threadpoolctl's ``set_num_threads``: it does nothing when called from any thread but
     the first that used it (its "controlling thread"), so a search run from another thread
-    multiplied on two OpenBLAS threads, with other bits (found by the heap scan's
-    concurrency test).
+    multiplied on two OpenBLAS threads (found by a concurrency test).
     """
     blas = _numpy_openblas()
     if blas is None:
@@ -236,5 +227,3 @@ def _openblas_threads() -> tuple[Any, Any] | None:
 
 
 _one_openblas_thread = _OneOpenBLASThread()
-#: Context manager: numpy's OpenBLAS on one thread while the block runs (process-wide).
-one_openblas_thread = _one_openblas_thread

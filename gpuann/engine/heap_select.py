@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
-import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 
 from gpuann._env import cpu_select_mode
+from gpuann._pools import worker_pool
 from gpuann.engine.running import merge_keyed
 
 __all__ = ["MIN_SCORES", "HeapTopK", "heap_select_applies"]
@@ -46,19 +45,14 @@ _FLT_MAX = float(np.finfo(np.float32).max)
 #: Fewest scores per thread of a tile: below this one thread feeds every row.
 _MIN_PART_SCORES = 1 << 16
 
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pool_lock = threading.Lock()
-if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's pool threads
-    os.register_at_fork(after_in_child=_pools.clear)
-
 
 @functools.cache
 def _faiss() -> Any | None:
-    """faiss, if it imports and has its heap arrays (imported on first use only)."""
-    try:
-        import faiss
-    except ImportError:
-        return None
+    """The real faiss (also while ``sys.modules["faiss"]`` is gpuann's shim), if it imports
+    and has its heap arrays; imported on first use only."""
+    from gpuann.ivf._faiss import optional_faiss
+
+    faiss = optional_faiss()
     return faiss if hasattr(faiss, "float_maxheap_array_t") else None
 
 
@@ -79,12 +73,7 @@ def heap_select_applies(device: torch.device, keyed: bool, n_scores: int) -> boo
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    with _pool_lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(
-                workers, thread_name_prefix="gpuann-heap", initializer=_one_omp_thread
-            )
-        return _pools[workers]
+    return worker_pool("heap", workers, _one_omp_thread)
 
 
 def _one_omp_thread() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "import_faiss",
     "index_to_cpu",
     "index_to_device",
+    "optional_faiss",
     "range_search",
     "remove_ids",
     "same_training",
@@ -77,6 +78,15 @@ def import_faiss() -> Any:
             "faiss-gpu for CUDA indexes"
         ) from err
     return faiss
+
+
+def optional_faiss() -> Any | None:
+    """The real ``faiss`` module (:func:`import_faiss`), or None where it cannot be imported
+    (a broken install counts as missing): for the CPU paths that use faiss when it is there."""
+    try:
+        return import_faiss()
+    except Exception:
+        return None
 
 
 def _real_faiss_beside(shim: Any) -> Any:

@@ -202,7 +202,7 @@ def test_one_thread_holds_for_searches_run_from_other_threads():
     seen = []
 
     def inside() -> None:
-        with cpu_blas.one_openblas_thread():
+        with cpu_blas._one_openblas_thread():
             seen.append(blas.get_num_threads())
         seen.append(blas.get_num_threads())
 

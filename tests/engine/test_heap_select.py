@@ -248,3 +248,24 @@ def test_exact_duplicates_anywhere_tie_and_come_back_by_lower_id(metric, n_queri
     D, I = gpuann.knn(q, x, 8, metric=metric)
     assert (I[:, :7] == torch.tensor(places)).all()
     assert (D[:, :7] == D[:, :1]).all()
+
+
+@needs_heaps
+def test_heaps_are_found_while_the_shim_stands_in_for_faiss(monkeypatch):
+    # Code handed gpuann's shim as ``faiss`` (sys.modules["faiss"] = the shim) must not turn
+    # the heaps off: ``import faiss`` there gives the shim, which has no heap arrays.
+    import sys
+
+    import faiss
+
+    import gpuann.compat.faiss as shim
+    import gpuann.ivf._faiss as faiss_calls
+
+    # The real module already known (no second import of faiss, which would leak into others).
+    monkeypatch.setattr(faiss_calls, "_REAL_FAISS", faiss)
+    monkeypatch.setitem(sys.modules, "faiss", shim)
+    heap_select._faiss.cache_clear()
+    try:
+        assert hasattr(heap_select._faiss(), "float_maxheap_array_t")
+    finally:
+        heap_select._faiss.cache_clear()

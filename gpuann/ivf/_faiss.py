@@ -77,6 +77,8 @@ def import_faiss() -> Any:
             "gpuann's IVF indexes need faiss: pip install gpuann[faiss] (CPU), or "
             "faiss-gpu for CUDA indexes"
         ) from err
+    global _REAL_FAISS
+    _REAL_FAISS = faiss  # for when the shim takes its name later
     return faiss
 
 
@@ -91,12 +93,28 @@ def optional_faiss() -> Any | None:
 
 def _real_faiss_beside(shim: Any) -> Any:
     """The real faiss while ``sys.modules["faiss"]`` is gpuann's shim (code handed the shim
-    as ``faiss``): imported with the shim set aside for the import, then cached."""
+    as ``faiss``), then cached.
+
+    A real faiss imported before the shim was put in its place is reused: importing faiss a
+    second time would run its class wrappers again over the same SWIG classes (every
+    constructor then recurses until RecursionError) and leave two faiss modules whose
+    parameter objects the other's indexes refuse. Only when none was loaded is faiss
+    imported, with the shim set aside for the import.
+    """
     global _REAL_FAISS
     if _REAL_FAISS is not None:
         return _REAL_FAISS
     with _IMPORT_LOCK:
         if _REAL_FAISS is None:
+            _REAL_FAISS = _loaded_real_faiss(shim)
+        if _REAL_FAISS is None:
+            if any(name.startswith("faiss.") for name in sys.modules):
+                raise FaissUnavailableError(
+                    "a real faiss was imported before sys.modules['faiss'] was set to "
+                    "gpuann.compat.faiss, and gpuann cannot find that module to reuse it "
+                    "(importing faiss twice breaks it): import gpuann.compat.faiss before "
+                    "substituting it, or substitute it before faiss is imported"
+                )
             del sys.modules["faiss"]
             try:
                 import faiss
@@ -108,6 +126,22 @@ def _real_faiss_beside(shim: Any) -> Any:
                 sys.modules["faiss"] = shim
             _REAL_FAISS = faiss
         return _REAL_FAISS
+
+
+def _loaded_real_faiss(shim: Any) -> Any | None:
+    """A real faiss package already imported in this process, found through its own
+    submodules (faiss's ``class_wrappers`` and ``extra_wrappers`` import the package as
+    ``faiss``), or None."""
+    for name in ("faiss.class_wrappers", "faiss.extra_wrappers"):
+        candidate = getattr(sys.modules.get(name), "faiss", None)
+        if (
+            candidate is not None
+            and candidate is not shim
+            and getattr(candidate, "__name__", None) == "faiss"
+            and hasattr(candidate, "IndexFlat")
+        ):
+            return candidate
+    return None
 
 
 def faiss_gpu_available() -> bool:

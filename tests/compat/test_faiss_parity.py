@@ -467,3 +467,42 @@ def test_shim_as_sys_modules_faiss(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("order", ["faiss, then shim", "shim, then faiss"])
+def test_shim_substituted_after_real_faiss_was_imported(order):
+    """A process that imported the real faiss before handing the shim out as ``faiss`` (a
+    library imported faiss first): gpuann reuses that faiss. Importing it a second time
+    re-ran faiss's class wrappers (IVF constructors recursed until RecursionError) and left
+    two faiss modules, whose HNSW parameters the other's indexes refused."""
+    first, second = (
+        ("import faiss as real", "import gpuann.compat.faiss as shim")
+        if order == "faiss, then shim"
+        else ("import gpuann.compat.faiss as shim", "import faiss as real")
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        {first}
+        {second}
+        sys.modules["faiss"] = shim
+        from gpuann.ivf._faiss import import_faiss
+        assert import_faiss() is real
+        x = np.random.default_rng(0).standard_normal((500, 8), dtype=np.float32)
+        index = shim.IndexIVFFlat(shim.IndexFlatL2(8), 8, 4)
+        index.train(x)
+        index.add(x)
+        assert index.search(x[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
+        hnsw = real.IndexHNSWFlat(8, 16)
+        hnsw.add(x)
+        params = import_faiss().SearchParametersHNSW(efSearch=32)
+        assert hnsw.search(x[:2], 1, params=params)[1][:, 0].tolist() == [0, 1]
+        assert sys.modules["faiss"] is shim
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -6,6 +6,7 @@ import doctest
 import importlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -55,3 +56,19 @@ def test_docstring_examples_run(name):
     assert result.failed == 0
     if name not in ("gpuann.ivf._persist", "gpuann.ivf._results", "gpuann.ivf.gpu_gaps"):
         assert result.attempted > 0, f"{name} has no examples"
+
+
+def test_real_faiss_loaded_but_not_found_is_a_clear_error(monkeypatch):
+    """With the shim as ``sys.modules["faiss"]`` and faiss's submodules loaded but the
+    package nowhere to be found, gpuann refuses to import faiss a second time (that re-runs
+    faiss's class wrappers) and says what to do."""
+    import gpuann.compat.faiss as shim
+
+    monkeypatch.setattr(_faiss, "_REAL_FAISS", None)
+    for name in ("faiss.class_wrappers", "faiss.extra_wrappers"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "faiss.loader", types.ModuleType("faiss.loader"))
+    monkeypatch.setitem(sys.modules, "faiss", shim)
+    with pytest.raises(_faiss.FaissUnavailableError, match="imported before"):
+        _faiss.import_faiss()
+    assert sys.modules["faiss"] is shim

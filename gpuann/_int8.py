@@ -44,19 +44,26 @@ def quantize_queries(queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     """int8 codes ``u`` (Q, d) and power-of-two factors ``s`` (Q,) with ``queries ≈ s · u``.
 
     ``s`` is the least power of two with ``max |queries| <= 127 · s`` per row (1 for a zero
-    row), so that ``s · ⟨u, c⟩`` is exact for any integer dot.
+    row), so that ``s · ⟨u, c⟩`` is exact for any integer dot. A row holding NaN or ±inf
+    (searched with ``check_finite=False``) gets codes 0 and ``s = NaN``: its scores are NaN,
+    never the codes of an undefined float-to-int8 cast.
 
     >>> u, s = quantize_queries(torch.tensor([[0.5, -1.0, 0.25], [1.984375, 0.0, -0.5]]))
     >>> u.tolist(), s.tolist()
     ([[32, -64, 16], [127, 0, -32]], [0.015625, 0.015625])
+    >>> u, s = quantize_queries(torch.tensor([[float("nan"), 1.0], [float("inf"), 0.0]]))
+    >>> u.tolist(), s.tolist()
+    ([[0, 0], [0, 0]], [nan, nan])
     """
     q = queries.float()
     amax = q.abs().amax(dim=1) if q.shape[1] else q.new_zeros(q.shape[0])
     mantissa, exponent = torch.frexp(amax / CODE_MAX)  # amax / 127 = m · 2**e, 0.5 <= m < 1
     exponent = exponent - (mantissa == 0.5).to(exponent.dtype)  # already a power of two
     scale = torch.where(amax > 0, torch.ldexp(torch.ones_like(amax), exponent), 1.0)
-    codes = torch.round(q / scale[:, None]).clamp_(-CODE_MAX, CODE_MAX).to(torch.int8)
-    return codes, scale
+    finite = torch.isfinite(amax)
+    scaled = torch.where(finite[:, None], q / scale[:, None], 0.0)
+    codes = torch.round(scaled).clamp_(-CODE_MAX, CODE_MAX).to(torch.int8)
+    return codes, torch.where(finite, scale, float("nan"))
 
 
 class Int8Codes:

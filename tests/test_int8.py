@@ -129,3 +129,59 @@ def test_int8_queries_give_the_same_ids_on_torch_and_triton():
         index.add(x)
         a, b = index.search(q, 5, backend="torch"), index.search(q, 5, backend="triton")
         assert torch.equal(a.ids, b.ids) and torch.equal(a.distances, b.distances)
+
+
+STORAGE = {
+    "float32": {},
+    "int8": {"dtype": torch.int8},
+    "int8_queries": {"dtype": torch.int8, "int8_queries": True},
+    "int8+refine": {"dtype": torch.int8, "refine": True},
+}
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("storage", list(STORAGE))
+def test_non_finite_query_rows_come_back_non_finite_and_leave_the_others_alone(
+    storage, metric, backend
+):
+    # check_finite=False: a query row holding NaN or inf has non-finite distances (NaN
+    # scores, never int8 codes from an undefined float-to-int8 cast of NaN), valid ids, and
+    # the finite rows come back as when searched alone.
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if storage in ("int8", "int8+refine"):
+            pytest.skip("the fused kernel takes int8 storage with int8 queries only")
+    g = torch.Generator().manual_seed(3)
+    x, q = torch.randn(300, 16, generator=g), torch.randn(4, 16, generator=g)
+    q[1, 3], q[2, 5] = float("nan"), float("inf")
+    index = gpuann.FlatIndex(16, metric=metric, device="cpu", **STORAGE[storage])
+    index.train(x)
+    index.add(x)
+    found = index.search(q, 5, backend=backend, check_finite=False)
+    assert not torch.isfinite(found.distances[1:3]).any()
+    assert ((found.ids >= 0) & (found.ids < 300)).all()
+    alone = index.search(q[[0, 3]], 5, backend=backend)
+    assert torch.equal(found.ids[[0, 3]], alone.ids)
+    torch.testing.assert_close(found.distances[[0, 3]], alone.distances)  # batch-shaped gemm
+    if storage == "int8_queries":  # codes 0 and a NaN factor: every candidate ties
+        assert found.ids[1].tolist() == list(range(5))
+
+
+def test_int8_queries_past_the_int32_bound_find_the_largest_dot():
+    # d = 140 000: row 0's codes (127) against query codes 127 sum to 2.26e9 > 2**31, which
+    # wrapped negative in int32 and ranked row 0 last; the Triton kernel (int32 accumulator)
+    # refuses such a search with its reason.
+    d = 140_000
+    x = torch.full((20, d), 0.1)
+    x[0] = 1.0
+    index = gpuann.FlatIndex(d, metric="ip", dtype=torch.int8, int8_queries=True, device="cpu")
+    index.train(torch.cat([x, -x]))
+    index.add(x)
+    query = torch.full((1, d), 16129 / 16384)  # scaled and quantised to codes of 127
+    codes, _ = index._int8.engine_queries(query)
+    assert (codes == 127).all()
+    assert index.search(query, 1, backend="torch").ids.tolist() == [[0]]
+    pytest.importorskip("triton")
+    with pytest.raises(gpuann.BackendUnavailableError, match="int32 accumulator"):
+        index.search(query, 1, backend="triton")

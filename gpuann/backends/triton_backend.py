@@ -32,6 +32,7 @@ from gpuann._triton import MAX_K, triton_installed
 from gpuann._validate import FLOAT_DTYPES, STORAGE_DTYPES
 from gpuann.backends.base import ExactBackend, SearchRequest, triton_runtime_reasons
 from gpuann.backends.dispatch import register_backend
+from gpuann.engine.int8_dots import EXACT_INT32_MAX_DIM
 from gpuann.metrics import Metric
 
 __all__ = ["TritonBackend"]
@@ -67,6 +68,11 @@ class TritonBackend(ExactBackend):
         int8 = request.database.dtype == torch.int8
         if int8 and (request.queries.dtype != torch.int8 or request.query_scale is None):
             reasons.append("int8 storage: needs int8 queries with a query_scale")
+        elif int8 and request.database.shape[1] > EXACT_INT32_MAX_DIM:
+            reasons.append(
+                f"int8 storage: d={request.database.shape[1]} > {EXACT_INT32_MAX_DIM}, where "
+                "the kernel's int32 accumulator could overflow"
+            )
         elif not int8 and request.queries.dtype not in FLOAT_DTYPES:
             reasons.append(f"queries dtype {request.queries.dtype} is not supported")
         if request.database.shape[0] > _MAX_ROWS:

@@ -8,7 +8,8 @@ each query's power-of-two factor (exact too). So the torch backend, the Triton k
 On the CPU ``torch._int_mm`` (oneDNN) runs the product 2-5x faster than a float32 ``mm`` of
 the same codes here (AVX512-VNNI), when a probe finds it exact (it is not without VNNI);
 elsewhere (or for shapes ``_int_mm`` refuses on CUDA)
-a float32 ``mm`` of the codes is exact while d <= 1024, and a float64 one beyond.
+a float32 ``mm`` of the codes is exact while d <= 1024, and a float64 one beyond (and
+always where d > 131 071, past which int32 accumulation could overflow).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import functools
 
 import torch
 
-__all__ = ["EXACT_FLOAT32_MAX_DIM", "int8_scores"]
+__all__ = ["EXACT_FLOAT32_MAX_DIM", "EXACT_INT32_MAX_DIM", "int8_scores"]
 
 #: Largest d for which every partial sum of int8 × int8 products (|p| <= 128 · 128) is an
 #: integer below 2**24, so that a float32 ``mm`` of the codes is exact in any order.
 EXACT_FLOAT32_MAX_DIM = 2**24 // (128 * 128)
+#: Largest d for which int32 accumulation of int8 × int8 products cannot overflow: beyond it
+#: (d > 131 071) ``torch._int_mm`` and the fused kernel's int8 ``tl.dot`` would wrap, and the
+#: dots run in float64 (exact while d·128² < 2**53).
+EXACT_INT32_MAX_DIM = (2**31 - 1) // (128 * 128)
 
 
 @functools.cache
@@ -49,6 +54,8 @@ def _cpu_int_mm_exact() -> bool:
 
 
 def _int_mm_ok(queries: torch.Tensor, codes: torch.Tensor) -> bool:
+    if queries.shape[1] > EXACT_INT32_MAX_DIM:
+        return False
     if queries.device.type == "cpu":
         # torch 2.13's CPU ``_int_mm`` returns uninitialised memory when d == 1 (seen here:
         # every d in 2..3000 and random shapes up to 700 x 5000 were exact, d == 1 never).

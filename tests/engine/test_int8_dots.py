@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpuann.engine import int8_dots
-from gpuann.engine.int8_dots import EXACT_FLOAT32_MAX_DIM, int8_scores
+from gpuann.engine.int8_dots import EXACT_FLOAT32_MAX_DIM, EXACT_INT32_MAX_DIM, int8_scores
 
 
 def _codes(rows: int, dim: int, seed: int, extreme: bool = False) -> torch.Tensor:
@@ -42,6 +42,15 @@ def test_beyond_the_float32_bound_both_paths_round_the_exact_integer_once(monkey
     monkeypatch.setattr(int8_dots, "_int_mm_ok", lambda q, c: False)
     slow = int8_scores(q, c, scale, torch.empty(4, 9))
     assert torch.equal(fast, expected) and torch.equal(slow, expected)
+
+
+@pytest.mark.parametrize("d", [EXACT_INT32_MAX_DIM, EXACT_INT32_MAX_DIM + 1])
+def test_no_int32_overflow_at_the_largest_dots(d):
+    # Regression: past d = 131 071 every product at -128 · -128 sums beyond 2**31 - 1, and
+    # int32 accumulation (``_int_mm``) wrapped to a negative dot; there the float64 path runs.
+    q, c = _codes(1, d, 0, extreme=True), _codes(3, d, 0, extreme=True)
+    out = int8_scores(q, c, torch.ones(1, 1), torch.empty(1, 3))
+    assert torch.equal(out, torch.full((1, 3), float(128 * 128 * d)))
 
 
 def test_int_mm_is_probed_and_not_used_where_it_is_wrong():

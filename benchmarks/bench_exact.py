@@ -18,6 +18,9 @@ Three methods run on the same seeded data, at the same thread count, in the same
 ``torch``
     What a user writes with torch alone: ``addmm`` (L2, with precomputed database norms) or
     ``mm`` (IP) and ``topk``, in query chunks whose score matrix fits ``--naive-chunk-mib``.
+``gpuann_tiled`` (only when ``--methods`` names it)
+    ``gpuann`` with ``GPUANN_CPU_BLAS=torch``: the tiled engine on torch's MKL instead of the
+    verified OpenBLAS passes (``gpuann/engine/verified_cpu.py``), for an A/B in one run.
 
 Each case runs in two fresh ``spawn`` child processes that generate the same seeded data: the
 first measures each method's peak memory during one search (one method after another, with
@@ -55,6 +58,10 @@ __all__ = [
 ]
 
 METHODS: tuple[str, ...] = ("faiss", "gpuann", "torch")
+#: Methods run only when ``--methods`` names them: ``gpuann_tiled`` is gpuann with
+#: ``GPUANN_CPU_BLAS=torch`` (the tiled engine on MKL, no verified OpenBLAS passes), for an
+#: A/B of the two CPU paths in one run.
+EXTRA_METHODS: tuple[str, ...] = ("gpuann_tiled",)
 MiB = 1 << 20
 DEFAULT_OUT = harness.REPO_ROOT / "benchmarks" / "results"
 #: Cases above this much arithmetic (2·Q·N·d) are skipped by default on the CPU: the largest,
@@ -220,7 +227,7 @@ def _searcher(
 
     torch.set_num_threads(threads)
     q = torch.from_numpy(queries).to(device)
-    if method == "gpuann":
+    if method in ("gpuann", "gpuann_tiled"):
         import gpuann
         from gpuann.budget import check_budget
         from gpuann.flat import FlatIndex
@@ -233,7 +240,21 @@ def _searcher(
             "index_bytes": index.nbytes,
             "backends": gpuann.available_backends(),
         }
-        return (lambda: index.search(q, case.k)), facts
+        if method == "gpuann":
+            return (lambda: index.search(q, case.k)), facts
+
+        def tiled() -> Any:
+            before = os.environ.get("GPUANN_CPU_BLAS")
+            os.environ["GPUANN_CPU_BLAS"] = "torch"
+            try:
+                return index.search(q, case.k)
+            finally:
+                if before is None:
+                    del os.environ["GPUANN_CPU_BLAS"]
+                else:
+                    os.environ["GPUANN_CPU_BLAS"] = before
+
+        return tiled, facts
 
     if method == "torch":
         xb = torch.from_numpy(database).to(device)  # no copy on the CPU
@@ -256,7 +277,7 @@ def _searcher(
             return torch.cat(distances), torch.cat(ids)
 
         return search, {"device": str(xb.device), "query_chunk": rows}
-    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    raise ValueError(f"method: expected one of {METHODS + EXTRA_METHODS}, got {method!r}")
 
 
 def measure_memory(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -375,8 +396,10 @@ def run_case(case: Case, settings: dict[str, Any]) -> dict[str, Any]:
         return methods.get(name, {}).get("timing", {}).get("median_s")
 
     g, f, t = median("gpuann"), median("faiss"), median("torch")
+    tiled = median("gpuann_tiled")
     row["ratio_vs_faiss"] = f / g if g and f else None
     row["ratio_vs_torch"] = t / g if g and t else None
+    row["ratio_vs_tiled"] = tiled / g if g and tiled else None
     row["agreement_vs_faiss"] = {
         name: id_agreement(found, ids["faiss"]) for name, found in ids.items() if "faiss" in ids
     }
@@ -468,7 +491,7 @@ def _flat_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         row = {key: r[key] for key in ("queries", "database", "dim", "k", "metric")}
-        for name in METHODS:
+        for name in METHODS + EXTRA_METHODS:
             m = r["methods"].get(name, {})
             row[f"{name}_s"] = m.get("timing", {}).get("median_s")
             row[f"{name}_qps"] = m.get("qps")
@@ -477,6 +500,7 @@ def _flat_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[f"{name}_s"] = None
         row["ratio_vs_faiss"] = r["ratio_vs_faiss"]
         row["ratio_vs_torch"] = r["ratio_vs_torch"]
+        row["ratio_vs_tiled"] = r.get("ratio_vs_tiled")
         row["budget"] = r["budget_bytes"]
         row["agree_gpuann"] = r["agreement_vs_faiss"].get("gpuann")
         row["agree_torch"] = r["agreement_vs_faiss"].get("torch")
@@ -496,9 +520,11 @@ COLUMNS: tuple[harness.Column, ...] = (
     harness.Column("gpuann_s", "gpuann", _fmt_s),
     harness.Column("faiss_s", "faiss", _fmt_s),
     harness.Column("torch_s", "torch", _fmt_s),
+    harness.Column("gpuann_tiled_s", "gpuann tiled", _fmt_s),
     harness.Column("gpuann_qps", "gpuann QPS", "{:,.0f}".format),
     harness.Column("ratio_vs_faiss", "gpuann/faiss", "{:.2f}".format),
     harness.Column("ratio_vs_torch", "gpuann/torch", "{:.2f}".format),
+    harness.Column("ratio_vs_tiled", "gpuann/tiled", "{:.2f}".format),
     harness.Column("gpuann_peak", "gpuann peak MiB", _fmt_mib),
     harness.Column("budget", "budget MiB", _fmt_mib),
     harness.Column("faiss_peak", "faiss peak MiB", _fmt_mib),
@@ -613,7 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=_csv(int), help="d values, e.g. 128,384,768")
     p.add_argument("--k", type=_csv(int), help="k values, e.g. 10,100")
     p.add_argument("--metrics", type=_csv(str), help="l2 and/or ip")
-    p.add_argument("--methods", type=_csv(str), help=f"subset of {','.join(METHODS)}")
+    p.add_argument(
+        "--methods", type=_csv(str), help=f"subset of {','.join(METHODS + EXTRA_METHODS)}"
+    )
     p.add_argument("--repeats", type=int, help="timed repeats per method (preset default)")
     p.add_argument("--warmup", type=int, help="extra warm-up calls before timing")
     p.add_argument("--min-seconds", type=float, help="time fast calls until this many seconds")
@@ -677,8 +705,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     kind = device.split(":", 1)[0]
     threads = args.threads or len(os.sched_getaffinity(0))
     methods = args.methods or list(METHODS)
-    if unknown := set(methods) - set(METHODS):
-        raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
+    if unknown := set(methods) - set(METHODS + EXTRA_METHODS):
+        raise SystemExit(
+            f"--methods: unknown {sorted(unknown)}; choose from {METHODS + EXTRA_METHODS}"
+        )
     max_gflop = args.max_gflop
     if max_gflop is None:
         max_gflop = DEFAULT_CUDA_MAX_GFLOP if kind == "cuda" else DEFAULT_CPU_MAX_GFLOP

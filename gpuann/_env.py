@@ -8,11 +8,14 @@ import, so a test or a notebook can set them after ``import gpuann``.
   tensors (slowly: for tests).
 - ``GPUANN_AUTOTUNE``: ``0`` turns off autotuning (fixed, pre-checked configurations are used);
   on by default on CUDA, always off under the interpreter.
-- ``GPUANN_CPU_BLAS``: ``auto`` (default), ``numpy`` or ``torch``: which BLAS multiplies blocks
-  of few queries on the CPU (see :mod:`gpuann.engine.cpu_blas`).
+- ``GPUANN_CPU_BLAS``: ``auto`` (default), ``numpy`` or ``torch``: which BLAS multiplies on the
+  CPU (see :mod:`gpuann.engine.cpu_blas`): numpy's OpenBLAS for single queries and, in the
+  verified passes of :mod:`gpuann.engine.verified_cpu`, for large unfiltered float32
+  searches; ``torch`` keeps MKL and the tiled engine everywhere.
 - ``GPUANN_CPU_SELECT``: ``auto`` (default) or ``torch``: how unfiltered CPU searches keep their
-  running top-k: faiss's heaps when faiss imports (:mod:`gpuann.engine.heap_select`), or
-  ``torch``'s threshold filter (:mod:`gpuann.engine.running`).
+  running top-k: faiss's heaps when faiss imports (:mod:`gpuann.engine.heap_select`, also
+  behind the verified passes), or ``torch``'s threshold filter (:mod:`gpuann.engine.running`,
+  and no verified passes).
 - ``GPUANN_TRITON_FP32``: ``tf32x3`` (default) or ``ieee``: how the fused k-NN kernel multiplies
   float32 storage (three TF32 tensor-core products of a hi/lo split, or FMA dots).
 - ``GPUANN_AOT_CACHE``: the folder of the ahead-of-time compile checks' disk cache (default

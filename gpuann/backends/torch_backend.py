@@ -3,7 +3,10 @@
 Runs on every device torch runs on and supports every request (the fallback of last resort).
 Tiles of scores come from ``mm``/``addmm`` in float32 and feed a running tie-aware top-k (see
 :mod:`gpuann.engine.running` for how each tile is selected); out-of-core streaming runs the
-same engine on the chunks it transfers, so both give the same bits.
+same engine on the chunks it transfers, so both give the same bits. Unfiltered float32
+searches on the CPU over at least :data:`~gpuann.engine.verified_cpu.MIN_ROWS` rows run the
+verified OpenBLAS passes of :mod:`gpuann.engine.verified_cpu` instead where those apply (the
+top-k by pairwise score; streaming runs them too).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from gpuann.backends.base import ExactBackend, SearchRequest
 from gpuann.backends.dispatch import register_backend
 from gpuann.engine.search import Chunk, TiledSearch
 from gpuann.engine.tiles import plan_score_tiles
+from gpuann.engine.verified_cpu import verified_applies, verified_search
 from gpuann.metrics import Metric
 
 __all__ = ["TorchBackend", "torch_exact_search"]
@@ -45,18 +49,39 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
     positions = torch.full((n_queries, k), -1, dtype=torch.int64, device=device)
     if n_database == 0 or n_queries == 0:
         return distances, positions
-    plan = plan_score_tiles(n_queries, n_database, dim, k, request.memory_budget, device)
-    search = TiledSearch(
-        queries,
-        k_found,
-        request.metric is Metric.L2,
-        plan,
-        filters=request.row_filters(),
-        memory_budget=request.memory_budget,
-        query_scale=request.query_scale,
-    )
-    search.add(Chunk(0, database, request.database_sqnorms, request.column_scale))
-    distances[:, :k_found], positions[:, :k_found] = search.result()
+    filters = request.row_filters()
+    l2 = request.metric is Metric.L2
+    if verified_applies(
+        device,
+        database.dtype,
+        filters.keyed,
+        n_database,
+        request.column_scale,
+        request.query_scale,
+    ):
+        found = verified_search(
+            queries,
+            k_found,
+            l2,
+            n_database,
+            lambda: [(0, database, request.database_sqnorms)],
+            lambda rows: torch.index_select(database, 0, rows),
+            request.memory_budget,
+        )
+    else:
+        plan = plan_score_tiles(n_queries, n_database, dim, k, request.memory_budget, device)
+        search = TiledSearch(
+            queries,
+            k_found,
+            l2,
+            plan,
+            filters=filters,
+            memory_budget=request.memory_budget,
+            query_scale=request.query_scale,
+        )
+        search.add(Chunk(0, database, request.database_sqnorms, request.column_scale))
+        found = search.result()
+    distances[:, :k_found], positions[:, :k_found] = found
     return distances, positions
 
 

@@ -24,6 +24,10 @@ __all__ = ["MatrixSource", "as_matrix_source", "stored_bytes"]
 
 #: Rows hashed into a fingerprint (evenly spaced, first and last included).
 _FINGERPRINT_ROWS = 64
+#: :meth:`MatrixSource.take` from a file: rows at most this far apart are read in one
+#: ``pread``, at most ``_TAKE_RUN`` wanted rows per read.
+_TAKE_GAP = 4
+_TAKE_RUN = 128
 _NUMPY_TO_TORCH = {
     np.dtype(np.float16): torch.float16,
     np.dtype(np.float32): torch.float32,
@@ -159,6 +163,34 @@ class MatrixSource:
                 target, position = target[got:], position + got
         finally:
             os.close(fd)
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (int64, shape (n,), any order, repeats allowed) as a new float32
+        CPU tensor, shape (n, d) (for re-scoring candidates of a streamed CPU search).
+
+        Files are read with ``pread`` (as :meth:`rows`: no page of the file stays mapped),
+        rows close together in one read each.
+        """
+        if isinstance(self.data, torch.Tensor):
+            return torch.index_select(self.data, 0, index.to(self.data.device)).float().cpu()
+        wanted = index.numpy()
+        if self.file_offset is None:
+            rows = np.asarray(self.data[wanted], dtype=np.float32)
+            return torch.from_numpy(np.ascontiguousarray(rows))
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        found = np.empty((unique.size, self.shape[1]), dtype=np.float32)
+        # runs of rows at most _TAKE_GAP apart (and _TAKE_RUN long) are read whole
+        breaks = np.flatnonzero(np.diff(unique) > _TAKE_GAP) + 1
+        at = 0
+        for run in np.split(unique, breaks):
+            for lo in range(0, run.size, _TAKE_RUN):
+                part = run[lo : lo + _TAKE_RUN]
+                first, last = int(part[0]), int(part[-1]) + 1
+                block = torch.empty((last - first, self.shape[1]), dtype=self.dtype)
+                self._pread(block, first)
+                found[at : at + part.size] = block.numpy()[part - first]
+                at += part.size
+        return torch.from_numpy(found[inverse])
 
     def stream_dtype(self) -> torch.dtype:
         """The dtype rows travel in: the storage dtype, float64 narrowed to float32."""

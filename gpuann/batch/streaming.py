@@ -6,7 +6,11 @@ number of tiles) at a time, and each transfer is handed on:
 
 * to the tiled engine of :mod:`gpuann.engine` when the dispatcher picks the torch backend —
   the very loop that backend runs in memory, on the same tiles (:func:`plan_stream` asks for
-  the tiles ``knn`` uses), so the results are those of :func:`gpuann.knn` bit for bit;
+  the tiles ``knn`` uses), so the results are those of :func:`gpuann.knn` bit for bit; on
+  the CPU, where ``knn`` runs the verified OpenBLAS passes
+  (:mod:`gpuann.engine.verified_cpu`), the same passes run over the chunks (the candidates
+  re-scored from :meth:`~gpuann.batch.inputs.MatrixSource.take`), and their answer, the
+  top-k by pairwise score, is ``knn``'s too, for any cut into chunks;
 * otherwise (the Triton kernel on CUDA) to the chosen backend, chunk by chunk, and the
   chunk's lists are merged into the running ones (ties to the lower row). The ids and
   distances are those ``knn`` gives on that backend for the same chunk of queries (the
@@ -39,6 +43,7 @@ from gpuann.engine.eligibility import RowFilters
 from gpuann.engine.running import merge_keyed
 from gpuann.engine.search import Chunk, TiledSearch
 from gpuann.engine.tiles import plan_score_tiles
+from gpuann.engine.verified_cpu import verified_applies, verified_search
 from gpuann.metrics import Metric
 
 __all__ = ["StreamPlan", "StreamingExactSearch", "plan_stream", "stream_step_bytes"]
@@ -208,7 +213,21 @@ class StreamingExactSearch(DatabaseStream):
     def _engine_pass(
         self, queries: torch.Tensor, k: int, excluded: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The torch backend's tile loop over the streamed chunks."""
+        """The torch backend's search over the streamed chunks: its verified CPU passes
+        where ``knn`` runs those (:mod:`gpuann.engine.verified_cpu`), else its tile loop."""
+        n_database = self.source.shape[0]
+        if self.metric is not Metric.COSINE and verified_applies(
+            self.device, self.source.stream_dtype(), excluded is not None, n_database
+        ):
+            return verified_search(
+                queries.float(),
+                k,
+                self.metric is Metric.L2,
+                n_database,
+                lambda: ((start, rows, None) for start, rows in self._checked()),
+                self.source.take,
+                self.memory_budget,
+            )
         plan = TilePlan(self.plan.query_tile, self.plan.database_tile, 0)
         search = TiledSearch(
             queries,

@@ -15,11 +15,14 @@ OpenBLAS runs on one thread for these products (its thread count is set for the 
 back after it, through its own C API: threadpoolctl's setter ignores every thread but the
 first that used it): with two, its idle worker spins after every product and the torch op
 that follows (the running top-k's threshold filter) took ~7 ms instead of 0.1 ms. Larger query
-blocks stay on torch's MKL. OpenBLAS's matrix products give a row different bits depending on
-how many rows share the product, and, worse for exact search, give *identical database rows*
-different scores depending on their column (2032 of 2048 copies of one row differed from the
-first in a 500 × 2048 × 129 product here; MKL's and the matrix–vector products' agree), which
-would break ties between duplicates by rounding noise instead of by lower id.
+blocks of the tiled engine stay on torch's MKL. OpenBLAS's matrix products give a row different
+bits depending on how many rows share the product, and, worse for exact search, give *identical
+database rows* different scores depending on their column (2032 of 2048 copies of one row
+differed from the first in a 500 × 2048 × 129 product here; MKL's and the matrix–vector
+products' agree), which would break ties between duplicates by rounding noise instead of by
+lower id. :mod:`gpuann.engine.verified_cpu` therefore uses OpenBLAS's matrix products only to
+propose candidates, which it re-scores pair by pair and proves (the same ``auto``/``numpy``
+choice turns it on).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "NUMPY_MAX_QUERIES",
     "numpy_blas_active",
     "numpy_mm_t",
+    "one_openblas_thread",
     "use_numpy_blas",
 ]
 
@@ -227,3 +231,5 @@ def _openblas_threads() -> tuple[Any, Any] | None:
 
 
 _one_openblas_thread = _OneOpenBLASThread()
+#: Context manager: numpy's OpenBLAS on one thread inside it (process-wide; see the class).
+one_openblas_thread = _one_openblas_thread

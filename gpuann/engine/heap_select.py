@@ -17,8 +17,10 @@ heaps; the tile itself (its products, its bits) is the torch backend's, unchange
   could still be among its k best) leaves the heaps for torch's exact merge
   (:func:`~gpuann.engine.running.merge_keyed`, one call per tile for all of them; NaN after
   ``+inf``, as everywhere else) for the rest of the search.
-- Used for unfiltered CPU searches (:func:`heap_select_applies`) when faiss imports;
-  ``GPUANN_CPU_SELECT=torch`` keeps the threshold filter.
+- Used for unfiltered CPU searches of the tiled engine (:func:`heap_select_applies`) when
+  faiss imports; ``GPUANN_CPU_SELECT=torch`` keeps the threshold filter. (Where numpy's
+  OpenBLAS is chosen, large float32 searches take :mod:`gpuann.engine.verified_cpu`, which
+  feeds these heaps from OpenBLAS products instead.)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from reference import assert_knn_matches
 
 import gpuann
 from gpuann._env import cpu_select_mode
+from gpuann.backends import torch_backend
 from gpuann.engine import heap_select
 
 needs_heaps = pytest.mark.skipif(
@@ -38,6 +39,8 @@ def _both(monkeypatch, *args, **kwargs):
 
     monkeypatch.setattr(heap_select.HeapTopK, "add", spy)
     monkeypatch.setattr(heap_select, "MIN_SCORES", 1)  # small shapes here: heaps anyway
+    # the tiled search's heaps, not the verified OpenBLAS path (tests/engine/test_verified_cpu)
+    monkeypatch.setattr(torch_backend, "verified_applies", lambda *a: False)
     monkeypatch.setenv("GPUANN_CPU_SELECT", "auto")
     heap = gpuann.knn(*args, **kwargs)
     assert runs, "the heap scan did not run"

@@ -1,0 +1,379 @@
+"""CPU exact search by numpy's OpenBLAS in cache, its answers proven by exact re-scoring.
+
+torch's CPU wheels multiply with MKL, measured 12-36% slower than numpy's OpenBLAS on this
+project's AMD machines. OpenBLAS's matrix products cannot rank an exact search themselves:
+they give *identical* database rows scores one rounding apart depending on their column
+(:mod:`gpuann.engine.cpu_blas`), which would order duplicates by noise, not by lower id. Here
+they only *propose*:
+
+1. **Fast pass.** Pool workers each own a range of queries (or, for few queries, of database
+   rows); for each cache-sized database tile a worker multiplies with OpenBLAS (one thread)
+   and feeds the scores, still in cache, to faiss's heaps, which keep ``kc`` candidates.
+2. **Exact re-scoring.** Every candidate pair is scored again on its own by torch
+   elementwise ops, ``Σ (q − x)²`` or ``−Σ q·x`` in float32: the *pairwise score*, the same
+   bits for the same pair wherever it sits, whatever the batch, tiling or thread count.
+   Candidates are ordered by (pairwise score, row), NaN last.
+3. **Proof.** A fast score is within ``eps`` of the pairwise one (the bound ``γ_d`` of any
+   float32 dot product of length ``d``, doubled, with room, from the largest row norm). A row
+   outside a query's candidates has a fast score no better than its heap's worst, so a
+   pairwise score at least that minus ``eps``; when this is still worse than the k-th
+   candidate's (by more than a float32 rounding of it), no such row can be among the k best
+   or tie with the k-th. Queries not proven (near-equal scores at the boundary: duplicates;
+   NaN/inf scores) run again with 4× and 16× the candidates; what is left is scored pairwise
+   against every row (slow, exact).
+
+The result is therefore canonical: **the top-k by pairwise score, ties by lower row** — the
+same for a query alone or in any batch, in memory or streamed in chunks
+(:mod:`gpuann.batch.streaming` runs the same passes over its chunks). Used for unfiltered
+float32 CPU searches over at least :data:`MIN_ROWS` rows when numpy's OpenBLAS is chosen
+(:func:`~gpuann.engine.cpu_blas.numpy_blas_active`) and faiss's heaps are available;
+``GPUANN_CPU_BLAS=torch`` or ``GPUANN_CPU_SELECT=torch`` keep the tiled search.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from concurrent.futures import wait
+
+import numpy as np
+import torch
+
+from gpuann._env import cpu_select_mode
+from gpuann.engine import heap_select
+from gpuann.engine.cpu_blas import numpy_blas_active, one_openblas_thread
+from gpuann.engine.running import merge_keyed
+
+__all__ = ["MIN_ROWS", "Passes", "candidates_for", "verified_applies", "verified_search"]
+
+#: Fewest database rows searched this way (below, the tiled search is as fast and a small
+#: search need not import faiss). Independent of the number of queries, so that a query gets
+#: the same answer alone, in any batch and streamed.
+MIN_ROWS = 1 << 15
+#: Queries and database rows per product of the fast pass: the tile of rows, the queries and
+#: the scores stay in the worker's cache (measured: 128-512 × 1024-4096 within 5%).
+QUERY_BLOCK = 256
+DATABASE_BLOCK = 2048
+#: Queries per worker below which workers split the database rows instead.
+_MIN_PART_QUERIES = 8
+#: Candidates per query of the retries, as multiples of the first pass's.
+RETRY_FACTORS = (4, 16)
+#: Bytes of the pairwise scoring's float32 temporaries per (query, row, dimension) element.
+_PAIRWISE_BYTES = 12
+#: Largest chunk of gathered candidates re-scored at once (bytes).
+_PAIRWISE_CHUNK = 16 << 20
+#: Bytes per (query, row) score of the last resort's blocks: the score, and merge_keyed's
+#: concatenated values, rows and keys.
+_MERGE_BYTES = 32
+#: Fewest queries per group of :func:`verified_search` (each group is one or more passes).
+_MIN_GROUP = 256
+#: Queries scored together by the last resort.
+_PAIRWISE_QUERIES = 16
+_U = 2.0**-24  # unit roundoff of float32
+
+#: The database, pass after pass: each call yields ``(start, rows, sqnorms)`` chunks in row
+#: order (float32 rows on the CPU; squared norms or None).
+Passes = Callable[[], Iterable[tuple[int, torch.Tensor, torch.Tensor | None]]]
+
+
+def candidates_for(k: int, n_database: int) -> int:
+    """Candidates kept per query by the first fast pass for ``k`` results (at most ``N``).
+
+    >>> candidates_for(10, 10**5), candidates_for(100, 10**5), candidates_for(10, 12)
+    (26, 125, 12)
+    """
+    return min(n_database, k + max(16, k // 4))
+
+
+def verified_applies(
+    device: torch.device,
+    dtype: torch.dtype,
+    keyed: bool,
+    n_database: int,
+    column_scale: torch.Tensor | None = None,
+    query_scale: torch.Tensor | None = None,
+) -> bool:
+    """True when an exact search like this runs here (see the module): CPU, float32 storage,
+    no row filter or tie order (``keyed``), no column or query scale, ``N >= MIN_ROWS``.
+
+    >>> verified_applies(torch.device("meta"), torch.float32, False, 10**5)
+    False
+    """
+    if device.type != "cpu" or dtype != torch.float32 or keyed or n_database < MIN_ROWS:
+        return False
+    if column_scale is not None or query_scale is not None:
+        return False
+    if cpu_select_mode() == "torch" or not numpy_blas_active():
+        return False
+    return heap_select._faiss() is not None
+
+
+def verified_search(
+    queries: torch.Tensor,
+    k: int,
+    l2: bool,
+    n_database: int,
+    passes: Passes,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    memory_budget: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` of every query by pairwise score, ties by lower row (see the module).
+
+    Parameters
+    ----------
+    queries : torch.Tensor, shape (Q, d), float32, CPU
+    k : int
+        At most ``n_database``.
+    l2 : bool
+        Squared L2 distances (else inner products).
+    n_database : int
+    passes : Passes
+        The database rows, one call per pass.
+    gather : callable
+        ``gather(rows)``: the database rows ``rows`` (int64, shape (n,)) as a new float32
+        tensor, shape (n, d) (it is overwritten).
+    memory_budget : int
+        Bounds the pairwise scoring's temporaries.
+
+    Returns
+    -------
+    values : torch.Tensor, shape (Q, k), float32
+        Squared distances (ascending) or inner products (descending).
+    positions : torch.Tensor, shape (Q, k), int64
+    """
+    q = queries.detach().float().contiguous()
+    values = torch.empty((q.shape[0], k))
+    positions = torch.empty((q.shape[0], k), dtype=torch.int64)
+    first = candidates_for(k, n_database)
+    # Queries per group: their heaps and candidates (12 bytes per entry, twice) fit the budget.
+    group = max(_MIN_GROUP, memory_budget // (2 * 12 * first))
+    for g0 in range(0, q.shape[0], group):
+        part = slice(g0, g0 + group)
+        found = _search_group(q[part], k, l2, n_database, first, passes, gather, memory_budget)
+        values[part], positions[part] = found
+    return (values, positions) if l2 else (-values, positions)
+
+
+def _search_group(
+    q: torch.Tensor,
+    k: int,
+    l2: bool,
+    n_database: int,
+    first: int,
+    passes: Passes,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    memory_budget: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`verified_search` of a group of queries, "smaller is nearer" values."""
+    values = torch.empty((q.shape[0], k))
+    positions = torch.empty((q.shape[0], k), dtype=torch.int64)
+    todo = torch.arange(q.shape[0])
+    for factor in (1, *RETRY_FACTORS):
+        kc = min(n_database, first * factor)
+        if not todo.numel() or kc >= n_database:
+            break
+        proven, found, rows = _attempt(q[todo], k, kc, l2, passes, gather, memory_budget)
+        values[todo[proven]], positions[todo[proven]] = found[proven], rows[proven]
+        todo = todo[~proven]
+    if todo.numel():
+        values[todo], positions[todo] = _pairwise_search(q[todo], k, l2, passes, memory_budget)
+    return values, positions
+
+
+def _attempt(
+    q: torch.Tensor,
+    k: int,
+    kc: int,
+    l2: bool,
+    passes: Passes,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    memory_budget: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fast pass, re-scoring and proof for ``q``: ``(proven, values, rows)``, values "smaller
+    is nearer" (Q, k); the rows not ``proven`` hold garbage."""
+    fast = _FastPass(q, kc, l2)
+    for start, rows, sqnorms in passes():
+        fast.add(start, rows, sqnorms)
+    rows, worst, full, row_norm_max = fast.result()
+    exact = _pairwise(q, rows, l2, gather, memory_budget)
+    exact, rows = merge_keyed(exact[:, :0], rows[:, :0], exact, rows, k)
+    # A finite k-th (-inf above it is a true best: a row holding inf) and k real rows.
+    proven = full & torch.isfinite(exact[:, k - 1]) & (rows >= 0).all(dim=1)
+    # Every row outside the candidates scores (fast) >= worst: pairwise >= worst - eps.
+    q_norm = torch.linalg.vector_norm(q.double(), dim=1)
+    gamma = 4.0 * (q.shape[1] + 8) * _U
+    if l2:
+        worst = worst + q_norm * q_norm  # the fast pass leaves ‖q‖² out
+        eps = gamma * (q_norm + row_norm_max) ** 2
+    else:
+        eps = gamma * q_norm * row_norm_max
+    kth = exact[:, k - 1].double()
+    kth_up = kth + 2.0 * _U * kth.abs() + 1e-30  # past the float32 rounding of the k-th
+    proven &= worst - eps > kth_up
+    return proven, exact, rows
+
+
+class _FastPass:
+    """OpenBLAS products fed to faiss heaps by pool workers, chunk after chunk.
+
+    With at least ``_MIN_PART_QUERIES`` queries per thread, each worker owns a range of
+    queries and sees every row; otherwise each owns a share of every chunk's rows (its heaps
+    hold the best of its share, the candidates are the union).
+    """
+
+    def __init__(self, q: torch.Tensor, kc: int, l2: bool) -> None:
+        self.l2, self.kc = l2, kc
+        # "smaller is nearer": ‖x‖² − 2⟨q, x⟩ or −⟨q, x⟩ (scaling by −2 or −1 is exact)
+        self.qs = (q * (-2.0 if l2 else -1.0)).numpy()
+        self.threads = max(1, torch.get_num_threads())
+        n_queries = q.shape[0]
+        by_queries = n_queries >= _MIN_PART_QUERIES * self.threads or self.threads == 1
+        query_parts = self.threads if by_queries else 1
+        self.row_parts = 1 if by_queries else self.threads
+        bounds = [n_queries * i // query_parts for i in range(query_parts + 1)]
+        self.jobs = [
+            _Job(self.qs, lo, hi, kc, l2, measures_norms=(i == 0 or not by_queries))
+            for i, (lo, hi) in enumerate(itertools.pairwise(bounds))
+            for _ in range(self.row_parts)
+        ]
+
+    def add(self, start: int, rows: torch.Tensor, sqnorms: torch.Tensor | None) -> None:
+        x = rows.detach().float().contiguous().numpy()
+        sq = None if sqnorms is None else sqnorms.detach().float().contiguous().numpy()
+        n = x.shape[0]
+        cuts = [n * i // self.row_parts for i in range(self.row_parts + 1)]
+        pool = heap_select._pool(self.threads)
+        with one_openblas_thread():
+            futures = []
+            for i, job in enumerate(self.jobs):
+                part = i % self.row_parts
+                futures.append(pool.submit(job.feed, x, sq, start, cuts[part], cuts[part + 1]))
+            wait(futures)
+            for f in futures:
+                f.result()  # a worker's exception, once all are done
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Candidate rows (Q, row_parts · kc) (``-1`` for empty places), the worst fast score
+        outside them per query (float64), whether every heap holds as many entries as it
+        saw rows (a heap drops NaN and +inf), and the largest finite row norm."""
+        rows, worst, full = [], [], []
+        for part in range(self.row_parts):
+            jobs = self.jobs[part :: self.row_parts]
+            rows.append(torch.cat([torch.from_numpy(j.heap_rows) for j in jobs]))
+            worst.append(torch.cat([torch.from_numpy(j.heap_values[:, 0]) for j in jobs]))
+            full.append(torch.cat([torch.from_numpy(j.full()) for j in jobs]))
+        norm2 = max(j.norm2_max for j in self.jobs)
+        return (
+            torch.cat(rows, dim=1),
+            torch.stack(worst).double().amin(dim=0),
+            torch.stack(full).all(dim=0),
+            math.sqrt(norm2),
+        )
+
+
+class _Job:
+    """The heaps of queries ``lo : hi`` over the rows a worker is given."""
+
+    def __init__(
+        self, qs: np.ndarray, lo: int, hi: int, kc: int, l2: bool, measures_norms: bool
+    ) -> None:
+        self.qs, self.lo, self.hi, self.l2 = qs, lo, hi, l2
+        self.measures_norms = measures_norms
+        self.heap_values = np.full((hi - lo, kc), np.finfo(np.float32).max, dtype=np.float32)
+        self.heap_rows = np.full((hi - lo, kc), -1, dtype=np.int64)
+        self.seen = 0
+        self.norm2_max = 0.0
+        self._buffer = np.empty(min(QUERY_BLOCK, hi - lo) * DATABASE_BLOCK, dtype=np.float32)
+
+    def full(self) -> np.ndarray:
+        """(hi - lo,) bool: the heap holds ``min(kc, rows seen)`` entries."""
+        return (self.heap_rows >= 0).sum(axis=1) >= min(self.heap_rows.shape[1], self.seen)
+
+    def feed(self, x: np.ndarray, sq: np.ndarray | None, start: int, a: int, b: int) -> None:
+        """Rows ``a : b`` of a chunk ``x`` whose first row is database row ``start``."""
+        faiss = heap_select._faiss()
+        heaps = faiss.float_maxheap_array_t()
+        heaps.nh, heaps.k = self.hi - self.lo, self.heap_values.shape[1]
+        heaps.val = faiss.swig_ptr(self.heap_values)
+        heaps.ids = faiss.swig_ptr(self.heap_rows)
+        self.seen += b - a
+        with np.errstate(all="ignore"):  # NaN/inf: left to the proof and the retries
+            for j0 in range(a, b, DATABASE_BLOCK):
+                tile = x[j0 : min(b, j0 + DATABASE_BLOCK)]
+                n = tile.shape[0]
+                tile_sq = None
+                if self.l2 and sq is not None:
+                    tile_sq = sq[j0 : j0 + n]
+                elif self.l2:
+                    tile_sq = np.einsum("ij,ij->i", tile, tile)
+                if self.measures_norms:  # the proof's bound: largest finite ‖x‖, in float64
+                    norms2 = np.einsum("ij,ij->i", tile, tile, dtype=np.float64)
+                    norms2 = norms2[np.isfinite(norms2)]
+                    if norms2.size:
+                        self.norm2_max = max(self.norm2_max, float(norms2.max()))
+                for i0 in range(self.lo, self.hi, QUERY_BLOCK):
+                    m = min(QUERY_BLOCK, self.hi - i0)
+                    scores = self._buffer[: m * n].reshape(m, n)
+                    np.matmul(self.qs[i0 : i0 + m], tile.T, out=scores)
+                    if tile_sq is not None:
+                        np.add(scores, tile_sq, out=scores)
+                    heaps.addn(n, faiss.swig_ptr(scores), start + j0, i0 - self.lo, m)
+
+
+def _pairwise(
+    q: torch.Tensor,
+    rows: torch.Tensor,
+    l2: bool,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+    memory_budget: int,
+) -> torch.Tensor:
+    """Pairwise "smaller is nearer" scores (Q, C) of query i with row ``rows[i, j]``
+    (``+inf`` where the row is -1), in query chunks of at most ``_PAIRWISE_CHUNK`` bytes and
+    the budget (measured: 16 MiB chunks 4x faster than 256 MiB ones, 1000 × 125 × 128)."""
+    n_queries, width = rows.shape
+    dim = q.shape[1]
+    out = torch.empty((n_queries, width))
+    room = min(memory_budget // 4, _PAIRWISE_CHUNK)
+    chunk = max(1, room // max(1, width * dim * _PAIRWISE_BYTES))
+    for c0 in range(0, n_queries, chunk):
+        part = slice(c0, c0 + chunk)
+        pairs = gather(rows[part].clamp(min=0).reshape(-1)).view(-1, width, dim)
+        _score_pairs(q[part, None, :], pairs, l2, out[part])
+    return out.masked_fill_(rows < 0, float("inf"))
+
+
+def _score_pairs(q: torch.Tensor, x: torch.Tensor, l2: bool, out: torch.Tensor) -> None:
+    """``out = Σ_d (q − x)²`` or ``−Σ_d q·x`` over the last dimension, pair by pair (``x`` is
+    overwritten)."""
+    with torch.no_grad():
+        if l2:
+            x.sub_(q).square_()
+            torch.sum(x, dim=-1, out=out)
+        else:
+            x.mul_(q)
+            torch.sum(x, dim=-1, out=out).neg_()
+
+
+def _pairwise_search(
+    q: torch.Tensor, k: int, l2: bool, passes: Passes, memory_budget: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k by pairwise score against every row (the last resort), "smaller is nearer":
+    ``_PAIRWISE_QUERIES`` queries at a time, rows in blocks under the budget."""
+    n_queries, dim = q.shape
+    values = torch.empty((n_queries, 0))
+    rows = torch.empty((n_queries, 0), dtype=torch.int64)
+    # rows per block: the pairs' temporaries, and the block's scores with their merge
+    per_row = _PAIRWISE_QUERIES * dim * _PAIRWISE_BYTES + n_queries * _MERGE_BYTES
+    block = max(1, memory_budget // per_row)
+    for start, chunk, _ in passes():
+        for r0 in range(0, chunk.shape[0], block):
+            x = chunk[r0 : r0 + block].float()
+            scores = torch.empty((n_queries, x.shape[0]))
+            for q0 in range(0, n_queries, _PAIRWISE_QUERIES):
+                part = slice(q0, q0 + _PAIRWISE_QUERIES)
+                pairs = x.expand(scores[part].shape[0], -1, -1).clone()
+                _score_pairs(q[part, None, :], pairs, l2, scores[part])
+            cols = torch.arange(start + r0, start + r0 + x.shape[0]).expand(n_queries, -1)
+            values, rows = merge_keyed(values, rows, scores, cols, k)
+    return values, rows

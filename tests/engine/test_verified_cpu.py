@@ -1,0 +1,262 @@
+"""The verified OpenBLAS path of CPU exact search: proposals by OpenBLAS, answers proven."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from reference import assert_knn_matches
+
+import gpuann
+from gpuann.engine import cpu_blas, heap_select, verified_cpu
+
+pytestmark = pytest.mark.skipif(
+    cpu_blas._numpy_openblas() is None
+    or cpu_blas._openblas_threads() is None
+    or heap_select._faiss() is None,
+    reason="needs numpy's OpenBLAS (pthreads, thread count settable) and faiss's heaps",
+)
+
+
+@pytest.fixture
+def verified(monkeypatch):
+    """Force the verified path (any CPU vendor, any size) and count what ran: fast passes
+    (with their candidates per query) and queries left to the pairwise last resort."""
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
+    monkeypatch.setenv("GPUANN_CPU_SELECT", "auto")
+    monkeypatch.setattr(verified_cpu, "MIN_ROWS", 1)  # small shapes here too
+    runs = {"passes": [], "fallback": 0}
+    real_init, real_last = verified_cpu._FastPass.__init__, verified_cpu._pairwise_search
+
+    def init(self, q, kc, l2):
+        runs["passes"].append(kc)
+        real_init(self, q, kc, l2)
+
+    def last_resort(q, *args):
+        runs["fallback"] += q.shape[0]
+        return real_last(q, *args)
+
+    monkeypatch.setattr(verified_cpu._FastPass, "__init__", init)
+    monkeypatch.setattr(verified_cpu, "_pairwise_search", last_resort)
+    return runs
+
+
+def _tiled(monkeypatch, *args, **kwargs):
+    """The same search on the tiled path (MKL products)."""
+    with monkeypatch.context() as m:
+        m.setenv("GPUANN_CPU_BLAS", "torch")
+        return gpuann.knn(*args, **kwargs)
+
+
+def _integers(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-3, 4, (n, d), generator=g).float()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize(("n_queries", "k"), [(2, 1), (37, 10), (300, 100), (64, 700)])
+def test_matches_the_float64_reference(verified, metric, n_queries, k):
+    g = torch.Generator().manual_seed(n_queries + k)
+    x = torch.randn(5000, 24, generator=g)
+    q = torch.randn(n_queries, 24, generator=g)
+    index = gpuann.FlatIndex(24, metric=metric, device="cpu")
+    index.add(x)
+    D, I = index.search(q, k)
+    assert verified["passes"], "the verified path did not run"
+    assert verified["fallback"] == 0
+    assert_knn_matches(D, I, q, x, k, metric)
+    if metric != "cosine":  # knn's cosine over raw rows scales columns: the tiled search
+        D2, I2 = gpuann.knn(q, x, k, metric=metric)  # no stored norms: computed per tile
+        assert torch.equal(I, I2) and torch.equal(D, D2)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("k", [1, 10, 57])
+def test_bit_for_bit_the_tiled_search_on_exact_products(verified, monkeypatch, metric, k):
+    # Small integers: every product and re-score is exact in float32, ties everywhere, so both
+    # paths must give the same bits, ties by lower row.
+    q, x = _integers(300, 9, 0), _integers(4000, 9, 1)
+    D, I = gpuann.knn(q, x, k, metric=metric)
+    assert verified["passes"]
+    D_ref, I_ref = _tiled(monkeypatch, q, x, k, metric=metric)
+    assert torch.equal(I, I_ref) and torch.equal(D, D_ref)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_duplicates_beyond_the_candidates_tie_by_lower_id(verified, monkeypatch, metric):
+    # 2000 copies of one row, scattered: OpenBLAS scores them one rounding apart by column, so
+    # its heaps keep arbitrary copies. The proof fails at every tier (all candidates tie with
+    # the k-th, 416 per heap, 2 heaps for a lone query), and the pairwise last resort answers:
+    # the 10 lowest copies.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(20000, 64, generator=g)
+    q = torch.randn(40, 64, generator=g)
+    spots = torch.randperm(20000, generator=g)[:2000].sort().values
+    x[spots] = q[0] + 0.01 * torch.randn(64, generator=g)
+    D, I = gpuann.knn(q, x, 10, metric=metric)
+    assert I[0].tolist() == spots[:10].tolist()
+    assert torch.unique(D[0]).numel() == 1
+    assert verified["passes"] == [26, 104, 416] and verified["fallback"] == 1
+    _, I_ref = _tiled(monkeypatch, q, x, 10, metric=metric)
+    assert torch.equal(I, I_ref)
+
+
+def test_a_few_duplicates_are_proven_after_the_retry(verified):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(20000, 32, generator=g)
+    q = torch.randn(20, 32, generator=g)
+    spots = torch.randperm(20000, generator=g)[:40].sort().values
+    x[spots] = q[3] + 0.01
+    D, I = gpuann.knn(q, x, 10)
+    assert I[3].tolist() == spots[:10].tolist()
+    assert verified["passes"] == [26, 104] and verified["fallback"] == 0
+    assert_knn_matches(D, I, q, x, 10, "l2")
+
+
+def _pairwise_reference(q: torch.Tensor, x: torch.Tensor, k: int, metric: str):
+    """Top-k by each pair's own float32 score (the verified path's answer), NaN last."""
+    if metric == "l2":
+        scores = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    else:
+        scores = -(q[:, None, :] * x[None, :, :]).sum(-1)
+    out_values, out_rows = [], []
+    for row in scores.numpy():
+        key = np.where(np.isnan(row), np.inf, row)
+        order = np.lexsort((np.arange(row.size), np.isnan(row), key))[:k]
+        out_values.append(row[order])
+        out_rows.append(order)
+    values = torch.from_numpy(np.stack(out_values))
+    return (values if metric == "l2" else -values), torch.from_numpy(np.stack(out_rows))
+
+
+@pytest.mark.parametrize("where", ["query", "database"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_inputs(verified, where, value):
+    # check_finite=False: a query holding NaN/inf is not proven and is scored pairwise
+    # against every row; a database row holding one is excluded from the norm bound and
+    # scores last (NaN after +inf), so the other rows are still proven.
+    q, x = _integers(200, 8, 2), _integers(3000, 8, 3)
+    (q if where == "query" else x)[5, 2] = value
+    for metric in ("l2", "ip"):
+        D, I = gpuann.knn(q, x, 7, metric=metric, check_finite=False)
+        D_ref, I_ref = _pairwise_reference(q, x, 7, metric)
+        assert torch.equal(I, I_ref), metric
+        np.testing.assert_array_equal(D.numpy(), D_ref.numpy())  # NaN == NaN here
+    assert verified["fallback"] == (2 if where == "query" else 0)
+
+
+def test_rescoring_in_chunks_under_a_small_budget(verified, monkeypatch):
+    q, x = torch.randn(500, 16), torch.randn(6000, 16)
+    gathered = []
+    real = verified_cpu._pairwise
+
+    def spy(q_, rows, l2, gather, budget):
+        def counted(index):
+            gathered.append(index.numel())
+            return gather(index)
+
+        return real(q_, rows, l2, counted, budget)
+
+    monkeypatch.setattr(verified_cpu, "_pairwise", spy)
+    D, I = gpuann.knn(q, x, 50, memory_budget=1 << 20)
+    assert len(gathered) > 1 and max(gathered) * 16 * 4 <= (1 << 20) // 4
+    assert_knn_matches(D, I, q, x, 50, "l2")
+    # 1500 queries in groups of 662 under 1 MiB: the answers of one group of all
+    many = torch.randn(1500, 16)
+    passes = len(verified["passes"])
+    small = gpuann.knn(many, x, 50, memory_budget=1 << 20)
+    assert len(verified["passes"]) - passes == 3
+    large = gpuann.knn(many, x, 50)
+    assert torch.equal(small[0], large[0]) and torch.equal(small[1], large[1])
+
+
+def test_not_used_where_it_does_not_apply(verified, monkeypatch):
+    x, q = torch.randn(3000, 8), torch.randn(100, 8)
+    with monkeypatch.context() as m:
+        m.setattr(verified_cpu, "MIN_ROWS", 3001)
+        gpuann.knn(q, x, 5)  # fewer rows than MIN_ROWS
+    gpuann.knn(q, x, 5, metric="cosine")  # knn's cosine scales raw rows per column
+    gpuann.knn(q, x, 5, exclude_ids=torch.zeros(100, 1, dtype=torch.int64))  # filters
+    gpuann.knn(q.half(), x.half(), 5)  # 16-bit storage
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "torch")
+    gpuann.knn(q, x, 5)
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
+    monkeypatch.setenv("GPUANN_CPU_SELECT", "torch")
+    gpuann.knn(q, x, 5)
+    assert verified["passes"] == []
+
+
+def test_concurrent_searches(verified):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(8000, 32, generator=g)
+    queries = [torch.randn(150, 32, generator=g) for _ in range(4)]
+    expected = [gpuann.knn(q, x, 10) for q in queries]
+    got = [None] * 4
+
+    def run(i):
+        got[i] = gpuann.knn(queries[i], x, 10)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("where", ["memmap", "numpy", "tensor"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_streamed_batches_give_knn_bit_for_bit(verified, tmp_path, where, metric):
+    # The answer is the top-k by pairwise score: the same for every cut into query batches
+    # and database chunks, including queries that need the retries (40 copies) and the
+    # pairwise last resort (2000 copies), whose re-scoring reads rows back from the file.
+    from gpuann.batch import batch_search
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(20000, 32, generator=g)
+    q = torch.randn(300, 32, generator=g)
+    x[torch.randperm(20000, generator=g)[:40]] = q[3] + 0.01
+    x[torch.randperm(20000, generator=g)[:2000]] = q[250] + 0.01
+    expected = gpuann.knn(q, x, 10, metric=metric)
+    assert verified["fallback"] >= 1 and len(verified["passes"]) >= 3
+    np.save(tmp_path / "db.npy", x.numpy())
+    database = {
+        "memmap": lambda: np.load(tmp_path / "db.npy", mmap_mode="r"),
+        "numpy": lambda: x.numpy(),
+        "tensor": lambda: x,
+    }[where]()
+    for batch_size, chunk_rows in ((300, None), (64, 4096), (7, 6144)):
+        before = len(verified["passes"])
+        D, I = batch_search(
+            q,
+            database,
+            10,
+            metric=metric,
+            batch_size=batch_size,
+            database_chunk_rows=chunk_rows,
+            progress=False,
+        )
+        assert len(verified["passes"]) > before, "the streamed search did not verify"
+        assert torch.equal(torch.as_tensor(I), expected[1]), (batch_size, chunk_rows)
+        assert torch.equal(torch.as_tensor(D), expected[0]), (batch_size, chunk_rows)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_few_queries_split_the_rows_and_bound_by_the_better_heap(verified, metric):
+    # Few queries: each worker keeps candidates from its share of the rows. Copies of each
+    # query all in the first share fill that heap; the proof must take the better of the
+    # heaps' worst scores (the other share's is far), or it proves arbitrary copies.
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(20000, 48, generator=g)
+    q = torch.randn(3, 48, generator=g)
+    lowest = []
+    for i in range(3):
+        spots = torch.randperm(9000, generator=g)[:60].sort().values
+        x[spots] = q[i] + 0.01
+        lowest.append(spots[:10].tolist())
+    D, I = gpuann.knn(q, x, 10, metric=metric)
+    assert I.tolist() == lowest
+    assert verified["passes"][:2] == [26, 104]

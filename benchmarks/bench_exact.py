@@ -415,7 +415,9 @@ def run_case(case: Case, settings: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- planning
 def _csv(kind: type) -> Any:
     def parse(text: str) -> list[Any]:
-        values = [kind(v.strip().replace("_", "")) for v in text.split(",") if v.strip()]
+        # digit separators in numbers (100_000); names keep their underscores
+        clean = (lambda v: v) if kind is str else (lambda v: v.replace("_", ""))
+        values = [kind(clean(v.strip())) for v in text.split(",") if v.strip()]
         if not values:
             raise argparse.ArgumentTypeError("expected a comma-separated list")
         return values

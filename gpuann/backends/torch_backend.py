@@ -56,6 +56,8 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
         database.dtype,
         filters.keyed,
         n_database,
+        n_queries,
+        l2,
         request.column_scale,
         request.query_scale,
     ):

@@ -296,6 +296,7 @@ def _exact_job(
         check_finite=options.check_finite, backend=options.backend, memory_budget=budget,
         query_name=queries.name,
     )  # fmt: skip
+    engine.job_queries = queries.shape[0]
     if auto_chunks and device.type != "cuda" and engine.streams:
         # Rows copied into host buffers (read from disk): the buffers count against the budget.
         engine.set_chunk_rows(

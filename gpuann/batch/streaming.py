@@ -132,6 +132,9 @@ class StreamingExactSearch(DatabaseStream):
         self._database_digest = None
         self.check_finite, self.backend, self.memory_budget = check_finite, backend, memory_budget
         self._checked_rows = 0
+        #: Queries of the whole job (the verified CPU passes choose by it, as ``knn`` does for
+        #: all of them at once); None: each chunk's own.
+        self.job_queries: int | None = None
         super().__init__(source, device, plan, chunk_rows)
 
     # ------------------------------------------------------------------ search
@@ -215,9 +218,15 @@ class StreamingExactSearch(DatabaseStream):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The torch backend's search over the streamed chunks: its verified CPU passes
         where ``knn`` runs those (:mod:`gpuann.engine.verified_cpu`), else its tile loop."""
-        n_database = self.source.shape[0]
+        n_database, l2 = self.source.shape[0], self.metric is Metric.L2
+        job_queries = self.job_queries or queries.shape[0]
         if self.metric is not Metric.COSINE and verified_applies(
-            self.device, self.source.stream_dtype(), excluded is not None, n_database
+            self.device,
+            self.source.stream_dtype(),
+            excluded is not None,
+            n_database,
+            job_queries,
+            l2,
         ):
             return verified_search(
                 queries.float(),

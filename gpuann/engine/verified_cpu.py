@@ -45,16 +45,30 @@ from gpuann.engine import heap_select
 from gpuann.engine.cpu_blas import numpy_blas_active, one_openblas_thread
 from gpuann.engine.running import merge_keyed
 
-__all__ = ["MIN_ROWS", "Passes", "candidates_for", "verified_applies", "verified_search"]
+__all__ = [
+    "MIN_IP_QUERIES",
+    "MIN_ROWS",
+    "Passes",
+    "candidates_for",
+    "verified_applies",
+    "verified_search",
+]
 
 #: Fewest database rows searched this way (below, the tiled search is as fast and a small
 #: search need not import faiss). Independent of the number of queries, so that a query gets
 #: the same answer alone, in any batch and streamed.
 MIN_ROWS = 1 << 15
+#: Fewest queries of an inner-product search run this way: its proof needs the row norms, one
+#: more pass over every tile (2x a one-query product's time in cache, measured), which the
+#: products of this many queries make small (measured at N = 10⁵, d = 128: 16 and 32 queries
+#: slower than the tiled search, 64 faster); fewer keep the tiled search.
+MIN_IP_QUERIES = 64
 #: Queries and database rows per product of the fast pass: the tile of rows, the queries and
 #: the scores stay in the worker's cache (measured: 128-512 × 1024-4096 within 5%).
 QUERY_BLOCK = 256
 DATABASE_BLOCK = 2048
+#: Scores per product: blocks of few queries take taller tiles of rows.
+_TILE_SCORES = 1 << 19
 #: Queries per worker below which workers split the database rows instead.
 _MIN_PART_QUERIES = 8
 #: Candidates per query of the retries, as multiples of the first pass's.
@@ -91,16 +105,22 @@ def verified_applies(
     dtype: torch.dtype,
     keyed: bool,
     n_database: int,
+    n_queries: int,
+    l2: bool,
     column_scale: torch.Tensor | None = None,
     query_scale: torch.Tensor | None = None,
 ) -> bool:
     """True when an exact search like this runs here (see the module): CPU, float32 storage,
-    no row filter or tie order (``keyed``), no column or query scale, ``N >= MIN_ROWS``.
+    no row filter or tie order (``keyed``), no column or query scale, ``N >= MIN_ROWS``, and
+    for inner products at least :data:`MIN_IP_QUERIES` queries (in the whole job, when it is
+    streamed in chunks).
 
-    >>> verified_applies(torch.device("meta"), torch.float32, False, 10**5)
+    >>> verified_applies(torch.device("meta"), torch.float32, False, 10**5, 100, True)
     False
     """
     if device.type != "cpu" or dtype != torch.float32 or keyed or n_database < MIN_ROWS:
+        return False
+    if not l2 and n_queries < MIN_IP_QUERIES:
         return False
     if column_scale is not None or query_scale is not None:
         return False
@@ -284,7 +304,10 @@ class _Job:
         self.heap_rows = np.full((hi - lo, kc), -1, dtype=np.int64)
         self.seen = 0
         self.norm2_max = 0.0
-        self._buffer = np.empty(min(QUERY_BLOCK, hi - lo) * DATABASE_BLOCK, dtype=np.float32)
+        # few queries: taller tiles (fewer calls), the same bytes of scores
+        height = min(QUERY_BLOCK, hi - lo)
+        self.tile_rows = max(DATABASE_BLOCK, _TILE_SCORES // height)
+        self._buffer = np.empty(height * self.tile_rows, dtype=np.float32)
 
     def full(self) -> np.ndarray:
         """(hi - lo,) bool: the heap holds ``min(kc, rows seen)`` entries."""
@@ -299,26 +322,37 @@ class _Job:
         heaps.ids = faiss.swig_ptr(self.heap_rows)
         self.seen += b - a
         with np.errstate(all="ignore"):  # NaN/inf: left to the proof and the retries
-            for j0 in range(a, b, DATABASE_BLOCK):
-                tile = x[j0 : min(b, j0 + DATABASE_BLOCK)]
+            for j0 in range(a, b, self.tile_rows):
+                tile = x[j0 : min(b, j0 + self.tile_rows)]
                 n = tile.shape[0]
                 tile_sq = None
-                if self.l2 and sq is not None:
+                if sq is not None:
                     tile_sq = sq[j0 : j0 + n]
-                elif self.l2:
+                elif self.l2 or self.measures_norms:
                     tile_sq = np.einsum("ij,ij->i", tile, tile)
-                if self.measures_norms:  # the proof's bound: largest finite ‖x‖, in float64
-                    norms2 = np.einsum("ij,ij->i", tile, tile, dtype=np.float64)
-                    norms2 = norms2[np.isfinite(norms2)]
-                    if norms2.size:
-                        self.norm2_max = max(self.norm2_max, float(norms2.max()))
+                if self.measures_norms:
+                    self.norm2_max = max(self.norm2_max, _norm2_bound(tile, tile_sq))
                 for i0 in range(self.lo, self.hi, QUERY_BLOCK):
                     m = min(QUERY_BLOCK, self.hi - i0)
                     scores = self._buffer[: m * n].reshape(m, n)
                     np.matmul(self.qs[i0 : i0 + m], tile.T, out=scores)
-                    if tile_sq is not None:
+                    if self.l2:
                         np.add(scores, tile_sq, out=scores)
                     heaps.addn(n, faiss.swig_ptr(scores), start + j0, i0 - self.lo, m)
+
+
+def _norm2_bound(tile: np.ndarray, sqnorms: np.ndarray) -> float:
+    """An upper bound of ``‖x‖²`` over the rows of ``tile`` without NaN or inf, from their
+    float32 squared norms (within ``γ_d`` of the truth); ``inf`` where a finite row's norm
+    overflowed (no proof then)."""
+    top = float(sqnorms.max())
+    if not math.isfinite(top):
+        odd = np.flatnonzero(~np.isfinite(sqnorms))
+        if np.isfinite(tile[odd]).all(axis=1).any():
+            return math.inf  # finite values whose squares overflow float32
+        kept = sqnorms[np.isfinite(sqnorms)]
+        top = float(kept.max()) if kept.size else 0.0
+    return top * (1.0 + 2.0 * (tile.shape[1] + 2) * _U)
 
 
 def _pairwise(

@@ -27,6 +27,7 @@ def verified(monkeypatch):
     monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
     monkeypatch.setenv("GPUANN_CPU_SELECT", "auto")
     monkeypatch.setattr(verified_cpu, "MIN_ROWS", 1)  # small shapes here too
+    monkeypatch.setattr(verified_cpu, "MIN_IP_QUERIES", 1)  # and few inner-product queries
     runs = {"passes": [], "fallback": 0}
     real_init, real_last = verified_cpu._FastPass.__init__, verified_cpu._pairwise_search
 
@@ -178,6 +179,9 @@ def test_not_used_where_it_does_not_apply(verified, monkeypatch):
         m.setattr(verified_cpu, "MIN_ROWS", 3001)
         gpuann.knn(q, x, 5)  # fewer rows than MIN_ROWS
     gpuann.knn(q, x, 5, metric="cosine")  # knn's cosine scales raw rows per column
+    with monkeypatch.context() as m:
+        m.setattr(verified_cpu, "MIN_IP_QUERIES", 64)
+        gpuann.knn(q[:63], x, 5, metric="ip")  # inner product, too few queries
     gpuann.knn(q, x, 5, exclude_ids=torch.zeros(100, 1, dtype=torch.int64))  # filters
     gpuann.knn(q.half(), x.half(), 5)  # 16-bit storage
     monkeypatch.setenv("GPUANN_CPU_BLAS", "torch")
@@ -186,6 +190,12 @@ def test_not_used_where_it_does_not_apply(verified, monkeypatch):
     monkeypatch.setenv("GPUANN_CPU_SELECT", "torch")
     gpuann.knn(q, x, 5)
     assert verified["passes"] == []
+    monkeypatch.setenv("GPUANN_CPU_SELECT", "auto")
+    with monkeypatch.context() as m:
+        m.setattr(verified_cpu, "MIN_IP_QUERIES", 64)
+        gpuann.knn(q[:64], x, 5, metric="ip")
+    gpuann.knn(q[:1], x, 5)
+    assert len(verified["passes"]) == 2
 
 
 def test_concurrent_searches(verified):

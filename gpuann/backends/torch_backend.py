@@ -66,7 +66,7 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
             k_found,
             l2,
             n_database,
-            lambda: [(0, database, request.database_sqnorms)],
+            lambda: _row_chunks(database, request.database_sqnorms, request.memory_budget),
             lambda rows: torch.index_select(database, 0, rows),
             request.memory_budget,
         )
@@ -85,6 +85,20 @@ def torch_exact_search(request: SearchRequest) -> tuple[torch.Tensor, torch.Tens
         found = search.result()
     distances[:, :k_found], positions[:, :k_found] = found
     return distances, positions
+
+
+def _row_chunks(
+    database: torch.Tensor, sqnorms: torch.Tensor | None, memory_budget: int
+) -> list[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """The database as one chunk, or, when its rows are not contiguous, as views the verified
+    passes copy one at a time (a quarter of the budget each)."""
+    if database.is_contiguous():
+        return [(0, database, sqnorms)]
+    step = max(4096, memory_budget // (4 * 4 * max(1, database.shape[1])))
+    return [
+        (r0, database[r0 : r0 + step], None if sqnorms is None else sqnorms[r0 : r0 + step])
+        for r0 in range(0, database.shape[0], step)
+    ]
 
 
 register_backend("exact_search", TorchBackend())

@@ -270,3 +270,14 @@ def test_few_queries_split_the_rows_and_bound_by_the_better_heap(verified, metri
     D, I = gpuann.knn(q, x, 10, metric=metric)
     assert I.tolist() == lowest
     assert verified["passes"][:2] == [26, 104]
+
+
+def test_a_database_with_strided_rows_is_passed_in_copied_chunks(verified):
+    g = torch.Generator().manual_seed(10)
+    wide = torch.randn(30000, 64, generator=g)
+    x = wide[:, ::2]  # rows not contiguous
+    q = torch.randn(100, 32, generator=g)
+    D, I = gpuann.knn(q, x, 10, memory_budget=4 << 20)  # chunks of 8192 rows
+    assert verified["passes"]
+    D2, I2 = gpuann.knn(q, x.contiguous(), 10)
+    assert torch.equal(I, I2) and torch.equal(D, D2)

@@ -23,9 +23,11 @@ they only *propose*:
    against every row (slow, exact).
 
 The result is therefore canonical: **the top-k by pairwise score, ties by lower row** — the
-same for a query alone or in any batch, in memory or streamed in chunks
-(:mod:`gpuann.batch.streaming` runs the same passes over its chunks). Used for unfiltered
-float32 CPU searches over at least :data:`MIN_ROWS` rows when numpy's OpenBLAS is chosen
+same whatever batch a query is searched in (among searches that take these passes), in
+memory or streamed in chunks (:mod:`gpuann.batch.streaming` runs the same passes over its
+chunks, and chooses them by the whole job's query count). Used for unfiltered
+float32 CPU searches over at least :data:`MIN_ROWS` rows of at least :data:`MIN_L2_QUERIES`
+(L2) or :data:`MIN_IP_QUERIES` (inner product) queries when numpy's OpenBLAS is chosen
 (:func:`~gpuann.engine.cpu_blas.numpy_blas_active`) and faiss's heaps are available;
 ``GPUANN_CPU_BLAS=torch`` or ``GPUANN_CPU_SELECT=torch`` keep the tiled search.
 """
@@ -47,6 +49,7 @@ from gpuann.engine.running import merge_keyed
 
 __all__ = [
     "MIN_IP_QUERIES",
+    "MIN_L2_QUERIES",
     "MIN_ROWS",
     "Passes",
     "candidates_for",
@@ -63,6 +66,10 @@ MIN_ROWS = 1 << 15
 #: products of this many queries make small (measured at N = 10⁵, d = 128: 16 and 32 queries
 #: slower than the tiled search, 64 faster); fewer keep the tiled search.
 MIN_IP_QUERIES = 64
+#: Fewest queries of an L2 search run this way: a lone query keeps numpy's matrix-vector
+#: products in the tiled search (measured: ~1 ms less than these passes' fixed costs at
+#: N = 10⁵, d = 128; beyond two queries these passes were faster).
+MIN_L2_QUERIES = 2
 #: Queries and database rows per product of the fast pass: the tile of rows, the queries and
 #: the scores stay in the worker's cache (measured: 128-512 × 1024-4096 within 5%).
 QUERY_BLOCK = 256
@@ -112,15 +119,15 @@ def verified_applies(
 ) -> bool:
     """True when an exact search like this runs here (see the module): CPU, float32 storage,
     no row filter or tie order (``keyed``), no column or query scale, ``N >= MIN_ROWS``, and
-    for inner products at least :data:`MIN_IP_QUERIES` queries (in the whole job, when it is
-    streamed in chunks).
+    at least :data:`MIN_L2_QUERIES` (L2) or :data:`MIN_IP_QUERIES` (inner product) queries
+    (in the whole job, when it is streamed in chunks).
 
     >>> verified_applies(torch.device("meta"), torch.float32, False, 10**5, 100, True)
     False
     """
     if device.type != "cpu" or dtype != torch.float32 or keyed or n_database < MIN_ROWS:
         return False
-    if not l2 and n_queries < MIN_IP_QUERIES:
+    if n_queries < (MIN_L2_QUERIES if l2 else MIN_IP_QUERIES):
         return False
     if column_scale is not None or query_scale is not None:
         return False

@@ -27,7 +27,8 @@ def verified(monkeypatch):
     monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
     monkeypatch.setenv("GPUANN_CPU_SELECT", "auto")
     monkeypatch.setattr(verified_cpu, "MIN_ROWS", 1)  # small shapes here too
-    monkeypatch.setattr(verified_cpu, "MIN_IP_QUERIES", 1)  # and few inner-product queries
+    monkeypatch.setattr(verified_cpu, "MIN_IP_QUERIES", 1)  # and few queries
+    monkeypatch.setattr(verified_cpu, "MIN_L2_QUERIES", 1)
     runs = {"passes": [], "fallback": 0}
     real_init, real_last = verified_cpu._FastPass.__init__, verified_cpu._pairwise_search
 
@@ -181,7 +182,9 @@ def test_not_used_where_it_does_not_apply(verified, monkeypatch):
     gpuann.knn(q, x, 5, metric="cosine")  # knn's cosine scales raw rows per column
     with monkeypatch.context() as m:
         m.setattr(verified_cpu, "MIN_IP_QUERIES", 64)
-        gpuann.knn(q[:63], x, 5, metric="ip")  # inner product, too few queries
+        m.setattr(verified_cpu, "MIN_L2_QUERIES", 2)
+        gpuann.knn(q[:63], x, 5, metric="ip")  # too few queries
+        gpuann.knn(q[:1], x, 5)
     gpuann.knn(q, x, 5, exclude_ids=torch.zeros(100, 1, dtype=torch.int64))  # filters
     gpuann.knn(q.half(), x.half(), 5)  # 16-bit storage
     monkeypatch.setenv("GPUANN_CPU_BLAS", "torch")
@@ -193,8 +196,9 @@ def test_not_used_where_it_does_not_apply(verified, monkeypatch):
     monkeypatch.setenv("GPUANN_CPU_SELECT", "auto")
     with monkeypatch.context() as m:
         m.setattr(verified_cpu, "MIN_IP_QUERIES", 64)
+        m.setattr(verified_cpu, "MIN_L2_QUERIES", 2)
         gpuann.knn(q[:64], x, 5, metric="ip")
-    gpuann.knn(q[:1], x, 5)
+        gpuann.knn(q[:2], x, 5)
     assert len(verified["passes"]) == 2
 
 

@@ -61,6 +61,11 @@ __all__ = [
 #: search need not import faiss). Independent of the number of queries, so that a query gets
 #: the same answer alone, in any batch and streamed.
 MIN_ROWS = 1 << 15
+#: Smaller databases too, down to ``_MIN_ROWS_MANY`` rows, when the search holds at least
+#: ``_MIN_SCORES`` scores (Q · N; e.g. 1000 queries against 20 000 rows of 384: products
+#: dominate there as well).
+_MIN_ROWS_MANY = 4096
+_MIN_SCORES = 1 << 22
 #: Fewest queries of an inner-product search run this way: its proof needs the row norms, one
 #: more pass over every tile (2x a one-query product's time in cache, measured), which the
 #: products of this many queries make small (measured at N = 10⁵, d = 128: 16 and 32 queries
@@ -118,14 +123,18 @@ def verified_applies(
     query_scale: torch.Tensor | None = None,
 ) -> bool:
     """True when an exact search like this runs here (see the module): CPU, float32 storage,
-    no row filter or tie order (``keyed``), no column or query scale, ``N >= MIN_ROWS``, and
+    no row filter or tie order (``keyed``), no column or query scale, ``N >= MIN_ROWS`` (or
+    ``N >= 4096`` with ``Q · N >= 2²²``), and
     at least :data:`MIN_L2_QUERIES` (L2) or :data:`MIN_IP_QUERIES` (inner product) queries
     (in the whole job, when it is streamed in chunks).
 
     >>> verified_applies(torch.device("meta"), torch.float32, False, 10**5, 100, True)
     False
     """
-    if device.type != "cpu" or dtype != torch.float32 or keyed or n_database < MIN_ROWS:
+    if device.type != "cpu" or dtype != torch.float32 or keyed:
+        return False
+    many = n_database >= _MIN_ROWS_MANY and n_queries * n_database >= _MIN_SCORES
+    if n_database < MIN_ROWS and not many:
         return False
     if n_queries < (MIN_L2_QUERIES if l2 else MIN_IP_QUERIES):
         return False

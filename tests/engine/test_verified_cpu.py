@@ -285,3 +285,15 @@ def test_a_database_with_strided_rows_is_passed_in_copied_chunks(verified):
     assert verified["passes"]
     D2, I2 = gpuann.knn(q, x.contiguous(), 10)
     assert torch.equal(I, I2) and torch.equal(D, D2)
+
+
+def test_smaller_databases_take_the_passes_when_the_search_is_large(verified, monkeypatch):
+    monkeypatch.setattr(verified_cpu, "MIN_ROWS", 1 << 15)
+    g = torch.Generator().manual_seed(11)
+    x, q = torch.randn(5000, 16, generator=g), torch.randn(1000, 16, generator=g)
+    gpuann.knn(q[:800], x, 5)  # 4.0e6 scores < 2**22
+    gpuann.knn(torch.randn(1000, 16, generator=g), x[:4000], 5)  # fewer than 4096 rows
+    assert verified["passes"] == []
+    D, I = gpuann.knn(q, x, 5)  # 5e6 scores
+    assert verified["passes"] == [21]
+    assert_knn_matches(D, I, q, x, 5, "l2")

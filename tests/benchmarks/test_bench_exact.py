@@ -88,3 +88,26 @@ def test_markdown_table(smoke_run: tuple[dict, str]) -> None:
     _, markdown = smoke_run
     assert "| Q | N | d | k |" in markdown
     assert "gpuann/faiss" in markdown and "## Targets" in markdown
+
+
+def test_the_tiled_method_runs_beside_gpuann(tmp_path: Path) -> None:
+    # ``--methods`` names keep their underscores (the number parser strips digit separators)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.bench_exact", "--smoke", "--out", str(tmp_path)),
+            *("--methods", "gpuann,gpuann_tiled", "--in-process"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(next(tmp_path.glob("bench_exact_*.json")).read_text())
+    row = payload["results"][0]
+    assert row["methods"]["gpuann_tiled"]["timing"]["median_s"] > 0
+    assert row["ratio_vs_tiled"] > 0
+    assert "gpuann/tiled" in next(tmp_path.glob("bench_exact_*.md")).read_text()

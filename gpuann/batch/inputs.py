@@ -175,7 +175,8 @@ class MatrixSource:
             return torch.index_select(self.data, 0, index.to(self.data.device)).float().cpu()
         wanted = index.numpy()
         if self.file_offset is None:
-            rows = np.asarray(self.data[wanted], dtype=np.float32)
+            with np.errstate(over="ignore"):  # float64 beyond float32: inf, as torch's .float()
+                rows = np.asarray(self.data[wanted], dtype=np.float32)
             return torch.from_numpy(np.ascontiguousarray(rows))
         unique, inverse = np.unique(wanted, return_inverse=True)
         found = np.empty((unique.size, self.shape[1]), dtype=np.float32)
@@ -188,7 +189,8 @@ class MatrixSource:
                 first, last = int(part[0]), int(part[-1]) + 1
                 block = torch.empty((last - first, self.shape[1]), dtype=self.dtype)
                 self._pread(block, first)
-                found[at : at + part.size] = block.numpy()[part - first]
+                with np.errstate(over="ignore"):
+                    found[at : at + part.size] = block.numpy()[part - first]
                 at += part.size
         return torch.from_numpy(found[inverse])
 

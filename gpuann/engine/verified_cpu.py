@@ -97,6 +97,7 @@ _MIN_GROUP = 256
 #: Queries scored together by the last resort.
 _PAIRWISE_QUERIES = 16
 _U = 2.0**-24  # unit roundoff of float32
+_FLT_MAX = float(np.finfo(np.float32).max)
 
 #: The database, pass after pass: each call yields ``(start, rows, sqnorms)`` chunks in row
 #: order (float32 rows on the CPU; squared norms or None).
@@ -209,9 +210,14 @@ def _search_group(
         kc = min(n_database, first * factor)
         if not todo.numel() or kc >= n_database:
             break
-        proven, found, rows = _attempt(q[todo], k, kc, l2, passes, gather, memory_budget)
-        values[todo[proven]], positions[todo[proven]] = found[proven], rows[proven]
-        todo = todo[~proven]
+        left = []
+        # the retries' candidate lists are longer: fewer queries per pass, same bytes
+        step = max(1, memory_budget // (2 * 12 * kc))
+        for part in todo.split(step):
+            proven, found, rows = _attempt(q[part], k, kc, l2, passes, gather, memory_budget)
+            values[part[proven]], positions[part[proven]] = found[proven], rows[proven]
+            left.append(part[~proven])
+        todo = torch.cat(left)
     if todo.numel():
         values[todo], positions[todo] = _pairwise_search(q[todo], k, l2, passes, memory_budget)
     return values, positions
@@ -319,6 +325,9 @@ class _Job:
         self.heap_values = np.full((hi - lo, kc), np.finfo(np.float32).max, dtype=np.float32)
         self.heap_rows = np.full((hi - lo, kc), -1, dtype=np.int64)
         self.seen = 0
+        #: Inner product: every fast score of the query was below FLT_MAX (a heap drops NaN
+        #: and +inf, and an overflowing fast sum can hide a row whose pairwise sum is finite).
+        self.finite = np.ones(hi - lo, dtype=bool)
         self.norm2_max = 0.0
         # few queries: taller tiles (fewer calls), the same bytes of scores
         height = min(QUERY_BLOCK, hi - lo)
@@ -326,8 +335,10 @@ class _Job:
         self._buffer = np.empty(height * self.tile_rows, dtype=np.float32)
 
     def full(self) -> np.ndarray:
-        """(hi - lo,) bool: the heap holds ``min(kc, rows seen)`` entries."""
-        return (self.heap_rows >= 0).sum(axis=1) >= min(self.heap_rows.shape[1], self.seen)
+        """(hi - lo,) bool: the heap holds ``min(kc, rows seen)`` entries (and, for inner
+        products, no fast score was NaN or +inf)."""
+        held = (self.heap_rows >= 0).sum(axis=1) >= min(self.heap_rows.shape[1], self.seen)
+        return held & self.finite
 
     def feed(self, x: np.ndarray, sq: np.ndarray | None, start: int, a: int, b: int) -> None:
         """Rows ``a : b`` of a chunk ``x`` whose first row is database row ``start``."""
@@ -354,6 +365,9 @@ class _Job:
                     np.matmul(self.qs[i0 : i0 + m], tile.T, out=scores)
                     if self.l2:
                         np.add(scores, tile_sq, out=scores)
+                    elif not scores.max() < _FLT_MAX:
+                        rows = slice(i0 - self.lo, i0 - self.lo + m)
+                        self.finite[rows] &= scores.max(axis=1) < _FLT_MAX
                     heaps.addn(n, faiss.swig_ptr(scores), start + j0, i0 - self.lo, m)
 
 
@@ -386,16 +400,30 @@ def _pairwise(
     out = torch.empty((n_queries, width))
     room = min(memory_budget // 4, _PAIRWISE_CHUNK)
     chunk = max(1, room // max(1, width * dim * _PAIRWISE_BYTES))
+    columns = max(1, room // max(1, dim * _PAIRWISE_BYTES))  # one query's share, at least
     for c0 in range(0, n_queries, chunk):
         part = slice(c0, c0 + chunk)
-        pairs = gather(rows[part].clamp(min=0).reshape(-1)).view(-1, width, dim)
-        _score_pairs(q[part, None, :], pairs, l2, out[part])
+        for w0 in range(0, width, columns):
+            cols = slice(w0, w0 + columns)
+            block = rows[part, cols]
+            pairs = gather(block.clamp(min=0).reshape(-1)).view(*block.shape, dim)
+            scores = torch.empty(block.shape)
+            _score_pairs(q[part, None, :], pairs, l2, scores)
+            out[part, cols] = scores
     return out.masked_fill_(rows < 0, float("inf"))
 
 
 def _score_pairs(q: torch.Tensor, x: torch.Tensor, l2: bool, out: torch.Tensor) -> None:
     """``out = Σ_d (q − x)²`` or ``−Σ_d q·x`` over the last dimension, pair by pair (``x`` is
     overwritten)."""
+    if out.numel() == 1:
+        # torch splits a lone output's sum across threads past 32 768 elements (other bits
+        # than the same pair among others, found by review): score it as one of two
+        pair = torch.empty((1, 2))
+        twice = x.reshape(1, 1, -1).expand(1, 2, -1).clone()
+        _score_pairs(q.reshape(1, 1, -1), twice, l2, pair)
+        out.view(1).copy_(pair[0, :1])
+        return
     with torch.no_grad():
         if l2:
             x.sub_(q).square_()

@@ -137,16 +137,77 @@ def _pairwise_reference(q: torch.Tensor, x: torch.Tensor, k: int, metric: str):
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_inputs(verified, where, value):
     # check_finite=False: a query holding NaN/inf is not proven and is scored pairwise
-    # against every row; a database row holding one is excluded from the norm bound and
-    # scores last (NaN after +inf), so the other rows are still proven.
+    # against every row. A database row holding one is left out of the norm bound; under L2
+    # it scores last (NaN after +inf) and the other rows are still proven; under inner
+    # product a query that met a NaN or +inf fast score is not proven (see the overflow
+    # test) and is scored pairwise.
     q, x = _integers(200, 8, 2), _integers(3000, 8, 3)
     (q if where == "query" else x)[5, 2] = value
     for metric in ("l2", "ip"):
+        before = verified["fallback"]
         D, I = gpuann.knn(q, x, 7, metric=metric, check_finite=False)
         D_ref, I_ref = _pairwise_reference(q, x, 7, metric)
         assert torch.equal(I, I_ref), metric
         np.testing.assert_array_equal(D.numpy(), D_ref.numpy())  # NaN == NaN here
-    assert verified["fallback"] == (2 if where == "query" else 0)
+        scored_pairwise = verified["fallback"] - before
+        if where == "query":
+            assert scored_pairwise == 1
+        elif metric == "l2":
+            assert scored_pairwise == 0
+
+
+def test_inner_products_that_overflow_in_the_fast_pass_are_not_proven(verified):
+    # Regression (review): OpenBLAS's order of summation overflowed to +inf for the row whose
+    # pairwise inner product is the largest (+2e38, finite); faiss's heaps drop +inf, and the
+    # proof accepted the rest: the best row was missing for 1008 of 1024 queries.
+    d, n = 16, 4096
+    q = np.zeros((256, d), np.float32)
+    q[:, [0, 5, 7, 8, 12, 15]] = 1e20
+    x = np.zeros((n, d), np.float32)
+    x[:, 7] = np.linspace(0.1e18, 0.5e18, n).astype(np.float32)
+    x[777] = 0
+    x[777, [0, 5]] = -2e18
+    x[777, [7, 8, 12, 15]] = 1.5e18
+    D, I = gpuann.knn(torch.from_numpy(q), torch.from_numpy(x), 10, metric="ip")
+    assert (I[:, 0] == 777).all()
+
+
+def test_a_lone_pair_scores_as_among_others():
+    # Regression (review): torch sums a lone output over threads past 32 768 elements, so the
+    # last resort's 1 x 1 blocks gave other bits than the same pair in a 2-row block.
+    d = 40000
+    for l2 in (True, False):
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(5, d, generator=g) * torch.rand(5, d, generator=g) * 10
+        q = torch.randn(1, d, generator=g)
+        lone = torch.empty(1, 1)
+        verified_cpu._score_pairs(q[:, None, :], x[4:5][None].clone(), l2, lone)
+        among = torch.empty(1, 2)
+        verified_cpu._score_pairs(q[:, None, :], x[3:5][None].clone(), l2, among)
+        assert lone.item() == among[0, 1].item()
+
+
+def test_retries_take_fewer_queries_per_pass(verified, monkeypatch):
+    # 4x and 16x the candidates: the queries of a retry are split so that its lists fit the
+    # budget as the first pass's did.
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(40000, 16, generator=g)
+    q = torch.randn(600, 16, generator=g)
+    x[:24000] = q.repeat_interleave(40, dim=0)  # 40 copies of every query: no proof at 26
+    sizes = []
+    real = verified_cpu._attempt
+
+    def spy(q_, k, kc, *args):
+        sizes.append((kc, q_.shape[0]))
+        return real(q_, k, kc, *args)
+
+    monkeypatch.setattr(verified_cpu, "_attempt", spy)
+    D, I = gpuann.knn(q, x, 10, memory_budget=1 << 20)
+    assert sizes[0] == (26, 600)
+    retries = [n for kc, n in sizes if kc == 104]
+    assert sum(retries) == 600 and len(retries) == 2
+    assert max(retries) <= (1 << 20) // (2 * 12 * 104)
+    assert torch.equal(I, torch.arange(0, 24000, 40)[:, None] + torch.arange(10))
 
 
 def test_rescoring_in_chunks_under_a_small_budget(verified, monkeypatch):

@@ -97,6 +97,8 @@ _MIN_GROUP = 256
 #: Queries scored together by the last resort.
 _PAIRWISE_QUERIES = 16
 _U = 2.0**-24  # unit roundoff of float32
+#: Bisection steps of the L2 bound outside the candidates (brackets to 2⁻⁶⁰ of the norm).
+_BISECTIONS = 60
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 #: The database, pass after pass: each call yields ``(start, rows, sqnorms)`` chunks in row
@@ -245,15 +247,47 @@ def _attempt(
     # Every row outside the candidates scores (fast) >= worst: pairwise >= worst - eps.
     q_norm = torch.linalg.vector_norm(q.double(), dim=1)
     gamma = 4.0 * (q.shape[1] + 8) * _U
-    if l2:
-        worst = worst + q_norm * q_norm  # the fast pass leaves ‖q‖² out
-        eps = gamma * (q_norm + row_norm_max) ** 2
+    if l2:  # the fast pass leaves ‖q‖² out
+        outside = _l2_outside_bound(worst + q_norm * q_norm, q_norm, row_norm_max, gamma)
     else:
-        eps = gamma * q_norm * row_norm_max
+        outside = worst - gamma * q_norm * row_norm_max
     kth = exact[:, k - 1].double()
     kth_up = kth + 2.0 * _U * kth.abs() + 1e-30  # past the float32 rounding of the k-th
-    proven &= worst - eps > kth_up
+    proven &= outside > kth_up
     return proven, exact, rows
+
+
+def _l2_outside_bound(
+    a: torch.Tensor, q_norm: torch.Tensor, r_max: float, gamma: float
+) -> torch.Tensor:
+    """A lower bound (Q,) of the pairwise L2 score of every row outside each query's
+    candidates, float64.
+
+    Such a row ``x``, of norm ``r <= r_max``, has a fast score no better than the heap's
+    worst, so a pairwise score ``p >= a − γ(‖q‖ + r)²`` (``a``: the worst plus ``‖q‖²``); and
+    ``p >= (1 − γ)(r − ‖q‖)²`` (triangle inequality). The first falls with ``r``, the second
+    rises, so over ``[0, r_max]`` their maximum is least near their crossing: bisection
+    brackets it, and ``min(near(hi), far(lo))`` bounds that maximum from below for every ``r``
+    (``r <= hi`` or ``r >= lo``). One long row then no longer loosens every query's bound as
+    ``a − γ(‖q‖ + r_max)²`` alone did (found by review: N = 32 768, one row ×300, every query
+    went to the pairwise last resort).
+    """
+    if not math.isfinite(r_max):
+        return torch.full_like(a, -math.inf)
+
+    def near(r: torch.Tensor) -> torch.Tensor:
+        return a - gamma * (q_norm + r) ** 2
+
+    def far(r: torch.Tensor) -> torch.Tensor:
+        return (1.0 - gamma) * (r - q_norm).clamp(min=0.0) ** 2
+
+    top = torch.full_like(a, r_max)
+    lo, hi = torch.zeros_like(a), top
+    for _ in range(_BISECTIONS):
+        mid = (lo + hi) / 2
+        before = near(mid) >= far(mid)
+        lo, hi = torch.where(before, mid, lo), torch.where(before, hi, mid)
+    return torch.maximum(near(top), torch.minimum(near(hi), far(lo)))
 
 
 class _FastPass:

@@ -358,3 +358,19 @@ def test_smaller_databases_take_the_passes_when_the_search_is_large(verified, mo
     D, I = gpuann.knn(q, x, 5)  # 5e6 scores
     assert verified["passes"] == [21]
     assert_knn_matches(D, I, q, x, 5, "l2")
+
+
+def test_one_long_row_does_not_loosen_every_l2_bound(verified):
+    # Regression (review): the bound outside the candidates used the largest row norm for
+    # every row, so one row 300x longer than the rest sent every query to the pairwise last
+    # resort (1.09 s vs 0.042 s tiled); the bound now also uses that a long row is far.
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(32768, 64, generator=g)
+    x[123] *= 300
+    q = torch.randn(64, 64, generator=g)
+    D, I = gpuann.knn(q, x, 10)
+    assert verified["fallback"] == 0 and verified["passes"] == [26]
+    assert_knn_matches(D, I, q, x, 10, "l2")
+    # ... and a query next to the long row still finds it
+    D, I = gpuann.knn(x[123:124] * 1.0001, x, 3)
+    assert I[0, 0] == 123

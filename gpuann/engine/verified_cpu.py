@@ -14,11 +14,14 @@ they only *propose*:
    bits for the same pair wherever it sits, whatever the batch, tiling or thread count.
    Candidates are ordered by (pairwise score, row), NaN last.
 3. **Proof.** A fast score is within ``eps`` of the pairwise one (the bound ``γ_d`` of any
-   float32 dot product of length ``d``, doubled, with room, from the largest row norm). A row
+   float32 dot product of length ``d``, doubled, with room, from the row's norm). A row
    outside a query's candidates has a fast score no better than its heap's worst, so a
-   pairwise score at least that minus ``eps``; when this is still worse than the k-th
-   candidate's (by more than a float32 rounding of it), no such row can be among the k best
-   or tie with the k-th. Queries not proven (near-equal scores at the boundary: duplicates;
+   pairwise score at least that minus ``eps``, taken at the largest row norm (inner product)
+   or, for L2, together with the triangle bound ``(‖x‖ − ‖q‖)²`` at the least favourable norm
+   (:func:`_l2_outside_bound`); when this is still worse than the k-th candidate's (by more
+   than a float32 rounding of it), no such row can be among the k best or tie with the k-th.
+   An inner-product query that met a NaN or +inf fast score (an overflowing sum) is never
+   proven. Queries not proven (near-equal scores at the boundary: duplicates;
    NaN/inf scores) run again with 4× and 16× the candidates; what is left is scored pairwise
    against every row (slow, exact).
 
@@ -356,7 +359,7 @@ class _Job:
     ) -> None:
         self.qs, self.lo, self.hi, self.l2 = qs, lo, hi, l2
         self.measures_norms = measures_norms
-        self.heap_values = np.full((hi - lo, kc), np.finfo(np.float32).max, dtype=np.float32)
+        self.heap_values = np.full((hi - lo, kc), _FLT_MAX, dtype=np.float32)
         self.heap_rows = np.full((hi - lo, kc), -1, dtype=np.int64)
         self.seen = 0
         #: Inner product: every fast score of the query was below FLT_MAX (a heap drops NaN

@@ -78,3 +78,27 @@ def test_wheel_ships_kernels_inside_gpuann(tmp_path):
         shipped = {Path(n).name for n in kernels}
         expected = {p.name for p in (ROOT / "kernels").glob("*.py")}
         assert expected <= shipped, f"kernels missing from the wheel: {expected - shipped}"
+
+
+def test_checkout_root_does_not_shadow_the_pypi_kernels_package():
+    """From a checkout's root (on ``sys.path`` under ``python -m``), ``import kernels`` gets the
+    installed PyPI package of that name (transformers >= 5 imports it; the demo's model load
+    failed with "cannot import name 'CUDAProperties' from 'kernels'"), and ``gpuann._kernels``
+    still imports from this folder."""
+    probe = (
+        "import importlib.metadata as md, json, kernels, gpuann._kernels.bitonic as b\n"
+        "try:\n    dist = md.distribution('kernels').locate_file('kernels')\n"
+        "except md.PackageNotFoundError:\n    dist = None\n"
+        "print(json.dumps([kernels.__file__, b.__file__, dist and str(dist)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    import json
+
+    imported, bitonic, installed = json.loads(out.stdout)
+    assert Path(bitonic).resolve() == (ROOT / "kernels" / "bitonic.py").resolve()
+    if installed is None:  # no such package installed: the folder itself is harmless
+        assert Path(imported).resolve() == (ROOT / "kernels" / "__init__.py").resolve()
+    else:
+        assert Path(imported).resolve().parent == Path(installed).resolve()

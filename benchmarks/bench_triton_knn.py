@@ -25,6 +25,9 @@ through ``benchmarks.harness``):
 ``faiss``
     ``faiss.knn_gpu`` on torch tensors (``faiss.contrib.torch_utils``) when faiss-gpu imports;
     faiss refuses k > 2048 (recorded as an error).
+``triton_open`` (k >= 256 only)
+    ``triton`` with ``GPUANN_TRITON_PRESET=off``: the fused kernel without preset thresholds,
+    its threshold open at the start of every split, for an A/B of the presets in one run.
 
 Each case also reports its roofline time, ``max(2·Q·N·d / peak FLOP/s, bytes / bandwidth)``
 (bytes: database, queries and results once), with both ceilings measured at start-up on this
@@ -71,7 +74,7 @@ SMOKE = {
 }
 TOPK_GRID = {"rows": [1, 64, 1024], "n": [100_000, 1_000_000], "k": [1, 16, 64, 256]}
 TOPK_SMOKE = {"rows": [2], "n": [200], "k": [3]}
-METHODS = ("triton", "torch", "faiss")
+METHODS = ("triton", "torch", "faiss", "triton_open")
 GiB = 1 << 30
 
 
@@ -190,6 +193,22 @@ def _methods(case: Case, queries, database, chunk_bytes: int) -> dict[str, Calla
         "triton": lambda: triton_backend.search(request),
         "torch": torch_mm_topk,
     }
+    from gpuann._triton.knn_plan import PRESET_MIN_K
+
+    if case.k >= PRESET_MIN_K:
+
+        def triton_open():
+            before = os.environ.get("GPUANN_TRITON_PRESET")
+            os.environ["GPUANN_TRITON_PRESET"] = "off"
+            try:
+                return triton_backend.search(request)
+            finally:
+                if before is None:
+                    del os.environ["GPUANN_TRITON_PRESET"]
+                else:
+                    os.environ["GPUANN_TRITON_PRESET"] = before
+
+        fns["triton_open"] = triton_open
     faiss_fn = _faiss_knn(case, queries, database)
     if faiss_fn is not None:
         fns["faiss"] = faiss_fn
@@ -249,6 +268,8 @@ def run_knn(case: Case, device: str, ceilings, args) -> dict[str, Any]:
         row["speedup_vs_torch"] = row["torch_s"] / row["triton_s"]
     if "triton_s" in row and "faiss_s" in row:
         row["speedup_vs_faiss"] = row["faiss_s"] / row["triton_s"]
+    if "triton_s" in row and "triton_open_s" in row:
+        row["speedup_of_presets"] = row["triton_open_s"] / row["triton_s"]
     return row
 
 
@@ -282,6 +303,7 @@ COLUMNS = [
     harness.Column("triton_s", "triton ms", lambda s: f"{1e3 * s:.3f}"),
     harness.Column("torch_s", "torch ms", lambda s: f"{1e3 * s:.3f}"),
     harness.Column("faiss_s", "faiss ms", lambda s: f"{1e3 * s:.3f}"),
+    harness.Column("triton_open_s", "triton, no presets ms", lambda s: f"{1e3 * s:.3f}"),
     harness.Column("speedup_vs_torch", "× torch", "{:.2f}".format),
     harness.Column("triton_roofline_fraction", "triton % roofline", lambda f: f"{100 * f:.1f}"),
 ]

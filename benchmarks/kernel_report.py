@@ -40,7 +40,7 @@ from typing import Any
 
 from benchmarks import harness
 
-__all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_selection"]
+__all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_presets", "replay_selection"]
 
 #: Per architecture: the GPU modelled (SMs, boost clock, dense 16-bit and TF32 tensor FLOP/s,
 #: float32 FMA FLOP/s, dense int8 tensor OP/s, HBM B/s).
@@ -70,14 +70,28 @@ GPUS = {
     },
 }
 #: Headline fused k-NN shapes of the estimate (float16 storage and queries, squared L2).
-HEADLINE = [
-    {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float16"}
-    for k in (10, 100, 1000, 2048)
-] + [
-    {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": dtype}
-    for dtype in ("float32", "int8")
-    for k in (10, 100)
-]
+HEADLINE = (
+    [
+        {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": "float16"}
+        for k in (10, 100, 1000, 2048)
+    ]
+    + [
+        {"queries": 4096, "rows": 1_000_000, "dim": 128, "k": k, "dtype": dtype}
+        for dtype in ("float32", "int8")
+        for k in (10, 100)
+    ]
+    + [  # large k without preset thresholds (GPUANN_TRITON_PRESET=off): the comparison
+        {
+            "queries": 4096,
+            "rows": 1_000_000,
+            "dim": 128,
+            "k": k,
+            "dtype": "float16",
+            "preset": False,
+        }
+        for k in (1000, 2048)
+    ]
+)
 #: Queries replayed per shape (whole blocks of the kernel, so block-wide branches are exact).
 REPLAY_QUERIES = 128
 
@@ -90,6 +104,7 @@ def replay_selection(
     block_n: int,
     per_split: int,
     cap: int,
+    preset: Any = None,
 ) -> dict[str, float]:
     """How often the fused kernel's branches run, replaying its scan order in torch.
 
@@ -97,7 +112,8 @@ def replay_selection(
     its rows in tiles of ``block_n``. A tile *appends* when any query of the block has a
     score at or below its threshold (the k-th of its list at the last merge; every score
     while the list holds fewer than k); the block's buffers are *merged* when one of them
-    would overflow its ``cap`` keys, and once at the end.
+    would overflow its ``cap`` keys, and once at the end. With ``preset`` (Q,) thresholds
+    (the kernel's ``HAS_THR``; NaN: none) a query's threshold is never above its preset.
 
     Returns
     -------
@@ -105,7 +121,9 @@ def replay_selection(
         ``append``: fraction of (program, tile) pairs that append; ``single``: of appends,
         the fraction where no query has more than one candidate; ``merge``: merges per
         (program, tile) pair, the final ones included; ``query_tiles``: of (query, tile)
-        pairs with a candidate; ``scores``: of scores that are candidates.
+        pairs with a candidate; ``scores``: of scores that are candidates; ``short``: of
+        queries, those whose splits admitted fewer than k scores in all (with a preset:
+        their blocks run again without presets).
     """
     import torch
 
@@ -113,11 +131,15 @@ def replay_selection(
     n_blocks = n_q // block_m
     sq = (database.float() ** 2).sum(1)
     appends = singles = merges = tiles = query_hits = score_hits = 0
+    admitted = torch.zeros(n_q, dtype=torch.int64)
+    ceiling = torch.full((n_q,), math.inf)  # +inf: every (finite) score is a candidate
+    if preset is not None:
+        ceiling = torch.where(torch.isnan(preset), math.inf, preset.float())
     for start in range(0, n_rows, per_split):
         stop = min(start + per_split, n_rows)
         scores = sq[start:stop][None, :] - 2.0 * (queries @ database[start:stop].T)
         lists = torch.full((n_q, k), math.inf)
-        thr = torch.full((n_q,), math.inf)  # +inf: every (finite) score is a candidate
+        thr = ceiling.clone()
         buffer = torch.full((n_q, cap + 1), math.inf)  # column ``cap``: where non-hits go
         count = torch.zeros(n_q, dtype=torch.int64)
         for t0 in range(0, stop - start, block_n):
@@ -134,13 +156,14 @@ def replay_selection(
             singles += int(single.sum())
             query_hits += int(row_hit.sum())
             score_hits += int(n_hit.sum())
+            admitted += n_hit
             over = ((count + n_hit) > cap).view(n_blocks, block_m).any(1)
             if over.any():
                 merges += int(over.sum())
                 rows = over.repeat_interleave(block_m)
                 both = torch.cat([lists[rows], buffer[rows, :cap]], dim=1)
                 lists[rows] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
-                thr[rows] = lists[rows, k - 1]
+                thr[rows] = torch.minimum(lists[rows, k - 1], ceiling[rows])
                 buffer[rows] = math.inf
                 count[rows] = 0  # the tile's hits, found with the old thresholds, go in
             place = torch.where(hit, count[:, None] + hit.cumsum(1) - 1, cap)
@@ -155,7 +178,16 @@ def replay_selection(
         "merge": merges / max(tiles, 1),
         "query_tiles": query_hits / max(n_q * total_tiles, 1),
         "scores": score_hits / max(n_q * n_rows, 1),
+        "short": float((admitted < min(k, n_rows)).float().mean()),
     }
+
+
+def replay_presets(queries: Any, database: Any, stride: int, k_seed: int) -> Any:
+    """The preset thresholds (Q,) of the sample pass: each query's ``k_seed``-th best score
+    over every ``stride``-th row (the kernel's score, ``‖x‖² − 2⟨q, x⟩``)."""
+    sample = database[::stride].float()
+    scores = (sample**2).sum(1)[None, :] - 2.0 * (queries @ sample.T)
+    return scores.kthvalue(k_seed, dim=1).values
 
 
 def _data(kind: str, n_rows: int, dim: int, n_queries: int) -> tuple[Any, Any]:
@@ -267,6 +299,46 @@ def estimate(
     return out
 
 
+def with_presets(
+    est: dict[str, Any],
+    shape: dict[str, Any],
+    plan: Any,
+    sample_sass: dict[str, int] | None,
+    freq: dict[str, Any],
+    gpu: dict,
+) -> dict[str, Any]:
+    """``est`` (the main pass with presets) plus the sample pass, the check between the two
+    launches and the blocks that run again.
+
+    The sample pass is :func:`estimate` of its own plan on its replayed frequencies
+    (``freq["sample"]``); the check reads ``k`` keys of every list, ``kthvalue`` the sample's
+    lists, and the lists of blocks run again are emptied (their bytes at HBM bandwidth); a
+    block runs again when one of its ``BM`` queries is short (``freq["short"]``), at the
+    cost of the main pass without presets at most (charged at the main pass's estimate).
+    """
+    out = dict(est)
+    seed = plan.preset
+    sample_shape = {**shape, "rows": math.ceil(shape["rows"] / plan.preset_stride)}
+    sample_shape["k"] = plan.preset_k
+    sample = estimate(sample_shape, seed, sample_sass, freq.get("sample", {}), gpu)
+    keys = shape["queries"] * plan.n_splits * (plan.k_found + plan.k_pad)
+    keys += shape["queries"] * seed.n_splits * seed.k_pad
+    check_ms = 1e3 * 8 * keys / gpu["bw"]
+    block_m = dict(plan.partial.constexprs)["BM"]
+    p_redo = 1.0 - (1.0 - freq.get("short", 0.0)) ** block_m
+    main = est.get("fused_estimate_ms")
+    out.update(
+        sample_estimate_ms=sample.get("fused_estimate_ms"),
+        preset_check_ms=check_ms,
+        p_redo_block=p_redo,
+        preset=f"1 row in {plan.preset_stride}, k'={plan.preset_k}",
+    )
+    if main is not None and sample.get("fused_estimate_ms") is not None:
+        out["main_estimate_ms"] = main
+        out["fused_estimate_ms"] = main * (1.0 + p_redo) + sample["fused_estimate_ms"] + check_ms
+    return out
+
+
 def _rows(cases: list[Any], results: list[Any]) -> list[dict[str, Any]]:
     from gpuann._triton import aot
 
@@ -328,6 +400,9 @@ ESTIMATE_COLUMNS = [
     harness.Column("sass_steady", "SASS steady"),
     harness.Column("sass_append", "SASS append"),
     harness.Column("sass_merge", "SASS merge"),
+    harness.Column("preset", "preset", align="left"),
+    harness.Column("sample_estimate_ms", "sample pass est. ms", "{:.2f}".format),
+    harness.Column("p_redo_block", "P(block again)", "{:.4f}".format),
     harness.Column("fused_estimate_ms", "fused est. ms", "{:.2f}".format),
     harness.Column("fused_steady_estimate_ms", "steady-only est. ms", "{:.2f}".format),
     harness.Column("torch_mm_topk_estimate_ms", "torch est. ms", "{:.2f}".format),
@@ -374,6 +449,7 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
             l2=True,
             has_sqnorms=True,
             sm_count=catalog.SM_COUNT[arch],
+            preset=shape.get("preset"),
         )
         entry = {"shape": shape, "plan": plan, "freq": {}}
         if not no_replay:
@@ -385,14 +461,31 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
                 kinds = ("random",)
             for kind in kinds:
                 key = (shape["k"], kind, cfg.block_m, cfg.block_n, plan.cap, per_split)
+                key += (plan.preset_stride, plan.preset_k)
                 if key in memo:
                     entry["freq"][kind] = {**memo[key], "replayed_for": memo[key]["replayed_for"]}
                     continue
                 q, x = _data(kind, shape["rows"], shape["dim"], n_q)
                 t0 = time.perf_counter()
+                preset = None
+                if plan.preset is not None:  # the sample pass, then the presets it gives
+                    seed = plan.preset
+                    sample = x[:: plan.preset_stride]
+                    freq_seed = replay_selection(
+                        q,
+                        sample,
+                        plan.preset_k,
+                        seed.config.block_m,
+                        seed.config.block_n,
+                        dict(seed.partial.args)["rows_per_split"],
+                        seed.cap,
+                    )
+                    preset = replay_presets(q, x, plan.preset_stride, plan.preset_k)
                 freq = replay_selection(
-                    q, x, shape["k"], cfg.block_m, cfg.block_n, per_split, plan.cap
+                    q, x, shape["k"], cfg.block_m, cfg.block_n, per_split, plan.cap, preset
                 )
+                if preset is not None:
+                    freq["sample"] = freq_seed
                 freq["replay_s"] = time.perf_counter() - t0
                 freq["replayed_for"] = f"sm_{arch} (rows_per_split={per_split})"
                 memo[key] = freq
@@ -458,9 +551,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpu = GPUS[arch]
         estimates = []
         heads = aot.compile_launches([r["plan"].partial for r in replays], arch, sass=True)
+        seeds = [r["plan"].preset for r in replays if r["plan"].preset is not None]
+        seed_res = iter(aot.compile_launches([p.partial for p in seeds], arch, sass=True))
         for entry, res in zip(replays, heads, strict=True):
+            sample_res = next(seed_res) if entry["plan"].preset is not None else None
             for kind, freq in entry["freq"].items() or [("none", {})]:
                 est = estimate(entry["shape"], entry["plan"], res.sass, freq, gpu)
+                if sample_res is not None:
+                    est = with_presets(
+                        est, entry["shape"], entry["plan"], sample_res.sass, freq, gpu
+                    )
                 est.update(
                     dtype=entry["shape"]["dtype"],
                     k=entry["shape"]["k"],

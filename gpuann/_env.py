@@ -18,6 +18,8 @@ import, so a test or a notebook can set them after ``import gpuann``.
   and no verified passes).
 - ``GPUANN_TRITON_FP32``: ``tf32x3`` (default) or ``ieee``: how the fused k-NN kernel multiplies
   float32 storage (three TF32 tensor-core products of a hi/lo split, or FMA dots).
+- ``GPUANN_TRITON_PRESET``: ``auto`` (default) or ``off``: whether the fused k-NN kernel takes
+  preset thresholds from a sample pass for large k (:mod:`gpuann._triton.knn_plan`).
 - ``GPUANN_AOT_CACHE``: the folder of the ahead-of-time compile checks' disk cache (default
   ``~/.cache/gpuann/aot``); ``0`` turns it off.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "env_flag",
     "interpreter_enabled",
     "triton_fp32_dot",
+    "triton_preset",
 ]
 
 _TRUE = frozenset({"1", "true", "on", "yes"})
@@ -118,3 +121,12 @@ def triton_fp32_dot() -> str:
     True
     """
     return env_choice("GPUANN_TRITON_FP32", ("tf32x3", "ieee"))
+
+
+def triton_preset() -> str:
+    """``GPUANN_TRITON_PRESET``: ``auto`` (default) or ``off``; anything else raises.
+
+    >>> triton_preset() in ("auto", "off")
+    True
+    """
+    return env_choice("GPUANN_TRITON_PRESET", ("auto", "off"))

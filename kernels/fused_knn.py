@@ -15,13 +15,20 @@ tested on the accumulator registers: one row-min per score and a block-wide max 
 few scores at or below it are packed into keys and appended to the query's candidate buffer
 of ``CAP`` keys in global scratch: when no query of the block has more than one candidate in
 the tile (nine appends in ten at k = 10) one key per query, else at places from a cumsum of
-the hits. Only when a buffer would
-overflow (and once at the end) are the block's buffers merged into its running top-K lists,
-which also live in global scratch (``partial``, so k does not bound the tiles), ``RB`` rows at
-a time, and the thresholds reloaded. The threshold keeps ties (``<=``): an equal score may win
-on its tie word (``HAS_RANK``), so no candidate of the final top-k is ever skipped and the
-result is the same set of keys as a full sort of the kernel's scores. Block barriers order the
-buffers' writes and reads between the program's threads.
+the hits. Only when a buffer would overflow (and once at the end) are the block's buffers
+merged into its running top-K lists, which also live in global scratch (``partial``, so k
+does not bound the tiles), ``RB`` rows at a time, and the thresholds reloaded. The threshold
+keeps ties (``<=``): an equal score may win on its tie word (``HAS_RANK``), so no candidate
+of the final top-k is ever skipped and the result is the same set of keys as a full sort of
+the kernel's scores. Block barriers order the buffers' writes and reads between the
+program's threads.
+
+Preset thresholds (``HAS_THR``, large k): a threshold that starts open admits about
+``k (1 + ln(rows / k))`` scores per split, and every one of them passes through a sorting
+merge. The launcher can instead give each query a *preset*, estimated from a sample of the
+rows to admit about ``2.5 k`` scores in all; the threshold is then never above the preset,
+and the lists are merged about once per program. A preset that admitted fewer than ``k``
+scores is detected by the launcher, whose second launch redoes only those blocks.
 
 Precision: products are exact and accumulate in float32. float16/bfloat16 storage runs the
 tensor cores on the storage dtype; float32 queries against such storage are split into
@@ -108,6 +115,8 @@ def fused_knn_kernel(
     row_label_ptr,
     query_label_ptr,
     rank_ptr,
+    thr_ptr,
+    flag_ptr,
     n_queries,
     n_rows,
     dim,
@@ -125,6 +134,7 @@ def fused_knn_kernel(
     HAS_ALLOWED: tl.constexpr,
     HAS_LABELS: tl.constexpr,
     HAS_RANK: tl.constexpr,
+    HAS_THR: tl.constexpr,
     SPLIT_QUERIES: tl.constexpr,
     IEEE: tl.constexpr,
     TF32X3: tl.constexpr,
@@ -139,6 +149,8 @@ def fused_knn_kernel(
     LOG_K: tl.constexpr,
     CAP: tl.constexpr,
     LOG_CAP: tl.constexpr,
+    CHUNK: tl.constexpr,
+    LOG_CHUNK: tl.constexpr,
     RB: tl.constexpr,
     ONE_APPEND: tl.constexpr,
 ):
@@ -159,6 +171,16 @@ def fused_knn_kernel(
         query with the same non-negative label (``HAS_LABELS``)
     rank_ptr : (n_rows,) int64 tie order in [0, 2**32), packed instead of the row
         (``HAS_RANK``; the launcher maps ranks back to rows)
+    thr_ptr : (ceil(n_queries / BM) · BM,) float32 (read when ``HAS_THR``): each query's
+        *preset threshold*, a score no candidate may exceed (NaN: none). The launcher takes
+        it from a sample of the rows, where it admits about 2–2.5 ``k`` rows in all: the lists
+        then stay short of the many candidates a threshold that starts open lets in. A
+        preset is only an estimate — it is right when its query's splits admitted at least
+        ``k_last + 1`` scores in all, which the launcher checks (see ``flag_ptr``).
+    flag_ptr : (ceil(n_queries / BM) · BM,) uint8 (read when ``HAS_THR``): a program runs
+        only if a query of its block is flagged (nonzero); the launcher's second launch,
+        with NaN presets and its blocks' lists emptied, flags the queries whose presets
+        admitted too few scores.
     TF32X3 : constexpr bool, float32 storage (``IEEE``) on the tensor cores: three TF32
         products of each operand's hi/lo split (else FMA dots)
     INT8 : constexpr bool, int8 queries and storage: dots accumulated exactly in int32, then
@@ -171,6 +193,8 @@ def fused_knn_kernel(
         candidate buffers (scratch)
     k_last : int, ``min(k, n_rows) - 1``: the threshold is the key at this place of the list
     CAP, LOG_CAP : constexpr, keys per candidate buffer (a power of two, ``>= BN``)
+    CHUNK, LOG_CHUNK : constexpr, keys of a buffer merged at a time (a power of two dividing
+        ``CAP``; only chunks holding keys are merged)
     RB : constexpr, rows merged at a time (a power of two dividing BM)
     ONE_APPEND : constexpr bool, a tile where no query of the block has more than one
         candidate stores one key per query instead of the cumsum's compaction (off where it
@@ -188,6 +212,12 @@ def fused_knn_kernel(
     base = first + tl.arange(0, BM).to(tl.int64) * n_splits
     buf = buffer_ptr + base[:, None] * CAP  # (BM, 1) pointers
     thr = tl.full((BM,), float("nan"), tl.float32)  # NaN: the list is not full yet
+    if HAS_THR:
+        flagged = tl.load(flag_ptr + offs_m, mask=mask_m, other=0).to(tl.int32)
+        if tl.max(flagged) == 0:  # no query of this block to (re)do
+            return
+        thr = tl.load(thr_ptr + offs_m, mask=mask_m, other=float("nan"))
+    preset = thr
     open_ = thr != thr  # rows whose every eligible score is a candidate
     count = tl.zeros((BM,), tl.int32)
     q_once = offs_m  # unused unless SINGLE_D
@@ -222,6 +252,7 @@ def fused_knn_kernel(
             rank_ptr,
             q_once,
             qscale,
+            preset,
             offs_m,
             mask_m,
             offs_d,
@@ -245,6 +276,7 @@ def fused_knn_kernel(
             HAS_ALLOWED,
             HAS_LABELS,
             HAS_RANK,
+            HAS_THR,
             SPLIT_QUERIES,
             IEEE,
             TF32X3,
@@ -258,12 +290,30 @@ def fused_knn_kernel(
             LOG_K,
             CAP,
             LOG_CAP,
+            CHUNK,
+            LOG_CHUNK,
             RB,
             ONE_APPEND,
         )
     if tl.max(count) > 0:
         _flush(
-            partial_ptr, buffer_ptr, first, n_splits, base, k_last, BM, RB, K, LOG_K, CAP, LOG_CAP
+            partial_ptr,
+            buffer_ptr,
+            first,
+            n_splits,
+            base,
+            k_last,
+            count,
+            preset,
+            HAS_THR,
+            BM,
+            RB,
+            K,
+            LOG_K,
+            CAP,
+            LOG_CAP,
+            CHUNK,
+            LOG_CHUNK,
         )
 
 
@@ -285,6 +335,7 @@ def _scan(
     rank_ptr,
     q_once,
     qscale,
+    preset,
     offs_m,
     mask_m,
     offs_d,
@@ -308,6 +359,7 @@ def _scan(
     HAS_ALLOWED: tl.constexpr,
     HAS_LABELS: tl.constexpr,
     HAS_RANK: tl.constexpr,
+    HAS_THR: tl.constexpr,
     SPLIT_QUERIES: tl.constexpr,
     IEEE: tl.constexpr,
     TF32X3: tl.constexpr,
@@ -321,6 +373,8 @@ def _scan(
     LOG_K: tl.constexpr,
     CAP: tl.constexpr,
     LOG_CAP: tl.constexpr,
+    CHUNK: tl.constexpr,
+    LOG_CHUNK: tl.constexpr,
     RB: tl.constexpr,
     ONE_APPEND: tl.constexpr,
 ):
@@ -425,12 +479,17 @@ def _scan(
                     n_splits,
                     base,
                     k_last,
+                    count,
+                    preset,
+                    HAS_THR,
                     BM,
                     RB,
                     K,
                     LOG_K,
                     CAP,
                     LOG_CAP,
+                    CHUNK,
+                    LOG_CHUNK,
                 )
                 open_ = thr != thr
                 count = tl.zeros((BM,), tl.int32)
@@ -480,30 +539,56 @@ def _flush(
     n_splits,
     base,
     k_last,
+    count,
+    preset,
+    HAS_THR: tl.constexpr,
     BM: tl.constexpr,
     RB: tl.constexpr,
     K: tl.constexpr,
     LOG_K: tl.constexpr,
     CAP: tl.constexpr,
     LOG_CAP: tl.constexpr,
+    CHUNK: tl.constexpr,
+    LOG_CHUNK: tl.constexpr,
 ):
     """Merge a program's candidate buffers into its running lists, ``RB`` rows at a time.
 
     ``base`` (BM,) int64, ``first + i · n_splits``: the rows of ``partial`` (K keys each) and
-    of the buffers (CAP keys each, ``SENTINEL`` where empty; emptied again here). Returns
+    of the buffers (CAP keys each, ``SENTINEL`` where empty; emptied again here); ``count``
+    (BM,) int32, the keys in each buffer (from its front). Returns
     the float32 score of each list's key at place ``k_last`` (NaN while that place is
-    empty): the new thresholds.
+    empty), or the query's ``preset`` where that is lower (``HAS_THR``): the new thresholds.
     """
     tl.debug_barrier()  # other threads of the program wrote the buffers
     offs_k = tl.arange(0, K)
-    offs_c = tl.arange(0, CAP)
-    for r0 in range(0, BM, RB):
-        rows = first + (r0 + tl.arange(0, RB)).to(tl.int64) * n_splits
-        at_list = partial_ptr + rows[:, None] * K + offs_k[None, :]
-        at_buf = buffer_ptr + rows[:, None] * CAP + offs_c[None, :]
-        merged = merge_keys(tl.load(at_list), tl.load(at_buf), RB, K, LOG_K, CAP, LOG_CAP)
-        tl.store(at_list, merged)
-        tl.store(at_buf, tl.full((RB, CAP), SENTINEL, tl.int64))
+    if CAP == CHUNK:
+        offs_c = tl.arange(0, CAP)
+        for r0 in range(0, BM, RB):
+            rows = first + (r0 + tl.arange(0, RB)).to(tl.int64) * n_splits
+            at_list = partial_ptr + rows[:, None] * K + offs_k[None, :]
+            at_buf = buffer_ptr + rows[:, None] * CAP + offs_c[None, :]
+            merged = merge_keys(tl.load(at_list), tl.load(at_buf), RB, K, LOG_K, CAP, LOG_CAP)
+            tl.store(at_list, merged)
+            tl.store(at_buf, tl.full((RB, CAP), SENTINEL, tl.int64))
+    else:
+        # In chunks of CHUNK keys, the filled ones only (keys are appended from the front): a
+        # network over the whole buffer held registers that every tile of the scan paid for
+        # (see ``gpuann._triton.knn_plan.flush_keys``).
+        offs_c = tl.arange(0, CHUNK)
+        filled = tl.max(count)
+        for r0 in range(0, BM, RB):
+            rows = first + (r0 + tl.arange(0, RB)).to(tl.int64) * n_splits
+            at_list = partial_ptr + rows[:, None] * K + offs_k[None, :]
+            merged = tl.load(at_list)
+            for c0 in tl.static_range(0, CAP, CHUNK):
+                if c0 < filled:
+                    at_buf = buffer_ptr + rows[:, None] * CAP + c0 + offs_c[None, :]
+                    merged = merge_keys(merged, tl.load(at_buf), RB, K, LOG_K, CHUNK, LOG_CHUNK)
+                    tl.store(at_buf, tl.full((RB, CHUNK), SENTINEL, tl.int64))
+            tl.store(at_list, merged)
     tl.debug_barrier()  # lists written and buffers emptied before anyone reads or appends
     kth = tl.load(partial_ptr + base * K + k_last)
-    return hi_to_score((kth >> 32).to(tl.int32))
+    thr = hi_to_score((kth >> 32).to(tl.int32))
+    if HAS_THR:  # the lower of the two (NaN: a list not full yet, or no preset)
+        thr = tl.where((thr != thr) | (preset < thr), preset, thr)
+    return thr

@@ -77,6 +77,12 @@ REPRESENTATIVE: dict[str, Any] = {
         {"queries": 4096, "dim": 128, "k": 20, "dtype": "int8"},
         {"queries": 1, "dim": 100, "k": 20, "dtype": "int8"},
         {"queries": 4096, "dim": 768, "k": 40, "dtype": "int8", "metric": "ip"},
+        # Preset thresholds (k >= 256): their sample passes, every filter (the sample's own
+        # allowed rows and labels), half-size buffers merged in chunks, float32 on the tensor
+        # cores, few queries, int8 and ip.
+        {"queries": 4096, "dim": 128, "k": 1000, "dtype": "float16", "filters": FILTER_SETS[-1:]},
+        {"queries": 4096, "dim": 128, "k": 1000, "dtype": "float32"},
+        {"queries": 1, "dim": 768, "k": 300, "dtype": "int8", "metric": "ip"},
     ),
     "topk": {"rows": (1024,), "cols": (1_000_000,), "k": (16, 256, 2048), "dtypes": ("float32",)},
     "hamming": {"queries": (4096,), "words": (8,), "k": (10, 100)},
@@ -87,7 +93,7 @@ REPORT: dict[str, Any] = {
     **REPRESENTATIVE,
     "dims": (100, 128, 768),
     "dtypes": ("float16", "bfloat16", "float32", "float32>float16", "int8"),
-    "extra": REPRESENTATIVE["extra"][-6:-3],
+    "extra": REPRESENTATIVE["extra"][-9:-6] + REPRESENTATIVE["extra"][-3:],
     "topk": {**REPRESENTATIVE["topk"], "rows": (1, 1024), "k": (1, 16, 256, 1000, TOPK_MAX_K)},
     "hamming": {"queries": (4096,), "words": (8,), "k": (1, 10, 100, 1000)},
 }
@@ -171,7 +177,8 @@ def _dtypes(name: str) -> tuple[torch.dtype, torch.dtype]:
 def fused_knn_cases(
     grid: Mapping[str, Any], arch: int, *, candidates: bool = False
 ) -> Iterator[Case]:
-    """Fused k-NN launches (and their merges) over ``grid`` for a GPU of ``arch``."""
+    """Fused k-NN launches (their merges, and the sample passes of preset thresholds) over
+    ``grid`` for a GPU of ``arch``."""
     from gpuann._triton.knn_plan import plan_fused_knn
 
     base = itertools.product(
@@ -217,6 +224,9 @@ def fused_knn_cases(
         plan = plan_fused_knn(q, N_ROWS, d, k, **kwargs)
         yield Case("fused_knn", params, plan.partial)
         yield Case("merge", params, plan.merge)
+        if plan.preset is not None:  # the sample pass behind its preset thresholds
+            sample = (("pass", f"sample of every {plan.preset_stride}th row, k={plan.preset_k}"),)
+            yield Case("fused_knn", params + sample, plan.preset.partial)
         if candidates:
             tf32x3 = storage == torch.float32
             for cfg in knn_candidates(q, d, plan.k_pad, storage, tf32x3=tf32x3):

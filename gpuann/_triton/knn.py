@@ -26,7 +26,7 @@ from gpuann._triton.knn_plan import FusedKnnPlan, partial_bytes, plan_fused_knn
 from gpuann._triton.topk import FINISH_L2, FINISH_NEGATE, merge_partial
 from gpuann.engine.eligibility import RowFilters
 
-__all__ = ["FusedKnnPlan", "fused_knn", "partial_bytes", "plan_fused_knn"]
+__all__ = ["FusedKnnPlan", "fused_knn", "partial_bytes", "plan_fused_knn", "score_of_key"]
 
 #: An empty slot of a list or buffer (``gpuann._kernels.bitonic.SENTINEL``).
 SENTINEL = torch.iinfo(torch.int64).max
@@ -45,6 +45,7 @@ def fused_knn(
     config: TileConfig | None = None,
     filters: RowFilters | None = None,
     query_scale: torch.Tensor | None = None,
+    preset: bool | tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-NN of ``queries`` in ``database`` with one fused kernel and a merge.
 
@@ -77,6 +78,11 @@ def fused_knn(
     query_scale : torch.Tensor, shape (Q,), float32, optional
         int8 storage: int8 ``queries`` whose exact int32 dots are multiplied by this power of
         two per query (L2 needs ``database_sqnorms``); the scores equal the torch backend's.
+    preset : bool or (stride, k_seed), optional
+        Preset thresholds from a sample pass (large k; see ``gpuann._kernels.fused_knn``):
+        None chooses (:func:`~gpuann._triton.knn_plan.preset_sample`,
+        ``GPUANN_TRITON_PRESET``), True forces, False turns off. The results are the same
+        either way.
 
     Ineligible rows are never returned; queries with fewer than ``k`` eligible rows are
     padded with ``-1`` / ``±inf``. Kernels launch on the database's device (made current
@@ -111,6 +117,7 @@ def fused_knn(
             config,
             _FilterArgs.of(filters if filters is not None else RowFilters()),
             query_scale,
+            preset,
         )
 
 
@@ -126,6 +133,7 @@ def _fused_knn(
     config,
     filters,
     query_scale,
+    preset,
 ):
     from gpuann._kernels.fused_knn import fused_knn_kernel
 
@@ -169,6 +177,7 @@ def _fused_knn(
             splits=splits,
             max_splits=max_splits,
             fp32_dot=fp32_dot,
+            preset=preset,
         )
 
     default = plan(config)
@@ -186,23 +195,26 @@ def _fused_knn(
     def run_plan(p: FusedKnnPlan) -> tuple[torch.Tensor, torch.Tensor]:
         lists = torch.full((p.n_slots, p.n_splits, p.k_pad), SENTINEL, device=device)
         buffers = torch.full((p.n_slots, p.n_splits, p.cap), SENTINEL, device=device)
-        p.partial.launch(
-            fused_knn_kernel,
-            {
-                "q_ptr": q,
-                "x_ptr": database,
-                "sqnorm_ptr": sqnorms if sqnorms is not None else q,
-                "scale_ptr": scale if scale is not None else q,
-                "qscale_ptr": qscale if qscale is not None else q,
-                "partial_ptr": lists,
-                "buffer_ptr": buffers,
-                "exclude_ptr": filters.exclude if filters.has_exclude else q,
-                "allowed_ptr": filters.allowed if filters.has_allowed else q,
-                "row_label_ptr": filters.row_labels if filters.has_labels else q,
-                "query_label_ptr": filters.query_labels if filters.has_labels else q,
-                "rank_ptr": filters.rank if filters.has_rank else q,
-            },
-        )
+        tensors = {
+            "q_ptr": q,
+            "x_ptr": database,
+            "sqnorm_ptr": sqnorms if sqnorms is not None else q,
+            "scale_ptr": scale if scale is not None else q,
+            "qscale_ptr": qscale if qscale is not None else q,
+            "partial_ptr": lists,
+            "buffer_ptr": buffers,
+            "exclude_ptr": filters.exclude if filters.has_exclude else q,
+            "allowed_ptr": filters.allowed if filters.has_allowed else q,
+            "row_label_ptr": filters.row_labels if filters.has_labels else q,
+            "query_label_ptr": filters.query_labels if filters.has_labels else q,
+            "rank_ptr": filters.rank if filters.has_rank else q,
+            "thr_ptr": q,
+            "flag_ptr": q,
+        }
+        if p.preset is None:
+            p.partial.launch(fused_knn_kernel, tensors)
+        else:
+            _run_with_presets(p, tensors, n_queries, preset_thresholds(p, tensors, filters))
         values, chosen = merge_partial(
             lists[:n_queries],
             k_found,
@@ -243,6 +255,100 @@ def _fused_knn(
         lambda cfg: run_plan(plan(cfg)),
     )
     return run_plan(default if chosen == default.config else plan(chosen))
+
+
+def preset_thresholds(
+    plan: FusedKnnPlan, tensors: dict[str, torch.Tensor], filters: _FilterArgs
+) -> torch.Tensor:
+    """Each query's preset threshold (``plan.n_slots``,) float32: the ``plan.preset_k``-th
+    best kernel score of the sample pass (every ``plan.preset_stride``-th row, the same
+    excluded rows, allowed rows and labels; NaN where the sample holds fewer eligible rows).
+
+    No host synchronisation: the sample pass, a ``kthvalue`` over its partial lists and the
+    decoding of the key's high word all stay on the device.
+    """
+    from gpuann._kernels.fused_knn import fused_knn_kernel
+
+    seed, stride = plan.preset, plan.preset_stride
+    q, database = tensors["q_ptr"], tensors["x_ptr"]
+    device = database.device
+
+    def sampled(name: str, present: bool) -> torch.Tensor:
+        return tensors[name][::stride].contiguous() if present else q
+
+    consts = dict(seed.partial.constexprs)
+    lists = torch.full((seed.n_slots, seed.n_splits, seed.k_pad), SENTINEL, device=device)
+    seed.partial.launch(
+        fused_knn_kernel,
+        {
+            **tensors,
+            "x_ptr": database[::stride],
+            "sqnorm_ptr": sampled("sqnorm_ptr", consts["HAS_SQNORMS"]),
+            "scale_ptr": sampled("scale_ptr", consts["HAS_SCALE"]),
+            "partial_ptr": lists,
+            "buffer_ptr": torch.full(
+                (seed.n_slots, seed.n_splits, seed.cap), SENTINEL, device=device
+            ),
+            "exclude_ptr": _sampled_rows(filters.exclude, stride) if filters.has_exclude else q,
+            "allowed_ptr": sampled("allowed_ptr", filters.has_allowed),
+            "row_label_ptr": sampled("row_label_ptr", filters.has_labels),
+            "rank_ptr": q,
+        },
+    )
+    n_queries = q.shape[0]
+    keys = lists[:n_queries].reshape(n_queries, -1)
+    kth = keys.kthvalue(plan.preset_k, dim=1).values
+    thr = torch.full((plan.n_slots,), float("nan"), dtype=torch.float32, device=device)
+    thr[:n_queries] = score_of_key(kth)
+    return thr
+
+
+def _sampled_rows(rows: torch.Tensor, stride: int) -> torch.Tensor:
+    """Rows (int64, ``-1`` pads) as rows of ``database[::stride]`` (``-1`` for those it skips).
+
+    >>> _sampled_rows(torch.tensor([[0, 3, 6, -1]]), 3).tolist()
+    [[0, 1, 2, -1]]
+    >>> _sampled_rows(torch.tensor([[4, 9, -1]]), 2).tolist()
+    [[2, -1, -1]]
+    """
+    return torch.where((rows >= 0) & (rows % stride == 0), rows // stride, -1)
+
+
+def score_of_key(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 score in the high word of int64 keys (``gpuann._kernels.bitonic``'s order;
+    NaN for an empty or missing slot).
+
+    >>> score_of_key(torch.tensor([(0x3F800000 << 32) | 7, SENTINEL])).tolist()
+    [1.0, nan]
+    """
+    hi = (keys >> 32).to(torch.int32)
+    return torch.where(hi < 0, hi ^ 0x7FFFFFFF, hi).view(torch.float32)
+
+
+def _run_with_presets(
+    plan: FusedKnnPlan, tensors: dict[str, torch.Tensor], n_queries: int, thr: torch.Tensor
+) -> None:
+    """The fused kernel with preset thresholds, then once more, without them, for the blocks
+    where a query's presets admitted fewer than ``k_found`` scores over all its splits (an
+    estimate too low; the second launch's other programs return at once)."""
+    from gpuann._kernels.fused_knn import fused_knn_kernel
+
+    lists = tensors["partial_ptr"]
+    device = lists.device
+    every = torch.ones(plan.n_slots, dtype=torch.uint8, device=device)
+    plan.partial.launch(fused_knn_kernel, {**tensors, "thr_ptr": thr, "flag_ptr": every})
+    admitted = (lists[:, :, : plan.k_found] != SENTINEL).sum(dim=(1, 2))
+    # Short of k: a preset too low, or fewer eligible rows than k (then only an open, NaN,
+    # threshold is exact already).
+    short = (admitted < plan.k_found) & ~thr.isnan()
+    short[n_queries:] = False
+    block_m = dict(plan.partial.constexprs)["BM"]
+    redo = short.view(-1, block_m).any(dim=1).repeat_interleave(block_m)
+    lists.masked_fill_(redo[:, None, None], SENTINEL)
+    thr.fill_(float("nan"))
+    plan.partial.launch(
+        fused_knn_kernel, {**tensors, "thr_ptr": thr, "flag_ptr": redo.to(torch.uint8)}
+    )
 
 
 @dataclasses.dataclass(frozen=True)

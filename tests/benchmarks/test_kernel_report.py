@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks.kernel_report import GPUS, estimate, replay_selection
+from benchmarks.kernel_report import (
+    GPUS,
+    estimate,
+    replay_presets,
+    replay_selection,
+    with_presets,
+)
 
 SASS = {"steady": 100, "branch": 500, "inner": 300, "inner_loop": 10, "fast": 20, "slow": 80}
 
@@ -65,3 +71,53 @@ def test_replay_appends_every_tile_when_every_row_is_nearer():
     # would overflow the 8-key buffers; after that nothing beats them.
     freq = replay_selection(queries, database.flip(0), 2, 4, 8, 64, 8)
     assert freq["append"] == pytest.approx(2 / 8)
+
+
+def test_replay_with_presets_admits_only_what_they_allow():
+    # Rows ever nearer (as above): without presets every tile appends; with each query's
+    # true k-th score as its preset only the last tile holds candidates, and a preset below
+    # it leaves every query short.
+    queries = torch.zeros(4, 2)
+    database = torch.stack([torch.arange(64, 0, -1).float(), torch.zeros(64)], dim=1)
+    scores = (database**2).sum(1)  # the kernel's score against a zero query
+    kth = torch.sort(scores).values[1].expand(4)
+    freq = replay_selection(queries, database, 2, 4, 8, 64, 8, preset=kth)
+    assert freq["append"] == pytest.approx(1 / 8) and freq["short"] == 0.0
+    assert freq["scores"] == pytest.approx(2 / 64)
+    low = replay_selection(queries, database, 2, 4, 8, 64, 8, preset=kth - 1e-3)
+    assert low["short"] == 1.0
+    none = replay_selection(queries, database, 2, 4, 8, 64, 8, preset=torch.full((4,), math.nan))
+    assert none == {**replay_selection(queries, database, 2, 4, 8, 64, 8), "short": 0.0}
+
+
+def test_replay_presets_are_the_samples_kth_scores():
+    gen = torch.Generator().manual_seed(0)
+    queries, database = torch.randn(8, 4, generator=gen), torch.randn(400, 4, generator=gen)
+    thr = replay_presets(queries, database, 4, 10)
+    sample = database[::4]
+    scores = (sample**2).sum(1)[None, :] - 2.0 * queries @ sample.T
+    assert torch.allclose(thr, torch.sort(scores, dim=1).values[:, 9])
+
+
+def test_presets_add_the_sample_pass_the_check_and_the_blocks_run_again():
+    gpu = GPUS[90]
+    plan = _plan(32, 4)
+    plan.preset, plan.preset_stride, plan.preset_k = _plan(32, 4, per_split=100), 32, 64
+    plan.n_splits, plan.k_found, plan.k_pad = 4, 1000, 1024
+    plan.preset.n_splits, plan.preset.k_pad = 4, 64
+    shape = SHAPE | {"k": 1000}
+    freq = {"append": 1.0, "single": 0.5, "merge": 0.001, "short": 0.0}
+    freq["sample"] = {"append": 1.0, "single": 0.5, "merge": 0.01}
+    main = estimate(shape, plan, SASS, freq, gpu)
+    both = with_presets(main, shape, plan, SASS, freq, gpu)
+    sample = estimate(
+        shape | {"rows": 10**6 // 32, "k": 64}, plan.preset, SASS, freq["sample"], gpu
+    )
+    assert both["sample_estimate_ms"] == pytest.approx(sample["fused_estimate_ms"])
+    assert both["fused_estimate_ms"] == pytest.approx(
+        main["fused_estimate_ms"] + sample["fused_estimate_ms"] + both["preset_check_ms"]
+    )
+    assert both["p_redo_block"] == 0.0
+    short = with_presets(main, shape, plan, SASS, freq | {"short": 0.01}, gpu)
+    assert short["p_redo_block"] == pytest.approx(1 - 0.99**128)
+    assert short["fused_estimate_ms"] > both["fused_estimate_ms"]

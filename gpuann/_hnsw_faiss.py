@@ -116,8 +116,13 @@ def search(
 
     ``allowed``: a bitmap of the labels that may be returned (``IDSelectorBitmap``), or None.
     """
-    if allowed is None:
-        return index.search(as_numpy(q), k, params=_params(ef_search))
+    if allowed is None:  # faiss's C++ search itself: k, the shape and dtype are checked already
+        x = as_numpy(q)
+        distances = np.empty((x.shape[0], k), dtype=np.float32)
+        labels = np.empty((x.shape[0], k), dtype=np.int64)
+        ptr = _swig_ptr()
+        index.search_c(x.shape[0], ptr(x), k, ptr(distances), ptr(labels), _params(ef_search))
+        return distances, labels
     faiss = import_faiss()
     params = faiss.SearchParametersHNSW()
     params.efSearch = ef_search
@@ -144,11 +149,16 @@ def order_results(
     where torch's per-op dispatch would cost more than faiss's own search of a few queries.
     """
     missing = metric.missing_distance
-    ids = np.where(labels >= 0, label_to_id[labels], -1)  # label -1 reads the last: masked
-    gone = ids < 0
-    if gone.any():
+    if tombstones or (labels.size and labels.min() < 0):  # removed or missing results
+        ids = np.where(labels >= 0, label_to_id[labels], -1)  # label -1 reads the last: masked
+        gone = ids < 0
         d = np.where(gone, np.float32(missing), d)
+    else:
+        ids = label_to_id.take(labels)
+        gone = None
     if tombstones or bool((d[:, 1:] == d[:, :-1]).any()):  # drop removed, order ties
+        if gone is None:
+            gone = np.zeros(ids.shape, dtype=bool)
         key = np.where(gone, np.inf, -d if metric.descending else d)
         order = np.lexsort((np.where(gone, _INT64_MAX, ids), key))[:, :k]
         d, ids = np.take_along_axis(d, order, 1), np.take_along_axis(ids, order, 1)
@@ -159,6 +169,12 @@ def order_results(
         d = np.pad(d, pad, constant_values=np.float32(missing))
         ids = np.pad(ids, pad, constant_values=-1)
     return np.ascontiguousarray(d, dtype=np.float32), np.ascontiguousarray(ids)
+
+
+@functools.cache
+def _swig_ptr() -> Any:
+    """``faiss.swig_ptr`` (looked up once: a search of one query pays for every lookup)."""
+    return import_faiss().swig_ptr
 
 
 @functools.lru_cache(maxsize=64)

@@ -24,22 +24,25 @@ class ReadWriteLock:
         self._writer = False
         self._writers_waiting = 0
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
+    def read(self) -> contextlib.AbstractContextManager[None]:
+        """The read side: ``with lock.read(): ...`` (a plain context object, not a generator:
+        a search of a few queries pays for the lock on every call)."""
+        return _Reading(self)
+
+    def _acquire_read(self) -> bool:
         if torch.compiler.is_compiling():
-            yield
-            return
+            return False
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+        return True
+
+    def _release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
@@ -60,3 +63,22 @@ class ReadWriteLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+class _Reading:
+    """``ReadWriteLock.read()``'s context: takes a read slot on entry (unless ``torch.compile``
+    is tracing), gives back what it took on exit."""
+
+    __slots__ = ("_held", "_lock")
+
+    def __init__(self, lock: ReadWriteLock) -> None:
+        self._lock = lock
+        self._held = False
+
+    def __enter__(self) -> None:
+        self._held = self._lock._acquire_read()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            self._held = False
+            self._lock._release_read()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from gpuann._validate import as_float_matrix, positive_int
@@ -34,8 +35,7 @@ _NUMPY_SCAN_MAX = 1 << 16
 def _peak(x: torch.Tensor) -> float:
     """The largest magnitude in ``x`` (NaN when ``x`` holds a NaN)."""
     if x.device.type == "cpu" and x.numel() <= _NUMPY_SCAN_MAX and x.dtype in _NUMPY_FLOATS:
-        values = x.detach().numpy()
-        return float(max(values.max(), -values.min()))
+        return float(np.abs(x.detach().numpy()).max())  # NaN propagates
     return float(x.detach().abs().amax())
 
 

@@ -89,6 +89,17 @@ def _spy_launches(monkeypatch):
     return seen
 
 
+def _same_with_presets(monkeypatch, q, x, k, l2, **kwargs):
+    """Search with and without presets, assert the same results; the first launch's presets
+    and the second launch's flags."""
+    D0, I0 = fused_knn(q, x, k, l2, preset=False, **kwargs)
+    seen = _spy_launches(monkeypatch)
+    D1, I1 = fused_knn(q, x, k, l2, preset=True, **kwargs)
+    assert torch.equal(I1, I0) and torch.equal(D1, D0)
+    (_, thr), (again, _) = seen
+    return thr, again
+
+
 @pytest.mark.parametrize("low", ["one query", "all", "nan"])
 def test_presets_too_low_run_their_blocks_again(monkeypatch, low):
     # A preset below the true k-th admits fewer than k scores: that query's block (16 queries
@@ -189,11 +200,7 @@ def test_open_presets_do_not_run_again(monkeypatch):
     # no block may run again.
     q, x = _data(seed=6)
     rows = RowFilters(allowed_rows=torch.arange(N) % 20 == 0)
-    D0, I0 = fused_knn(q, x, 40, True, filters=rows, preset=False)
-    seen = _spy_launches(monkeypatch)
-    D1, I1 = fused_knn(q, x, 40, True, filters=rows, preset=True)
-    assert torch.equal(I1, I0) and torch.equal(D1, D0)
-    (_, thr), (again, _) = seen
+    thr, again = _same_with_presets(monkeypatch, q, x, 40, True, filters=rows)
     assert bool(thr[:Q].isnan().all()) and not bool(again.any())
 
 
@@ -203,11 +210,7 @@ def test_excluded_rows_do_not_tighten_presets(monkeypatch):
     q, x = _data(seed=7)
     scores = (x * x).sum(1)[None, :] - 2.0 * q @ x.T
     rows = RowFilters(excluded_rows=scores.argsort(dim=1)[:, :100])
-    D0, I0 = fused_knn(q, x, 40, True, filters=rows, preset=False)
-    seen = _spy_launches(monkeypatch)
-    D1, I1 = fused_knn(q, x, 40, True, filters=rows, preset=True)
-    assert torch.equal(I1, I0) and torch.equal(D1, D0)
-    (_, thr), (again, _) = seen
+    thr, again = _same_with_presets(monkeypatch, q, x, 40, True, filters=rows)
     assert not bool(again.any())
     nearest_left = scores.sort(dim=1).values[:, 100]
     assert bool((thr[:Q] > nearest_left).all())
@@ -243,11 +246,7 @@ def test_presets_of_scaled_inner_products(monkeypatch):
     # 2nd row's scale, so its preset is the 50th of those rows' kernel scores.
     q, x = _data(seed=9)
     scale = torch.rand(N, generator=torch.Generator().manual_seed(10)) + 0.5
-    D0, I0 = fused_knn(q, x, 40, False, column_scale=scale, preset=False)
-    seen = _spy_launches(monkeypatch)
-    D1, I1 = fused_knn(q, x, 40, False, column_scale=scale, preset=True)
-    assert torch.equal(I1, I0) and torch.equal(D1, D0)
-    (_, thr), (again, _) = seen
+    thr, again = _same_with_presets(monkeypatch, q, x, 40, False, column_scale=scale)
     assert not bool(again.any())
     scores = -(q @ x.T) * scale[None, :]  # the kernel's inner-product score
     sample = torch.sort(scores[:, ::2], dim=1).values[:, 49]

@@ -27,6 +27,7 @@ __all__ = [
     "order_results",
     "reseed",
     "search",
+    "search_host",
     "serialize",
 ]
 
@@ -116,13 +117,8 @@ def search(
 
     ``allowed``: a bitmap of the labels that may be returned (``IDSelectorBitmap``), or None.
     """
-    if allowed is None:  # faiss's C++ search itself: k, the shape and dtype are checked already
-        x = as_numpy(q)
-        distances = np.empty((x.shape[0], k), dtype=np.float32)
-        labels = np.empty((x.shape[0], k), dtype=np.int64)
-        ptr = _swig_ptr()
-        index.search_c(x.shape[0], ptr(x), k, ptr(distances), ptr(labels), _params(ef_search))
-        return distances, labels
+    if allowed is None:
+        return search_host(index, as_numpy(q), k, ef_search)
     faiss = import_faiss()
     params = faiss.SearchParametersHNSW()
     params.efSearch = ef_search
@@ -130,6 +126,19 @@ def search(
     params.sel = selector
     distances, labels = index.search(as_numpy(q), k, params=params)
     del selector  # the selector (and its bitmap) must outlive the search, not the params
+    return distances, labels
+
+
+def search_host(index: Any, x: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` of a C-contiguous float32 numpy matrix, without a selector.
+
+    faiss's C++ search itself, on preallocated outputs: ``k``, the shape and dtype are checked
+    already (the Python wrapper's checks and conversions cost more than a search of one query).
+    """
+    distances = np.empty((x.shape[0], k), dtype=np.float32)
+    labels = np.empty((x.shape[0], k), dtype=np.int64)
+    ptr = _swig_ptr()
+    index.search_c(x.shape[0], ptr(x), k, ptr(distances), ptr(labels), _params(ef_search))
     return distances, labels
 
 
@@ -162,6 +171,8 @@ def order_results(
         key = np.where(gone, np.inf, -d if metric.descending else d)
         order = np.lexsort((np.where(gone, _INT64_MAX, ids), key))[:, :k]
         d, ids = np.take_along_axis(d, order, 1), np.take_along_axis(ids, order, 1)
+    elif d.shape[1] == k:  # as faiss returned them (contiguous): no copies, no more ops
+        return d, ids
     else:
         d, ids = d[:, :k], ids[:, :k]
     if d.shape[1] < k:

@@ -20,9 +20,10 @@ import torch
 
 from gpuann import _hnsw_faiss as hf
 from gpuann import _hnsw_persist as hnsw_persist
-from gpuann._validate import positive_int
+from gpuann._validate import check_k, positive_int
 from gpuann.errors import NotTrainedError
 from gpuann.index import DEFAULT_SEED, Index
+from gpuann.inputs import host_queries
 from gpuann.metrics import Metric
 from gpuann.result import SearchResult
 
@@ -31,6 +32,9 @@ __all__ = ["HNSWIndex"]
 #: Above this many extra results, searches with tombstones filter them inside faiss (an
 #: ``IDSelectorBitmap``) instead of fetching ``k + tombstones`` results and dropping them.
 OVERFETCH_LIMIT = 256
+#: Searches returning more results than this take the general path (which checks the
+#: results fit in memory).
+_HOST_MAX_RESULTS = 1 << 24
 
 
 class HNSWIndex(Index):
@@ -354,7 +358,32 @@ class HNSWIndex(Index):
             on the queries' device.
         """
         ef = self._ef_search if ef_search is None else positive_int(ef_search, "ef_search")
+        if self._device.type == "cpu":
+            found = self._search_host(queries, check_k(k), ef, check_finite)
+            if found is not None:
+                return found
         return self._run_search(queries, k, check_finite=check_finite, ef_search=ef)
+
+    def _search_host(
+        self, queries: Any, k: int, ef: int, check_finite: bool
+    ) -> SearchResult | None:
+        """:meth:`search` of float32 CPU queries on a CPU index without tombstones, in numpy
+        from end to end (None: take the general path, which also raises on bad input).
+
+        A search of one query costs faiss some tens of microseconds; the general path's
+        conversions and torch ops would add several times that.
+        """
+        x = host_queries(queries, self._dim, self._metric, check_finite)
+        if x is None or x.shape[0] * k > _HOST_MAX_RESULTS:
+            return None
+        with self._lock.read():
+            if self._tombstones or not len(self):
+                return None
+            d, labels = hf.search_host(self._faiss, x, min(k, len(self)), ef)
+            d, ids = hf.order_results(d, labels, self._label_to_id.numpy(), k, self._metric, 0)
+        if isinstance(queries, np.ndarray):
+            return SearchResult(d, ids)
+        return SearchResult(torch.from_numpy(d), torch.from_numpy(ids))
 
     def _search(self, queries: torch.Tensor, k: int, **options: Any) -> tuple[Any, Any]:
         ef, nq, ntotal = options["ef_search"], queries.shape[0], self._faiss.ntotal

@@ -16,7 +16,7 @@ import torch
 from gpuann._validate import as_float_matrix, positive_int
 from gpuann.metrics import Metric
 
-__all__ = ["check_memory_budget", "check_values", "prepare_vectors"]
+__all__ = ["check_memory_budget", "check_values", "host_queries", "prepare_vectors"]
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
 _NUMPY_FLOATS = (torch.float32, torch.float64)
@@ -69,6 +69,72 @@ def check_values(
         )
 
 
+def _normalized_common_case(xf: torch.Tensor) -> torch.Tensor | None:
+    """``xf`` (CPU, float32, non-empty) normalised row by row, or None: take the careful path.
+
+    The common case in two ops and one sync: every row norm finite and in
+    [2e-18·sqrt(d), 0.5e18] means every value is finite and no row needs rescaling (its
+    largest magnitude is within [norm / sqrt(d), norm]). (Margins of 2 cover the float32
+    rounding of a float64 input's norms.)
+    """
+    norms = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
+    low, high = (float(v) for v in torch.aminmax(norms.detach()))
+    if low >= 2e-18 * math.sqrt(xf.shape[1]) and high <= 0.5e18:  # NaN: False
+        # what F.normalize computes, without its wrappers' overhead (autograd intact)
+        return xf / norms.clamp_min(1e-12)
+    return None
+
+
+#: :func:`host_queries` takes batches up to this many values (larger ones gain nothing).
+_HOST_FAST_MAX = 1 << 20
+
+
+def host_queries(x: Any, dim: int, metric: Metric, check_finite: bool) -> np.ndarray | None:
+    """Float32 CPU queries as the numpy matrix a host search (faiss) reads, when that is quick.
+
+    The fast path of searches of a few queries, where :func:`prepare_vectors`' general
+    conversion and checks would cost more than the search: ``x`` already a C-contiguous
+    float32 CPU matrix of ``dim`` columns (numpy, or a torch tensor outside ``torch.compile``),
+    its values checked by one dot product (finite, squared norms within float32's range), or,
+    for cosine, normalised as :func:`prepare_vectors` does (same bits).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, dim), float32, or None
+        None whenever a check does not pass at once (another dtype, layout or device, a
+        value out of range, NaN, an empty batch...): :func:`prepare_vectors` then converts,
+        or raises with the full message. A view of ``x`` except for cosine.
+    """
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            return None
+        a = x
+    elif isinstance(x, torch.Tensor):
+        if (
+            x.dtype != torch.float32
+            or x.device.type != "cpu"
+            or x.requires_grad
+            or not x.is_contiguous()
+            or torch.compiler.is_compiling()
+        ):
+            return None
+        a = x.numpy()
+    else:
+        return None
+    if a.ndim != 2 or a.shape[1] != dim or not 0 < a.size <= _HOST_FAST_MAX:
+        return None
+    if metric is Metric.COSINE:
+        unit = _normalized_common_case(torch.from_numpy(a))
+        return None if unit is None else unit.numpy()
+    if check_finite:
+        flat = a.reshape(-1)
+        with np.errstate(over="ignore"):
+            total = float(np.dot(flat, flat))  # NaN/inf: not <=; each value² <= total
+        if not total * dim <= _F32_MAX:
+            return None
+    return a
+
+
 def prepare_vectors(
     x: Any,
     name: str,
@@ -113,16 +179,9 @@ def prepare_vectors(
     checking = check_finite and not compiling
     if metric is Metric.COSINE:
         if x.device.type == "cpu" and not compiling and x.numel():
-            # The common case in two ops and one sync: every row norm finite and in
-            # [2e-18·sqrt(d), 0.5e18] means every value is finite and no row needs rescaling
-            # (its largest magnitude is within [norm / sqrt(d), norm]). Else the careful path.
-            # (margins of 2 cover the float32 rounding of a float64 input's norms)
-            xf = x.float()
-            norms = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
-            low, high = (float(v) for v in torch.aminmax(norms.detach()))
-            if low >= 2e-18 * math.sqrt(x.shape[1]) and high <= 0.5e18:  # NaN: False
-                # what F.normalize computes, without its wrappers' overhead (autograd intact)
-                return (xf / norms.clamp_min(1e-12)).to(dtype), was_numpy, source
+            unit = _normalized_common_case(x.float())
+            if unit is not None:
+                return unit.to(dtype), was_numpy, source
         scale = x.abs().amax(dim=1, keepdim=True)
         if checking:
             check_values(x, name, metric, x.dtype, row_peaks=scale)

@@ -355,3 +355,37 @@ def test_merge_from_moves_vectors_and_ids():
     assert torch.equal(a.reconstruct([799]), x[799:800])
     _, I = a.search(x[600:610], 1, ef_search=64)
     assert I[:, 0].tolist() == list(range(600, 610))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_float32_cpu_queries_take_the_host_path_with_the_general_paths_results(metric, monkeypatch):
+    x, q = _data(600, nq=20)
+    x, q = x.round(), q.round()  # integer values: ties between distances
+    index = HNSWIndex(32, M=8, metric=metric, device="cpu")
+    index.add(x, ids=torch.arange(600) * 7)
+    general = [index.search(q.double(), k, ef_search=40) for k in (1, 10, 700)]  # 700 > n
+    assert (general[2].ids[:, 600:] == -1).all()
+
+    def no_general_path(*args, **kwargs):
+        raise AssertionError("float32 CPU queries took the general path")
+
+    monkeypatch.setattr(HNSWIndex, "_run_search", no_general_path)
+    for k, (D, I) in zip((1, 10, 700), general, strict=True):
+        Dt, It = index.search(q, k, ef_search=40)
+        Dn, In = index.search(q.numpy(), k, ef_search=40)
+        assert torch.equal(It, I) and torch.equal(Dt, D)
+        assert isinstance(In, np.ndarray) and np.array_equal(In, I.numpy())
+        assert np.array_equal(Dn, D.numpy())
+    if metric == "l2":
+        ties = (D[:, 1:] == D[:, :-1]) & (I[:, 1:] >= 0)
+        assert ties.any() and (I[:, 1:] > I[:, :-1])[ties].all()  # equal distances: lower id
+    monkeypatch.undo()
+    # bad float32 input still gets the general path's errors
+    bad = [(np.full((1, 32), np.nan, np.float32), "NaN"), (np.zeros((1, 31), np.float32), "dim")]
+    if metric != "cosine":  # (cosine rescales huge rows)
+        bad.append((np.full((1, 32), 1e30, np.float32), "float32's range"))
+    for queries, match in bad:
+        with pytest.raises(ValueError, match=match):
+            index.search(queries, 3)
+    index.remove([0])  # tombstones: the general path
+    assert 0 not in index.search(q, 10).ids.tolist()

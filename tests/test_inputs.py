@@ -88,3 +88,38 @@ def test_cosine_preparation_keeps_autograd_and_the_old_bounds():
         tiny, "q", dim=1, metric=Metric.COSINE, device=torch.device("cpu"), check_finite=True
     )
     assert got.tolist() == [[1.0]]
+
+
+def test_host_queries_views_float32_cpu_matrices_and_declines_everything_else():
+    import numpy as np
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    view = inputs.host_queries(a, 4, Metric.L2, True)
+    assert view is a
+    assert np.shares_memory(inputs.host_queries(torch.from_numpy(a), 4, Metric.IP, True), a)
+    declined = [
+        a.astype(np.float64),  # another dtype
+        a[:, :2],  # not C-contiguous, and 2 columns
+        np.asfortranarray(a),
+        a[:0],  # empty
+        torch.from_numpy(a).requires_grad_(),
+        np.full((1, 4), np.nan, np.float32),
+        np.full((1, 4), np.inf, np.float32),
+        np.full((1, 4), 1e19, np.float32),  # squared norms beyond float32's range
+        [[1.0, 2.0, 3.0, 4.0]],
+    ]
+    for x in declined:
+        assert inputs.host_queries(x, 4, Metric.L2, True) is None
+    assert inputs.host_queries(np.full((1, 4), np.nan, np.float32), 4, Metric.L2, False) is not None
+    assert inputs.host_queries(a, 5, Metric.L2, True) is None  # wrong dim
+
+
+def test_host_queries_normalise_cosine_with_the_general_paths_bits():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 33, generator=g) * 3
+    general, _, _ = inputs.prepare_vectors(
+        x, "q", dim=33, metric=Metric.COSINE, device=torch.device("cpu"), check_finite=True
+    )
+    fast = inputs.host_queries(x.numpy(), 33, Metric.COSINE, True)
+    assert torch.equal(torch.from_numpy(fast), general)
+    assert inputs.host_queries(torch.zeros(1, 33), 33, Metric.COSINE, True) is None  # zero row

@@ -9,7 +9,9 @@ they only *propose*:
 1. **Fast pass.** Pool workers each own a range of queries (or, for few queries, of database
    rows); for each cache-sized database tile a worker multiplies with OpenBLAS (one thread)
    and feeds the scores, still in cache, to faiss's heaps, which keep ``kc`` candidates.
-2. **Exact re-scoring.** Every candidate pair is scored again on its own by torch
+2. **Exact re-scoring.** Every candidate that may still be among the k best (its fast score
+   within twice the error bound below of the k-th best fast score: :func:`_worth_rescoring`;
+   the others are treated as rows outside the candidates) is scored again on its own by torch
    elementwise ops, ``Σ (q − x)²`` or ``−Σ q·x`` in float32: the *pairwise score*, the same
    bits for the same pair wherever it sits, whatever the batch, tiling or thread count.
    Candidates are ordered by (pairwise score, row), NaN last.
@@ -242,14 +244,15 @@ def _attempt(
     fast = _FastPass(q, kc, l2)
     for start, rows, sqnorms in passes():
         fast.add(start, rows, sqnorms)
-    rows, worst, full, row_norm_max = fast.result()
+    rows, worst, full, row_norm_max, fast_scores = fast.result()
+    q_norm = torch.linalg.vector_norm(q.double(), dim=1)
+    gamma = 4.0 * (q.shape[1] + 8) * _U
+    rows = _worth_rescoring(rows, fast_scores, k, l2, q_norm, row_norm_max, gamma)
     exact = _pairwise(q, rows, l2, gather, memory_budget)
     exact, rows = merge_keyed(exact[:, :0], rows[:, :0], exact, rows, k)
     # A finite k-th (-inf above it is a true best: a row holding inf) and k real rows.
     proven = full & torch.isfinite(exact[:, k - 1]) & (rows >= 0).all(dim=1)
     # Every row outside the candidates scores (fast) >= worst: pairwise >= worst - eps.
-    q_norm = torch.linalg.vector_norm(q.double(), dim=1)
-    gamma = 4.0 * (q.shape[1] + 8) * _U
     if l2:  # the fast pass leaves ‖q‖² out
         outside = _l2_outside_bound(worst + q_norm * q_norm, q_norm, row_norm_max, gamma)
     else:
@@ -258,6 +261,42 @@ def _attempt(
     kth_up = kth + 2.0 * _U * kth.abs() + 1e-30  # past the float32 rounding of the k-th
     proven &= outside > kth_up
     return proven, exact, rows
+
+
+def _worth_rescoring(
+    rows: torch.Tensor,
+    fast: torch.Tensor,
+    k: int,
+    l2: bool,
+    q_norm: torch.Tensor,
+    r_max: float,
+    gamma: float,
+) -> torch.Tensor:
+    """The candidates that may still be among the ``k`` best: first in each row, ``-1`` after
+    them, the columns cut to the most any query keeps (at least ``k``).
+
+    A fast score is within ``eps`` of the pairwise one (the bound of :func:`_attempt`'s proof
+    at the largest row norm). The ``k`` best fast scores then have pairwise scores at most
+    ``f_k + eps`` (``f_k``: the k-th best fast score), so the pairwise k-th is too; a candidate
+    whose fast score exceeds ``f_k + 2 eps`` plus the k-th's rounding margin has a pairwise
+    score past that margin: it can be neither among the ``k`` best nor tie with the k-th,
+    exactly as the rows outside the candidates, and is not re-scored. With no bound (an
+    infinite norm: NaN or infinite limits) every candidate is kept.
+    """
+    if k >= rows.shape[1]:
+        return rows
+    f = fast.double()
+    if l2:  # the fast pass leaves ‖q‖² out
+        f = f + (q_norm * q_norm)[:, None]
+        eps = gamma * (q_norm + r_max) ** 2
+    else:
+        eps = gamma * q_norm * r_max
+    f_k = f.kthvalue(k, dim=1).values
+    limit = f_k + 2.0 * eps + 2.0 * _U * (f_k.abs() + eps) + 1e-30
+    skip = (f > limit[:, None]) | (rows < 0)  # NaN limit: kept
+    order = torch.argsort(skip.to(torch.uint8), dim=1, stable=True)
+    kept = rows.gather(1, order).masked_fill_(skip.gather(1, order), -1)
+    return kept[:, : max(k, int((~skip).sum(dim=1).max()))]
 
 
 def _l2_outside_bound(
@@ -332,14 +371,16 @@ class _FastPass:
             for f in futures:
                 f.result()  # a worker's exception, once all are done
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor]:
         """Candidate rows (Q, row_parts · kc) (``-1`` for empty places), the worst fast score
         outside them per query (float64), whether every heap holds as many entries as it
-        saw rows (a heap drops NaN and +inf), and the largest finite row norm."""
-        rows, worst, full = [], [], []
+        saw rows (a heap drops NaN and +inf), the largest finite row norm, and the
+        candidates' fast scores (Q, row_parts · kc), float32."""
+        rows, worst, full, scores = [], [], [], []
         for part in range(self.row_parts):
             jobs = self.jobs[part :: self.row_parts]
             rows.append(torch.cat([torch.from_numpy(j.heap_rows) for j in jobs]))
+            scores.append(torch.cat([torch.from_numpy(j.heap_values) for j in jobs]))
             worst.append(torch.cat([torch.from_numpy(j.heap_values[:, 0]) for j in jobs]))
             full.append(torch.cat([torch.from_numpy(j.full()) for j in jobs]))
         norm2 = max(j.norm2_max for j in self.jobs)
@@ -348,6 +389,7 @@ class _FastPass:
             torch.stack(worst).double().amin(dim=0),
             torch.stack(full).all(dim=0),
             math.sqrt(norm2),
+            torch.cat(scores, dim=1),
         )
 
 
@@ -443,6 +485,12 @@ def _pairwise(
         for w0 in range(0, width, columns):
             cols = slice(w0, w0 + columns)
             block = rows[part, cols]
+            used = (block >= 0).any(dim=0).nonzero()
+            if not used.numel():
+                out[part, cols] = float("inf")
+                continue
+            block = block[:, : int(used[-1]) + 1]  # columns of -1 only: not gathered
+            cols = slice(w0, w0 + block.shape[1])
             pairs = gather(block.clamp(min=0).reshape(-1)).view(*block.shape, dim)
             scores = torch.empty(block.shape)
             _score_pairs(q[part, None, :], pairs, l2, scores)

@@ -374,3 +374,53 @@ def test_one_long_row_does_not_loosen_every_l2_bound(verified):
     # ... and a query next to the long row still finds it
     D, I = gpuann.knn(x[123:124] * 1.0001, x, 3)
     assert I[0, 0] == 123
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_only_candidates_that_may_rank_are_rescored(verified, monkeypatch, metric):
+    # Gaussian data: the k-th and the next fast scores are far apart next to the error bound,
+    # so about k of the first pass's 26 candidates per query are re-scored; near-ties (40
+    # copies of one row, one rounding apart by column) are all re-scored and tie by lower id.
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(20000, 128, generator=g)
+    q = torch.randn(100, 128, generator=g)
+    spots = torch.randperm(20000, generator=g)[:40].sort().values
+    x[spots] = q[7] + 0.01 * torch.randn(128, generator=g)
+    gathered = []
+    real = verified_cpu._pairwise
+
+    def counting(q_, rows, *args):
+        gathered.append(int((rows >= 0).sum()))
+        return real(q_, rows, *args)
+
+    monkeypatch.setattr(verified_cpu, "_pairwise", counting)
+    index = gpuann.FlatIndex(128, metric=metric, device="cpu")
+    index.add(x)
+    D, I = index.search(q, 10)
+    assert verified["passes"][0] == 26 and verified["fallback"] == 0
+    assert gathered[0] <= 100 * 11  # of 2600 candidates: the k best and few more
+    if metric == "l2":
+        assert I[7].tolist() == spots[:10].tolist()
+    assert_knn_matches(D, I, q, x, 10, metric)
+    D_ref, I_ref = _pairwise_reference(q, x, 10, metric)
+    assert torch.equal(I, I_ref) and torch.equal(D, D_ref)
+
+
+def test_rescoring_keeps_every_candidate_within_twice_the_bound_of_the_kth():
+    # inner product, eps = gamma * |q| * r_max = 0.1: the 2nd best fast score is 0.1, so every
+    # candidate up to 0.1 + 2 eps (and its rounding) may still rank; -1 places never do
+    rows = torch.tensor([[7, 3, 9, 4, 5, -1], [1, 2, 3, 4, 5, 6]])
+    fast = torch.tensor([[0.25, 0.1, 5.0, 0.0, 0.15, 0.2], [0.0, 0.0, 9.0, 9.0, 9.0, 9.0]])
+    one = torch.ones(2, dtype=torch.float64)
+    kept = verified_cpu._worth_rescoring(rows, fast, 2, False, one, 1.0, 0.1)
+    assert kept.tolist() == [[7, 3, 4, 5], [1, 2, -1, -1]]  # 0.31 > 0.3 + rounding
+    fast[0, 0] = 0.31
+    kept = verified_cpu._worth_rescoring(rows, fast, 2, False, one, 1.0, 0.1)
+    assert kept.tolist() == [[3, 4, 5], [1, 2, -1]]  # as wide as the most kept
+    # L2 adds |q|^2 to the fast scores and bounds by gamma (|q| + r_max)^2 = 0.4
+    kept = verified_cpu._worth_rescoring(rows, fast, 2, True, one, 1.0, 0.1)
+    assert kept[0].tolist() == [7, 3, 4, 5]
+    # no bound (an infinite row norm): everything is re-scored
+    assert torch.equal(verified_cpu._worth_rescoring(rows, fast, 2, False, one, np.inf, 0.1), rows)
+    fast[1, :2] = -np.inf  # and a NaN limit (-inf + inf) keeps them too
+    assert torch.equal(verified_cpu._worth_rescoring(rows, fast, 2, False, one, np.inf, 0.1), rows)

@@ -123,3 +123,16 @@ def test_host_queries_normalise_cosine_with_the_general_paths_bits():
     fast = inputs.host_queries(x.numpy(), 33, Metric.COSINE, True)
     assert torch.equal(torch.from_numpy(fast), general)
     assert inputs.host_queries(torch.zeros(1, 33), 33, Metric.COSINE, True) is None  # zero row
+
+
+def test_host_queries_accept_nothing_the_general_check_refuses():
+    import numpy as np
+
+    # found by review: float32 rounding of v² let this pass the fast check at d = 2
+    edge = np.array([[1.3043817602097349e19, 0]], np.float32)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        inputs.check_values(torch.from_numpy(edge), "queries", Metric.L2, torch.float32)
+    assert inputs.host_queries(edge, 2, Metric.L2, True) is None
+    # np.matrix (an ndarray subclass whose reshape stays 2-D) is taken as a plain array
+    m = np.asmatrix(np.ones((1, 2), np.float32))
+    assert type(inputs.host_queries(m, 2, Metric.L2, True)) is np.ndarray

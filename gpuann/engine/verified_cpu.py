@@ -281,7 +281,8 @@ def _worth_rescoring(
     whose fast score exceeds ``f_k + 2 eps`` plus the k-th's rounding margin has a pairwise
     score past that margin: it can be neither among the ``k`` best nor tie with the k-th,
     exactly as the rows outside the candidates, and is not re-scored. With no bound (an
-    infinite norm: NaN or infinite limits) every candidate is kept.
+    infinite norm: NaN or infinite limits) or a non-finite fast score among a query's
+    candidates, every candidate of that query is kept.
     """
     if k >= rows.shape[1]:
         return rows
@@ -293,6 +294,11 @@ def _worth_rescoring(
         eps = gamma * q_norm * r_max
     f_k = f.kthvalue(k, dim=1).values
     limit = f_k + 2.0 * eps + 2.0 * _U * (f_k.abs() + eps) + 1e-30
+    # A fast sum that overflowed (L2's ‖x‖² − 2⟨q, x⟩ can reach -inf with valid inputs) is
+    # not within eps of its pairwise score: such a query keeps every candidate (found by
+    # review: a -inf candidate above a finite k-th pushed a nearer one out)
+    overflowed = (~torch.isfinite(f) & (rows >= 0)).any(dim=1)
+    limit = limit.masked_fill(overflowed, math.inf)
     skip = (f > limit[:, None]) | (rows < 0)  # NaN limit: kept
     order = torch.argsort(skip.to(torch.uint8), dim=1, stable=True)
     kept = rows.gather(1, order).masked_fill_(skip.gather(1, order), -1)

@@ -424,3 +424,19 @@ def test_rescoring_keeps_every_candidate_within_twice_the_bound_of_the_kth():
     assert torch.equal(verified_cpu._worth_rescoring(rows, fast, 2, False, one, np.inf, 0.1), rows)
     fast[1, :2] = -np.inf  # and a NaN limit (-inf + inf) keeps them too
     assert torch.equal(verified_cpu._worth_rescoring(rows, fast, 2, False, one, np.inf, 0.1), rows)
+
+
+def test_a_fast_score_that_overflows_keeps_every_candidate(verified):
+    # L2's fast score ‖x‖² − 2⟨q, x⟩ of row 0 overflows to -inf though every value is valid
+    # (found by review): it must not make row 2, nearer, look skippable. Truth: rows 1, 2.
+    s = np.float32(np.sqrt(1.5e38 / 2))
+    q = np.array([s, s], np.float32)
+    x0, x1 = (1.4 * q).astype(np.float32), q.copy()
+    x2 = (q + np.float32(np.sqrt(1e37 / 2)) * np.array([1, -1], np.float32)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    far = (rng.standard_normal((32765, 2)) * 1e18 + np.array([-s, s])).astype(np.float32)
+    index = gpuann.FlatIndex(2, metric="l2", device="cpu")
+    index.add(np.vstack([x0, x1, x2, far]))
+    D, I = index.search(np.vstack([q, q]), 2)
+    assert verified["passes"]
+    assert I.tolist() == [[1, 2], [1, 2]]

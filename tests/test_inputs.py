@@ -3,6 +3,7 @@ arrays, torch otherwise), rows named."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,8 +92,6 @@ def test_cosine_preparation_keeps_autograd_and_the_old_bounds():
 
 
 def test_host_queries_views_float32_cpu_matrices_and_declines_everything_else():
-    import numpy as np
-
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     view = inputs.host_queries(a, 4, Metric.L2, True)
     assert view is a
@@ -126,8 +125,6 @@ def test_host_queries_normalise_cosine_with_the_general_paths_bits():
 
 
 def test_host_queries_accept_nothing_the_general_check_refuses():
-    import numpy as np
-
     # found by review: float32 rounding of v² let this pass the fast check at d = 2
     edge = np.array([[1.3043817602097349e19, 0]], np.float32)
     with pytest.raises(ValueError, match="beyond float32's range"):

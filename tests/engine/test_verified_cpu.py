@@ -52,6 +52,17 @@ def _tiled(monkeypatch, *args, **kwargs):
         return gpuann.knn(*args, **kwargs)
 
 
+def _with_copies(seed: int, n: int, d: int, n_queries: int, copies: int, near: int):
+    """Gaussian rows and queries, ``copies`` rows (at sorted random ``spots``) replaced by one
+    row close to query ``near``: ``(x, q, spots)``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    q = torch.randn(n_queries, d, generator=g)
+    spots = torch.randperm(n, generator=g)[:copies].sort().values
+    x[spots] = q[near] + 0.01 * torch.randn(d, generator=g)
+    return x, q, spots
+
+
 def _integers(n: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(-3, 4, (n, d), generator=g).float()
@@ -92,11 +103,7 @@ def test_duplicates_beyond_the_candidates_tie_by_lower_id(verified, monkeypatch,
     # its heaps keep arbitrary copies. The proof fails at every tier (all candidates tie with
     # the k-th, 416 per heap, 2 heaps for a lone query), and the pairwise last resort answers:
     # the 10 lowest copies.
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(20000, 64, generator=g)
-    q = torch.randn(40, 64, generator=g)
-    spots = torch.randperm(20000, generator=g)[:2000].sort().values
-    x[spots] = q[0] + 0.01 * torch.randn(64, generator=g)
+    x, q, spots = _with_copies(5, 20000, 64, 40, copies=2000, near=0)
     D, I = gpuann.knn(q, x, 10, metric=metric)
     assert I[0].tolist() == spots[:10].tolist()
     assert torch.unique(D[0]).numel() == 1
@@ -381,11 +388,7 @@ def test_only_candidates_that_may_rank_are_rescored(verified, monkeypatch, metri
     # Gaussian data: the k-th and the next fast scores are far apart next to the error bound,
     # so about k of the first pass's 26 candidates per query are re-scored; near-ties (40
     # copies of one row, one rounding apart by column) are all re-scored and tie by lower id.
-    g = torch.Generator().manual_seed(11)
-    x = torch.randn(20000, 128, generator=g)
-    q = torch.randn(100, 128, generator=g)
-    spots = torch.randperm(20000, generator=g)[:40].sort().values
-    x[spots] = q[7] + 0.01 * torch.randn(128, generator=g)
+    x, q, spots = _with_copies(11, 20000, 128, 100, copies=40, near=7)
     gathered = []
     real = verified_cpu._pairwise
 

@@ -570,7 +570,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"- Preset `{settings['preset']}`: float32, seed {settings['seed']}; per method "
         f"{settings['warmup']} warm-up call(s), then at least {settings['repeats']} timed calls "
         f"(more while they add up to under {settings['min_seconds']} s), round-robin across "
-        "methods; memory and ids from a separate "
+        "methods, each turn of a call under 0.25 s after one untimed call of its own "
+        "(another library's spinning threads would otherwise slow it); memory and ids from "
+        "a separate "
         f"{'fresh process per case' if settings['isolate'] else 'in-process run'}",
         f"- Shapes: {PRESETS.get(settings['preset'], {}).get('description', '')}",
         f"- Load average (1/5/15 min) at start: {env['load_average']} on {env['cpu_count']} "

@@ -379,11 +379,24 @@ def time_interleaved(
     warmup: int = 1,
     min_seconds: float = 0.0,
     max_repeats: int = 100,
+    switch_calls: int = 1,
+    switch_max_seconds: float = 0.25,
 ) -> dict[str, Timing]:
     """Time several functions round-robin (rotating which goes first each round).
 
     On a machine shared with other work, a burst of load then slows every method alike
     instead of whichever happened to be running, so ratios between methods stay fair.
+
+    A library's thread pool keeps spinning for a while after its call returns (OpenMP's
+    default wait policy: faiss's and torch's each bring one), so the method timed right after
+    another library's ran on fewer free cores: on 2 cores, one query against 10⁵ × 128
+    (``FlatIndex`` after faiss's ``IndexFlatIP``) took 10.9 ms timed straight after faiss's
+    call and 7.4 ms after two calls of its own (faiss: 9.1 and 8.9 ms), 2026-12-07. Each
+    method's turn therefore starts with ``switch_calls`` untimed calls whenever another
+    method ran last, for methods whose warm-up call took at most ``switch_max_seconds`` (the
+    few milliseconds of spinning do not matter to slower calls; with ``warmup=0`` there is no
+    warm-up to judge by and no switch calls). Each method is then timed as a user calling
+    only it sees it.
 
     Parameters
     ----------
@@ -394,6 +407,10 @@ def time_interleaved(
         or measured by ``triton.testing.do_bench`` when triton imports.
     repeats, warmup, min_seconds, max_repeats
         As in :func:`time_function`, per function.
+    switch_calls : int
+        Untimed calls of a method before its sample when another method ran last.
+    switch_max_seconds : float
+        Methods whose slowest warm-up call took longer get no switch calls.
 
     Returns
     -------
@@ -406,10 +423,17 @@ def time_interleaved(
     for name in names:
         device = devices if isinstance(devices, str) else devices.get(name, "cpu")
         samplers[name] = _sampler(fns[name], device, max(20.0, 1e3 * min_seconds / repeats))
+    warm: dict[str, float] = {name: 0.0 for name in names}
     for _ in range(warmup):
         for name in names:
+            start = time.perf_counter()
             fns[name]()
+            warm[name] = max(warm[name], time.perf_counter() - start)
+    switches = {
+        name: switch_calls if warmup and warm[name] <= switch_max_seconds else 0 for name in names
+    }
     samples: dict[str, list[float]] = {name: [] for name in names}
+    last = None
 
     def wanted(name: str) -> bool:
         got = samples[name]
@@ -420,7 +444,11 @@ def time_interleaved(
         order = names[round_no % len(names) :] + names[: round_no % len(names)]
         for name in order:
             if wanted(name):
+                if last != name:
+                    for _ in range(switches[name]):
+                        fns[name]()
                 samples[name].append(samplers[name][0]())
+                last = name
         round_no += 1
     return {name: Timing(samples[name], samplers[name][1], warmup) for name in names}
 

@@ -443,3 +443,47 @@ def test_a_fast_score_that_overflows_keeps_every_candidate(verified):
     D, I = index.search(np.vstack([q, q]), 2)
     assert verified["passes"]
     assert I.tolist() == [[1, 2], [1, 2]]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_norms_are_measured_once_per_chunk_and_shared_by_every_job(verified, monkeypatch, metric):
+    """Jobs that each see every row (many queries) share one measurement of the rows' norms
+    (L2 without stored norms measured them in every job; inner products in the first job
+    alone, the others waiting for it)."""
+    calls = []
+    real = verified_cpu._squared_norms
+
+    def spy(x, pool, parts):
+        calls.append((x.shape[0], parts))
+        return real(x, pool, parts)
+
+    monkeypatch.setattr(verified_cpu, "_squared_norms", spy)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    g = torch.Generator().manual_seed(3)
+    x, q = torch.randn(6000, 20, generator=g), torch.randn(64, 20, generator=g)
+    D, I = gpuann.knn(q, x, 10, metric=metric)
+    assert verified["passes"] and calls == [(6000, 2)]
+    assert_knn_matches(D, I, q, x, 10, metric)
+    index = gpuann.FlatIndex(20, metric=metric)
+    index.add(x)
+    D2, I2 = index.search(q, 10)
+    assert torch.equal(I, I2) and torch.equal(D, D2)
+    # an L2 index's stored norms are used as they are
+    assert calls == [(6000, 2)] + ([] if metric == "l2" else [(6000, 2)])
+
+
+def test_the_overflow_scan_is_skipped_only_where_no_inner_product_can_overflow():
+    """``_Job._bounded``: ``‖q‖ ‖x‖ <= FLT_MAX / 2`` skips the scan of an inner product's
+    scores for values FLT_MAX; a larger, NaN or infinite norm does not."""
+    qs = np.zeros((4, 3), np.float32)
+    qs[0, 0] = 1.0
+    qs[1, 0] = 1e19
+    qs[2, 0] = np.nan
+    qs[3, 0] = np.inf
+    job = verified_cpu._Job(qs, 0, 4, 2, l2=False, measures_norms=True)
+    half = float(np.finfo(np.float32).max) / 2
+    assert job._bounded(0, 1, half**2) and not job._bounded(0, 1, (2 * half) ** 2)
+    assert job._bounded(1, 1, (half / 1e19) ** 2) and not job._bounded(1, 1, (half / 9e18) ** 2)
+    assert not job._bounded(0, 2, (half / 9e18) ** 2)  # the block's largest norm decides
+    assert not job._bounded(2, 1, 1.0) and not job._bounded(3, 1, 1.0)
+    assert not job._bounded(0, 1, float("inf"))

@@ -1,9 +1,8 @@
 """The demo's speed table: gpuann's exact search beside faiss and the torch a user would write.
 
-All three search the same random data in one run: one untimed call each (first calls pay for
-imports, thread pools and caches), then timed round-robin (each round calls every method
-once, rotating which goes first, so that load from other processes hits them alike), best of
-3 rounds. faiss (``IndexFlatL2``, CPU tensors only) is shown when it is installed, at
+All three search the same random data in one run, timed round-robin (each round calls every
+method once, rotating which goes first, so that load from other processes hits them alike),
+best of 3 rounds. faiss (``IndexFlatL2``, CPU tensors only) is shown when it is installed, at
 the same thread count as torch.
 """
 
@@ -63,8 +62,6 @@ def throughput(dev: torch.device, n: int, print_fn: Callable[[str], None] = prin
     methods["torch cdist + topk"] = naive
     names = list(methods)
     best = {name: float("inf") for name in names}
-    for name in names:  # warm-up: the first call of each pays for imports and pools
-        methods[name]()
     for round_no in range(3):
         for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
             best[name] = min(best[name], time_call(methods[name], dev, repeats=1)[0])

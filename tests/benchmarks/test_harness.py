@@ -29,8 +29,8 @@ def test_each_turn_starts_with_untimed_calls_after_another_method_ran():
 
 def test_slow_methods_and_no_warmup_get_no_switch_calls():
     log: list[str] = []
-    fns = {"fast": _logged(log, "fast"), "slow": _logged(log, "slow", sleep=0.02)}
-    harness.time_interleaved(fns, repeats=2, warmup=1, switch_calls=1, switch_max_seconds=0.01)
+    fns = {"fast": _logged(log, "fast"), "slow": _logged(log, "slow", sleep=0.1)}
+    harness.time_interleaved(fns, repeats=2, warmup=1, switch_calls=1, switch_max_seconds=0.05)
     assert log.count("fast") == 1 + 2 * 2 and log.count("slow") == 1 + 2
     log.clear()
     harness.time_interleaved(fns, repeats=2, warmup=0, switch_calls=1)

@@ -474,7 +474,7 @@ def test_norms_are_measured_once_per_chunk_and_shared_by_every_job(verified, mon
 
 def test_the_overflow_scan_is_skipped_only_where_no_inner_product_can_overflow():
     """``_Job._bounded``: ``‖q‖ ‖x‖ <= FLT_MAX / 2`` skips the scan of an inner product's
-    scores for values FLT_MAX; a larger, NaN or infinite norm does not."""
+    scores for values at or above FLT_MAX; a larger, NaN or infinite norm does not."""
     qs = np.zeros((4, 3), np.float32)
     qs[0, 0] = 1.0
     qs[1, 0] = 1e19

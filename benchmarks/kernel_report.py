@@ -40,7 +40,16 @@ from typing import Any
 
 from benchmarks import harness
 
-__all__ = ["GPUS", "HEADLINE", "estimate", "main", "replay_presets", "replay_selection"]
+__all__ = [
+    "GPUS",
+    "HEADLINE",
+    "estimate",
+    "main",
+    "replay_presets",
+    "replay_selection",
+    "with_merge",
+    "with_presets",
+]
 
 #: Per architecture: the GPU modelled (SMs, boost clock, dense 16-bit and TF32 tensor FLOP/s,
 #: float32 FMA FLOP/s, dense int8 tensor OP/s, HBM B/s).
@@ -105,6 +114,7 @@ def replay_selection(
     per_split: int,
     cap: int,
     preset: Any = None,
+    chunk: int | None = None,
 ) -> dict[str, float]:
     """How often the fused kernel's branches run, replaying its scan order in torch.
 
@@ -114,13 +124,16 @@ def replay_selection(
     while the list holds fewer than k); the block's buffers are *merged* when one of them
     would overflow its ``cap`` keys, and once at the end. With ``preset`` (Q,) thresholds
     (the kernel's ``HAS_THR``; NaN: none) a query's threshold is never above its preset.
+    With ``chunk`` < ``cap`` (the kernel's ``CHUNK``) a merge takes the buffers in chunks of
+    that many keys, only those holding a key of some query of the block.
 
     Returns
     -------
     dict
         ``append``: fraction of (program, tile) pairs that append; ``single``: of appends,
         the fraction where no query has more than one candidate; ``merge``: merges per
-        (program, tile) pair, the final ones included; ``query_tiles``: of (query, tile)
+        (program, tile) pair, the final ones included; ``chunks``: chunks merged per merge
+        (1 where ``chunk`` is None or ``cap``: the whole buffer); ``query_tiles``: of (query, tile)
         pairs with a candidate; ``scores``: of scores that are candidates; ``short``: of
         queries, those whose splits admitted fewer than k scores in all (with a preset:
         their blocks run again without presets).
@@ -130,7 +143,12 @@ def replay_selection(
     n_q, n_rows = queries.shape[0], database.shape[0]
     n_blocks = n_q // block_m
     sq = (database.float() ** 2).sum(1)
-    appends = singles = merges = tiles = query_hits = score_hits = 0
+    appends = singles = merges = tiles = query_hits = score_hits = chunks = 0
+    chunk = cap if chunk is None else chunk
+
+    def merged_chunks(blocks):  # chunks each merging block takes: its fullest buffer's
+        return int(torch.ceil(count.view(n_blocks, block_m).max(1).values[blocks] / chunk).sum())
+
     admitted = torch.zeros(n_q, dtype=torch.int64)
     ceiling = torch.full((n_q,), math.inf)  # +inf: every (finite) score is a candidate
     if preset is not None:
@@ -160,6 +178,7 @@ def replay_selection(
             over = ((count + n_hit) > cap).view(n_blocks, block_m).any(1)
             if over.any():
                 merges += int(over.sum())
+                chunks += merged_chunks(over)
                 rows = over.repeat_interleave(block_m)
                 both = torch.cat([lists[rows], buffer[rows, :cap]], dim=1)
                 lists[rows] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
@@ -170,12 +189,15 @@ def replay_selection(
             buffer.scatter_(1, place, torch.where(hit, tile, math.inf))
             buffer[:, cap] = math.inf
             count += n_hit
-        merges += int((count.view(n_blocks, block_m) > 0).any(1).sum())  # the final merges
+        last = (count.view(n_blocks, block_m) > 0).any(1)  # the final merges
+        merges += int(last.sum())
+        chunks += merged_chunks(last)
     total_tiles = tiles // max(n_blocks, 1)
     return {
         "append": appends / max(tiles, 1),
         "single": singles / max(appends, 1),
         "merge": merges / max(tiles, 1),
+        "chunks": chunks / max(merges, 1),
         "query_tiles": query_hits / max(n_q * total_tiles, 1),
         "scores": score_hits / max(n_q * n_rows, 1),
         "short": float((admitted < min(k, n_rows)).float().mean()),
@@ -218,7 +240,9 @@ def estimate(
     Per warp: every tile costs ``steady``; a tile that appends adds ``branch - inner`` with
     its one-candidate side (``fast``) taken for the ``single`` share and the cumsum side
     (``slow``) for the rest; a merge costs ``inner`` with its loop over rows of lists
-    (``inner_loop``) run ``BM / RB`` times. ``freq`` is :func:`replay_selection`'s.
+    (``inner_loop``) run ``BM / RB`` times, where a buffer is merged in chunks (``CHUNK <
+    CAP``) with ``chunk`` per chunk for the replayed ``chunks`` merged instead of all
+    ``CAP / CHUNK``. ``freq`` is :func:`replay_selection`'s.
 
     With ``dim > BD`` the loop over chunks of d (``d_loop``) runs ``ceil(dim / BD)`` times per
     tile; the static ``steady`` count holds it once.
@@ -250,7 +274,12 @@ def estimate(
         fast, slow, single = sass.get("fast", 0), sass.get("slow", 0), freq.get("single", 0.0)
         append = sass["branch"] - sass["inner"] - fast - slow + single * fast
         append += (1.0 - single) * slow
-        merge = sass["inner"] - sass["inner_loop"] + sass["inner_loop"] * (block_m // rows)
+        row = sass["inner_loop"]
+        cap, chunk = constexprs.get("CAP"), constexprs.get("CHUNK")
+        if sass.get("chunk") and cap and chunk and chunk < cap and "chunks" in freq:
+            # Only the chunks holding keys are merged: the static count holds all cap / chunk.
+            row += (freq["chunks"] - cap // chunk) * sass["chunk"]
+        merge = sass["inner"] - sass["inner_loop"] + row * (block_m // rows)
         per_tile = sass["steady"] + freq.get("append", 0.0) * append
         per_tile += freq.get("merge", 0.0) * merge
         programs = n_blocks * n_splits
@@ -299,6 +328,39 @@ def estimate(
     return out
 
 
+def with_merge(
+    est: dict[str, Any],
+    shape: dict[str, Any],
+    plan: Any,
+    merge_sass: dict[str, int] | None,
+    gpu: dict,
+) -> dict[str, Any]:
+    """``est`` plus the launch that merges the splits' lists into the k results.
+
+    Its time is the larger of its issue bound (per program the code outside the loop over
+    splits once, the loop ``n_splits`` times; programs spread evenly, there are many) and its
+    memory bound (every list read, k values and positions written, at HBM bandwidth).
+    """
+    out = dict(est)
+    launch = plan.merge
+    n_splits = dict(launch.args)["n_splits"]
+    k_pad = dict(launch.constexprs)["K"]
+    q, k = shape["queries"], shape["k"]
+    bytes_ = q * n_splits * k_pad * 8 + q * k * (4 + 8)
+    memory_ms = 1e3 * bytes_ / gpu["bw"]
+    issue_ms = 0.0
+    if merge_sass and "total" in merge_sass:
+        loop = merge_sass.get("loop", 0)
+        per_program = merge_sass["total"] - loop + n_splits * loop
+        programs = math.prod(launch.grid)
+        issue_ms = 1e3 * programs * launch.num_warps * per_program
+        issue_ms /= gpu["sms"] * 4 * gpu["clock_hz"]
+    out["merge_launch_estimate_ms"] = max(memory_ms, issue_ms)
+    if out.get("fused_estimate_ms") is not None:
+        out["fused_estimate_ms"] += out["merge_launch_estimate_ms"]
+    return out
+
+
 def with_presets(
     est: dict[str, Any],
     shape: dict[str, Any],
@@ -311,8 +373,10 @@ def with_presets(
     launches and the blocks that run again.
 
     The sample pass is :func:`estimate` of its own plan on its replayed frequencies
-    (``freq["sample"]``); the check reads ``k`` keys of every list, ``kthvalue`` the sample's
-    lists, and the lists of blocks run again are emptied (their bytes at HBM bandwidth); a
+    (``freq["sample"]``); the check finds each list's length by a binary search (one
+    32-byte sector per probe, ``log2(K) + 1`` probes), ``kthvalue`` reads the sample's lists
+    and the lists of the blocks run again are emptied by a pass that reads and writes every
+    list (bytes at HBM bandwidth); a
     block runs again when one of its ``BM`` queries is short (``freq["short"]``), at the
     cost of the main pass without presets at most (charged at the main pass's estimate).
     """
@@ -321,9 +385,10 @@ def with_presets(
     sample_shape = {**shape, "rows": math.ceil(shape["rows"] / plan.preset_stride)}
     sample_shape["k"] = plan.preset_k
     sample = estimate(sample_shape, seed, sample_sass, freq.get("sample", {}), gpu)
-    keys = shape["queries"] * plan.n_splits * (plan.k_found + plan.k_pad)
-    keys += shape["queries"] * seed.n_splits * seed.k_pad
-    check_ms = 1e3 * 8 * keys / gpu["bw"]
+    probes = shape["queries"] * plan.n_splits * (math.log2(plan.k_pad) + 1)
+    keys = shape["queries"] * seed.n_splits * seed.k_pad  # the sample's lists, read
+    keys += 2 * shape["queries"] * plan.n_splits * plan.k_pad  # every list, read and written
+    check_ms = 1e3 * (32 * probes + 8 * keys) / gpu["bw"]
     block_m = dict(plan.partial.constexprs)["BM"]
     p_redo = 1.0 - (1.0 - freq.get("short", 0.0)) ** block_m
     main = est.get("fused_estimate_ms")
@@ -402,6 +467,7 @@ ESTIMATE_COLUMNS = [
     harness.Column("sass_merge", "SASS merge"),
     harness.Column("preset", "preset", align="left"),
     harness.Column("sample_estimate_ms", "sample pass est. ms", "{:.2f}".format),
+    harness.Column("merge_launch_estimate_ms", "split merge est. ms", "{:.3f}".format),
     harness.Column("p_redo_block", "P(block again)", "{:.4f}".format),
     harness.Column("fused_estimate_ms", "fused est. ms", "{:.2f}".format),
     harness.Column("fused_steady_estimate_ms", "steady-only est. ms", "{:.2f}".format),
@@ -461,6 +527,7 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
                 kinds = ("random",)
             for kind in kinds:
                 key = (shape["k"], kind, cfg.block_m, cfg.block_n, plan.cap, per_split)
+                key += (dict(plan.partial.constexprs)["CHUNK"],)
                 key += (plan.preset_stride, plan.preset_k)
                 if key in memo:
                     entry["freq"][kind] = {**memo[key], "replayed_for": memo[key]["replayed_for"]}
@@ -479,10 +546,12 @@ def _replays(arch: int, no_replay: bool, memo: dict[Any, Any]) -> list[dict[str,
                         seed.config.block_n,
                         dict(seed.partial.args)["rows_per_split"],
                         seed.cap,
+                        chunk=dict(seed.partial.constexprs)["CHUNK"],
                     )
                     preset = replay_presets(q, x, plan.preset_stride, plan.preset_k)
+                chunk = dict(plan.partial.constexprs)["CHUNK"]
                 freq = replay_selection(
-                    q, x, shape["k"], cfg.block_m, cfg.block_n, per_split, plan.cap, preset
+                    q, x, shape["k"], cfg.block_m, cfg.block_n, per_split, plan.cap, preset, chunk
                 )
                 if preset is not None:
                     freq["sample"] = freq_seed
@@ -551,9 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpu = GPUS[arch]
         estimates = []
         heads = aot.compile_launches([r["plan"].partial for r in replays], arch, sass=True)
+        merges = aot.compile_launches([r["plan"].merge for r in replays], arch, sass=True)
         seeds = [r["plan"].preset for r in replays if r["plan"].preset is not None]
         seed_res = iter(aot.compile_launches([p.partial for p in seeds], arch, sass=True))
-        for entry, res in zip(replays, heads, strict=True):
+        for entry, res, merge_res in zip(replays, heads, merges, strict=True):
             sample_res = next(seed_res) if entry["plan"].preset is not None else None
             for kind, freq in entry["freq"].items() or [("none", {})]:
                 est = estimate(entry["shape"], entry["plan"], res.sass, freq, gpu)
@@ -561,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     est = with_presets(
                         est, entry["shape"], entry["plan"], sample_res.sass, freq, gpu
                     )
+                est = with_merge(est, entry["shape"], entry["plan"], merge_res.sass, gpu)
                 est.update(
                     dtype=entry["shape"]["dtype"],
                     k=entry["shape"]["k"],

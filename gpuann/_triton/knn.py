@@ -337,7 +337,7 @@ def _run_with_presets(
     device = lists.device
     every = torch.ones(plan.n_slots, dtype=torch.uint8, device=device)
     plan.partial.launch(fused_knn_kernel, {**tensors, "thr_ptr": thr, "flag_ptr": every})
-    admitted = (lists[:, :, : plan.k_found] != SENTINEL).sum(dim=(1, 2))
+    admitted = admitted_keys(lists, plan.k_found)
     # Short of k: a preset too low, or fewer eligible rows than k (then only an open, NaN,
     # threshold is exact already).
     short = (admitted < plan.k_found) & ~thr.isnan()
@@ -349,6 +349,23 @@ def _run_with_presets(
     plan.partial.launch(
         fused_knn_kernel, {**tensors, "thr_ptr": thr, "flag_ptr": redo.to(torch.uint8)}
     )
+
+
+def admitted_keys(lists: torch.Tensor, k_found: int) -> torch.Tensor:
+    """Keys the splits' lists hold per query, each split's counted up to ``k_found``.
+
+    ``lists`` (n_slots, n_splits, K) int64, each row ascending with ``SENTINEL``s last: a
+    binary search per list finds its length, reading about ``log2(K)`` keys of it.
+
+    >>> S = SENTINEL
+    >>> admitted_keys(torch.tensor([[[1, 5, S, S], [2, 3, 4, S]], [[S, S, S, S], [7, S, S, S]]]), 3)
+    tensor([5, 1])
+    """
+    n_slots, n_splits, k_pad = lists.shape
+    rows = lists.reshape(n_slots * n_splits, k_pad)
+    end = torch.full((rows.shape[0], 1), SENTINEL, dtype=torch.int64, device=lists.device)
+    lengths = torch.searchsorted(rows, end).clamp_(max=k_found)
+    return lengths.view(n_slots, n_splits).sum(dim=1)
 
 
 @dataclasses.dataclass(frozen=True)

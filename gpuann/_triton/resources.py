@@ -133,7 +133,9 @@ def sass_summary(sass: str) -> dict[str, int]:
     a tile); ``steady``: ``loop - branch``, what every tile costs when that branch is not
     taken; ``inner``: the largest forward branch inside ``branch`` that holds a loop (the
     fused k-NN's merge of the candidate buffers) and ``inner_loop``: the largest loop inside
-    it (its loop over rows of lists, run ``BM / RB`` times); ``fast`` and ``slow``: the
+    it (its loop over rows of lists, run ``BM / RB`` times); ``chunk``: the smallest forward
+    branch inside that loop (the merge of one chunk of a buffer, skipped where the chunk holds
+    no key), 0 without one; ``fast`` and ``slow``: the
     smaller and the larger side of the largest if/else inside ``branch`` outside ``inner``
     (the fused k-NN's one-candidate-per-query append and its cumsum append), 0 without one;
     ``d_loop``: the largest loop in the tile loop outside ``branch`` (the fused k-NN's loop
@@ -189,8 +191,15 @@ def sass_summary(sass: str) -> dict[str, int]:
 
         inner = max(filter(holds_loop, nested), key=lambda r: r[1] - r[0], default=None)
         out["inner"] = inner[1] - inner[0] if inner else 0
-        inner_loops = [b - a + 1 for a, b in loops if inner and inner[0] < a and b < inner[1]]
-        out["inner_loop"] = max(inner_loops, default=0)
+        inner_loops = [(a, b) for a, b in loops if inner and inner[0] < a and b < inner[1]]
+        row_loop = max(inner_loops, key=lambda r: r[1] - r[0], default=None)
+        out["inner_loop"] = row_loop[1] - row_loop[0] + 1 if row_loop else 0
+        # The chunks a merge takes only when they hold keys (``if c0 < filled``): the
+        # smallest forward branch inside the loop over rows, the last chunk's.
+        chunk_ifs = [
+            j - i for i, j in forwards if row_loop and row_loop[0] < i and j <= row_loop[1]
+        ]
+        out["chunk"] = min(chunk_ifs, default=0)
         sides = []  # if/else: a conditional branch over the "then" side, which ends in a jump
         for i, j in nested:  # over the "else" side
             end = jumps.get(j - 1)

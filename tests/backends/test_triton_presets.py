@@ -251,3 +251,20 @@ def test_presets_of_scaled_inner_products(monkeypatch):
     scores = -(q @ x.T) * scale[None, :]  # the kernel's inner-product score
     sample = torch.sort(scores[:, ::2], dim=1).values[:, 49]
     torch.testing.assert_close(thr[:Q], sample, rtol=1e-5, atol=1e-5)
+
+
+def test_admitted_keys_count_each_list_up_to_k():
+    # The check between the two launches: each split's list length (a binary search over the
+    # ascending keys, SENTINELs last), at most k per split, summed per query — the count of
+    # the non-sentinel keys among each list's first k.
+    from gpuann._triton.knn import SENTINEL, admitted_keys
+
+    gen = torch.Generator().manual_seed(5)
+    n_slots, n_splits, k_pad, k = 48, 3, 64, 50
+    keys = torch.randint(0, 2**40, (n_slots, n_splits, k_pad), generator=gen)
+    lengths = torch.randint(0, k_pad + 1, (n_slots, n_splits), generator=gen)
+    keys[torch.arange(k_pad) >= lengths[..., None]] = SENTINEL
+    lists = torch.sort(keys, dim=2).values
+    expected = (lists[:, :, :k] != SENTINEL).sum(dim=(1, 2))
+    assert torch.equal(admitted_keys(lists, k), expected)
+    assert torch.equal(admitted_keys(lists, k), lengths.clamp(max=k).sum(dim=1))

@@ -13,6 +13,7 @@ from benchmarks.kernel_report import (
     estimate,
     replay_presets,
     replay_selection,
+    with_merge,
     with_presets,
 )
 
@@ -121,3 +122,51 @@ def test_presets_add_the_sample_pass_the_check_and_the_blocks_run_again():
     short = with_presets(main, shape, plan, SASS, freq | {"short": 0.01}, gpu)
     assert short["p_redo_block"] == pytest.approx(1 - 0.99**128)
     assert short["fused_estimate_ms"] > both["fused_estimate_ms"]
+
+
+def test_replay_counts_the_chunks_each_merge_takes():
+    # Rows ever nearer: every tile of 2 rows appends 2 keys per query to 8-key buffers, so a
+    # merge comes before every fifth tile (8 keys: both 4-key chunks) and at the end. A
+    # buffer merged whole (no chunk) counts one.
+    queries = torch.zeros(4, 2)
+    database = torch.stack([torch.arange(40, 0, -1).float(), torch.zeros(40)], dim=1)
+    freq = replay_selection(queries, database, 2, 4, 2, 40, 8, chunk=4)
+    # 20 tiles: merges before tiles 5, 9, 13 and 17, and at the end (8 keys): 2 chunks each.
+    assert freq["merge"] == pytest.approx(5 / 20)
+    assert freq["chunks"] == 2.0
+    short = replay_selection(queries, database[:10], 2, 4, 2, 10, 8, chunk=4)
+    # 5 tiles: one overflow merge (8 keys, 2 chunks) then the final one (2 keys, 1 chunk).
+    assert short["merge"] == pytest.approx(2 / 5) and short["chunks"] == 1.5
+    whole = replay_selection(queries, database[:10], 2, 4, 2, 10, 8)
+    assert whole["chunks"] == 1.0
+
+
+def test_estimate_charges_only_the_chunks_merged():
+    gpu = GPUS[90]
+    plan = _plan(32, 4)
+    plan.partial.constexprs += (("CAP", 512), ("CHUNK", 256))
+    sass = SASS | {"inner_loop": 10, "chunk": 4}
+    freq = {"append": 0.5, "single": 0.5, "merge": 0.01}
+    every = estimate(SHAPE, plan, sass, freq | {"chunks": 2.0}, gpu)
+    assert every["sass_merge"] == SASS["inner"] - 10 + 10 * (128 // 16)
+    half = estimate(SHAPE, plan, sass, freq | {"chunks": 1.5}, gpu)
+    assert half["sass_merge"] == every["sass_merge"] - 0.5 * 4 * (128 // 16)
+    # Without the replayed count, or a buffer merged whole, every merge takes it all.
+    assert estimate(SHAPE, plan, sass, freq, gpu)["sass_merge"] == every["sass_merge"]
+
+
+def test_the_merge_of_the_splits_costs_its_issue_or_memory_bound():
+    gpu = GPUS[90]
+    launch = SimpleNamespace(
+        grid=(1024,), args=(("n_splits", 4),), constexprs=(("K", 1024),), num_warps=4
+    )
+    plan = SimpleNamespace(merge=launch)
+    shape = SHAPE | {"k": 1000}
+    memory = 1e3 * (4096 * 4 * 1024 * 8 + 4096 * 1000 * 12) / gpu["bw"]
+    rate = gpu["sms"] * 4 * gpu["clock_hz"]
+    light = with_merge({"fused_estimate_ms": 1.0}, shape, plan, {"total": 10, "loop": 5}, gpu)
+    assert light["merge_launch_estimate_ms"] == pytest.approx(memory)  # memory-bound
+    assert light["fused_estimate_ms"] == pytest.approx(1.0 + memory)
+    heavy = with_merge({"fused_estimate_ms": 1.0}, shape, plan, {"total": 5000, "loop": 4000}, gpu)
+    issue = 1e3 * 1024 * 4 * (1000 + 4 * 4000) / rate  # the loop once per split
+    assert heavy["merge_launch_estimate_ms"] == pytest.approx(issue) and issue > memory

@@ -194,6 +194,7 @@ def test_sass_summary_finds_the_tile_loop_and_its_branch():
     assert s["total"] == 8 and s["HGMMA"] == 1 and s["IMNMX"] == 2
     assert (s["loop"], s["branch"], s["steady"]) == (6, 3, 3)
     assert (s["inner"], s["inner_loop"], s["fast"], s["slow"], s["d_loop"]) == (0, 0, 0, 0, 0)
+    assert s["chunk"] == 0
 
 
 def test_sass_summary_finds_the_loop_over_d():
@@ -237,3 +238,18 @@ def test_sass_summary_finds_the_merge_and_the_two_appends():
     assert (s["loop"], s["branch"], s["steady"]) == (12, 10, 2)
     assert (s["inner"], s["inner_loop"]) == (3, 2)
     assert (s["fast"], s["slow"]) == (2, 3)  # the "then" side counts its closing jump
+
+
+def test_sass_summary_finds_the_chunk_a_merge_skips_when_empty():
+    # Tile loop LBB0..; append branch (@!P0 -> LBB9) holding a merge (@!P2 -> LBB5) whose loop
+    # over rows (LBB4..) merges two chunks, the second under its own branch (@!P5 -> LBB6:
+    # a chunk of 3 instructions, skipped where no buffer holds a key there).
+    lines = ["Function:k", "LBB0:", "--:-:-:-:1\tFFMA R1, R2, R3, R4;"]
+    lines += ["--:-:-:-:5\t@!P0 BRA LBB9;", "--:-:-:-:5\t@!P2 BRA LBB5;", "LBB4:"]
+    lines += ["--:-:-:-:1\tIMNMX R3, R3, R4, PT;"] * 4
+    lines += ["--:-:-:-:5\t@!P5 BRA LBB6;"]
+    lines += ["--:-:-:-:1\tIMNMX R5, R5, R6, PT;"] * 2
+    lines += ["LBB6:", "--:-:-:-:5\t@P3 BRA LBB4;", "LBB5:", "LBB9:"]
+    lines += ["--:-:-:-:5\t@P4 BRA LBB0;", "--:-:-:-:1\tEXIT;"]
+    s = aot.sass_summary("\n".join(lines))
+    assert (s["inner"], s["inner_loop"], s["chunk"]) == (9, 8, 3)

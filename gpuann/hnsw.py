@@ -168,6 +168,17 @@ class HNSWIndex(Index):
         return self._tombstones
 
     @property
+    def _label_to_id(self) -> torch.Tensor:
+        """faiss label → user id, int64, contiguous on the CPU (changed in place or replaced)."""
+        return self._label_map
+
+    @_label_to_id.setter
+    def _label_to_id(self, value: torch.Tensor) -> None:
+        # its numpy view, taken once per map: the host path's searches read it every call,
+        # and a torch call right after faiss's search costs tens of microseconds (cold caches)
+        self._label_map, self._label_map_np = value, value.numpy()
+
+    @property
     def label_to_id(self) -> torch.Tensor:
         """faiss label → user id (``-1`` for a tombstone), int64 on the CPU (a copy)."""
         with self._lock.read():
@@ -380,7 +391,7 @@ class HNSWIndex(Index):
             if self._tombstones or not len(self):
                 return None
             d, labels = hf.search_host(self._faiss, x, min(k, len(self)), ef)
-            d, ids = hf.order_results(d, labels, self._label_to_id.numpy(), k, self._metric, 0)
+            d, ids = hf.order_results(d, labels, self._label_map_np, k, self._metric, 0)
         if isinstance(queries, np.ndarray):
             return SearchResult(d, ids)
         return SearchResult(torch.from_numpy(d), torch.from_numpy(ids))
@@ -394,7 +405,7 @@ class HNSWIndex(Index):
         if self._tombstones > OVERFETCH_LIMIT:
             allowed, fetch = self._allowed_bitmap(), min(k, ntotal)
         d, labels = hf.search(self._faiss, queries, fetch, ef, allowed)
-        label_to_id = self._label_to_id.numpy()
+        label_to_id = self._label_map_np
         d, ids = hf.order_results(d, labels, label_to_id, k, self._metric, self._tombstones)
         return torch.from_numpy(d).to(self._device), torch.from_numpy(ids).to(self._device)
 

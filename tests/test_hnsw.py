@@ -389,3 +389,29 @@ def test_float32_cpu_queries_take_the_host_path_with_the_general_paths_results(m
             index.search(queries, 3)
     index.remove([0])  # tombstones: the general path
     assert 0 not in index.search(q, 10).ids.tolist()
+
+
+def test_host_path_follows_the_label_map_through_every_change(tmp_path, monkeypatch):
+    # the host path reads a numpy view of the label map kept beside it: every change of the
+    # map (a new one, or one changed in place) must reach that view
+    monkeypatch.setattr(HNSWIndex, "_run_search", None)  # the host path or a TypeError
+    x, _ = _data(300)
+    index = HNSWIndex(32, device="cpu")
+    index.add(x[:200], ids=torch.arange(200) + 1000)
+    assert index.search(x[5:6], 1).ids.tolist() == [[1005]]
+    index.add(x[200:], ids=torch.arange(100) + 5000)  # a longer map
+    assert index.search(x[250:251], 1).ids.tolist() == [[5050]]
+    monkeypatch.undo()
+    index.remove([1000, 1001])
+    index.compact()  # a new map without tombstones
+    monkeypatch.setattr(HNSWIndex, "_run_search", None)
+    assert index.search(x[5:6], 1).ids.tolist() == [[1005]]
+    index.renumber()  # ids become ranks: the map changes in place
+    assert index.search(x[5:6], 1).ids.tolist() == [[3]]
+    assert index.search(x[250:251], 1).ids.tolist() == [[248]]
+    index.save(tmp_path / "h.gpuann")
+    loaded = HNSWIndex.load(tmp_path / "h.gpuann")
+    assert loaded.search(x[250:251], 1).ids.tolist() == [[248]]
+    loaded.reset()
+    loaded.add(x[:3], ids=torch.tensor([7, 8, 9]))
+    assert loaded.search(x[1:2], 1).ids.tolist() == [[8]]

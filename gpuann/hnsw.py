@@ -131,6 +131,68 @@ class HNSWIndex(Index):
         self._tombstones = 0
         self._allowed: np.ndarray | None = None
         self._merging: HNSWIndex | None = None
+        self._adopting: Any = None  # from_faiss: the graph that already holds the vectors
+
+    @classmethod
+    def from_faiss(
+        cls,
+        graph: Any,
+        *,
+        device: str | torch.device | None = None,
+        seed: int = DEFAULT_SEED,
+    ) -> HNSWIndex:
+        """An index over a copy of a faiss ``IndexHNSWFlat`` (its graph kept as it is).
+
+        Parameters
+        ----------
+        graph : faiss.IndexHNSWFlat
+            L2 or inner product; its ``M``, ``efConstruction`` and ``efSearch`` are kept.
+        device : str or torch.device, optional
+        seed : int
+            Recorded as the index's seed; the copy keeps faiss's level generator as faiss's
+            ``clone_index`` leaves it (vectors added later get the levels faiss would draw).
+
+        Returns
+        -------
+        HNSWIndex
+            Ids ``0..ntotal-1`` (faiss's labels). The vectors are checked as ``add`` checks
+            them (``ValueError`` for NaN or infinite values).
+
+        Examples
+        --------
+        >>> import faiss
+        >>> graph = faiss.IndexHNSWFlat(8, 16)
+        >>> graph.add(np.eye(8, dtype=np.float32))
+        >>> index = HNSWIndex.from_faiss(graph, device="cpu")
+        >>> index.M, len(index), index.search(np.eye(8, dtype=np.float32)[3:4], 1).ids.tolist()
+        (16, 8, [[3]])
+        """
+        faiss = hf.import_faiss()
+        kind, dim, metric_type, m = hf.describe(graph)
+        metrics = {faiss.METRIC_L2: "l2", faiss.METRIC_INNER_PRODUCT: "ip"}
+        if kind != "IndexHNSWFlat" or metric_type not in metrics:
+            raise TypeError(
+                f"graph: expected a faiss IndexHNSWFlat (L2 or inner product), got {kind} "
+                f"with metric {metric_type}"
+            )
+        copy = faiss.clone_index(faiss.downcast_index(graph))
+        index = cls(
+            dim,
+            M=m,
+            ef_construction=int(copy.hnsw.efConstruction),
+            ef_search=int(copy.hnsw.efSearch),
+            metric=metrics[metric_type],
+            device=device,
+            seed=seed,
+        )
+        if copy.ntotal:
+            vectors = torch.from_numpy(copy.reconstruct_n(0, copy.ntotal))
+            index._adopting = copy
+            try:
+                index.add(vectors)
+            finally:
+                index._adopting = None
+        return index
 
     # ---------------------------------------------------------------- options
     @property
@@ -140,8 +202,15 @@ class HNSWIndex(Index):
 
     @property
     def ef_construction(self) -> int:
-        """Candidates examined per insertion."""
+        """Candidates examined per insertion (settable: applies to the vectors added next)."""
         return self._ef_construction
+
+    @ef_construction.setter
+    def ef_construction(self, value: int) -> None:
+        value = positive_int(value, "ef_construction")
+        with self._lock.write():
+            self._ef_construction = value
+            self._faiss.hnsw.efConstruction = value
 
     @property
     def ef_search(self) -> int:
@@ -231,7 +300,12 @@ class HNSWIndex(Index):
         start = self._faiss.ntotal
         labels = torch.arange(start, start + x.shape[0], dtype=torch.int64)
         new_map = torch.cat([self._label_to_id, ids.cpu()])
-        self._faiss.add(hf.as_numpy(x))  # the last step that can fail
+        if self._adopting is not None:  # from_faiss: the graph holds x already
+            if start or self._adopting.ntotal != x.shape[0]:
+                raise AssertionError("from_faiss: the adopted graph does not hold the vectors")
+            self._faiss = self._adopting
+        else:
+            self._faiss.add(hf.as_numpy(x))  # the last step that can fail
         self._label_to_id = new_map
         self._allowed = None
         return labels.to(self._device)

@@ -261,8 +261,20 @@ def test_faiss_files_without_a_counterpart_are_refused(tmp_path):
     real_faiss.write_index(repeated, str(tmp_path / "repeated"))
     with pytest.raises(gfaiss.IndexFileError, match="unique"):
         gfaiss.read_index(tmp_path / "repeated")
-    hnsw = real_faiss.IndexHNSWFlat(8, 8)
-    hnsw.add(x)
-    real_faiss.write_index(hnsw, str(tmp_path / "hnsw"))
-    with pytest.raises(RuntimeError, match="IndexHNSWFlat has no gpuann counterpart"):
-        gfaiss.read_index(tmp_path / "hnsw")
+    pq = real_faiss.IndexPQ(8, 2, 4)
+    pq.train(x)
+    pq.add(x)
+    real_faiss.write_index(pq, str(tmp_path / "pq"))
+    with pytest.raises(RuntimeError, match="IndexPQ has no gpuann counterpart"):
+        gfaiss.read_index(tmp_path / "pq")
+    hnsw_sq = real_faiss.IndexHNSWSQ(8, real_faiss.ScalarQuantizer.QT_8bit, 8)
+    hnsw_sq.train(x)
+    hnsw_sq.add(x)
+    real_faiss.write_index(hnsw_sq, str(tmp_path / "hnsw_sq"))
+    with pytest.raises(RuntimeError, match="IndexHNSWSQ has no gpuann counterpart"):
+        gfaiss.read_index(tmp_path / "hnsw_sq")
+    bad = real_faiss.IndexHNSWFlat(8, 8)  # NaN vectors: refused as add refuses them
+    bad.add(np.where(np.arange(8) == 3, np.nan, x[:20]).astype(np.float32))
+    real_faiss.write_index(bad, str(tmp_path / "bad"))
+    with pytest.raises(gfaiss.IndexFileError, match="NaN"):
+        gfaiss.read_index(tmp_path / "bad")

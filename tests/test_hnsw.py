@@ -415,3 +415,42 @@ def test_host_path_follows_the_label_map_through_every_change(tmp_path, monkeypa
     loaded.reset()
     loaded.add(x[:3], ids=torch.tensor([7, 8, 9]))
     assert loaded.search(x[1:2], 1).ids.tolist() == [[8]]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_from_faiss_keeps_the_graph_and_its_settings(metric):
+    x, q = _data(800)
+    graph = _faiss_twin(x, metric, M=12, ef_construction=30, seed=5)
+    graph.hnsw.efSearch = 24
+    index = HNSWIndex.from_faiss(graph, device="cpu")
+    assert (index.M, index.ef_construction, index.ef_search, index.metric.value) == (
+        12,
+        30,
+        24,
+        metric,
+    )
+    assert torch.equal(index.ids, torch.arange(800))
+    D, I = graph.search(q.numpy(), 10)
+    found = index.search(q, 10)
+    assert np.array_equal(found.ids.numpy(), I) and np.allclose(found.distances.numpy(), D)
+    graph.add(q.numpy())  # a copy: the index does not change with the graph
+    assert len(index) == 800 and index.faiss_index.ntotal == 800
+    index.ef_construction = 50  # applies to what is added next
+    assert index.faiss_index.hnsw.efConstruction == 50
+    index.add(q, ids=torch.arange(5000, 5050))
+    assert index.search(q[:3], 1).ids.tolist() == [[5000], [5001], [5002]]
+
+
+def test_from_faiss_refuses_other_indexes_and_bad_vectors():
+    with pytest.raises(TypeError, match="IndexHNSWFlat"):
+        HNSWIndex.from_faiss(faiss.IndexFlatL2(8))
+    with pytest.raises(TypeError, match="IndexHNSWFlat"):
+        HNSWIndex.from_faiss(faiss.IndexHNSWSQ(8, faiss.ScalarQuantizer.QT_8bit, 16))
+    graph = faiss.IndexHNSWFlat(8, 8)
+    bad = np.ones((20, 8), dtype=np.float32)
+    bad[3, 2] = np.nan
+    graph.add(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        HNSWIndex.from_faiss(graph)
+    with pytest.raises(ValueError, match="ef_construction"):
+        HNSWIndex(8).ef_construction = 0

@@ -218,8 +218,10 @@ def pickling(faiss):
     flat.add(xb)
     id_map = faiss.IndexIDMap2(faiss.IndexFlatL2(8))
     id_map.add_with_ids(xb, np.arange(300)[::-1].copy())
+    graph = faiss.IndexHNSWFlat(8, 8)
+    graph.add(xb)
     out = []
-    for index in (flat, id_map):
+    for index in (flat, id_map, graph):
         again = pickle.loads(pickle.dumps(index))
         out.append((type(again).__name__, again.ntotal, again.search(xq, 4)))
     return out
@@ -234,11 +236,35 @@ def factory(faiss):
         "IVF8,Flat",
         "IVF8,PQ4x4",
         "IVF8,PQ4x4,RFlat",
+        "HNSW16",
+        "HNSW8,Flat",
     ):
         index = faiss.index_factory(16, description, faiss.METRIC_INNER_PRODUCT)
         out.append((type(index).__name__, index.d, index.metric_type, index.is_trained))
         if description.endswith("RFlat"):
             out.append(index.k_factor)
+    return out
+
+
+def hnsw(faiss, metric):
+    xb, xq = _data(400, 8)
+    index = faiss.IndexHNSWFlat(8, 16, metric)
+    index.hnsw.efConstruction = 20
+    out = {"type": type(index).__name__, "empty": index.search(xq, 3)}
+    index.add(xb)
+    out["search"] = index.search(xq, 10)
+    index.hnsw.efSearch = 8
+    out["ef"] = (index.hnsw.efSearch, index.hnsw.efConstruction, index.search(xq, 10))
+    params = faiss.SearchParametersHNSW(efSearch=64)
+    out["params"] = (index.search(xq, 10, params=params), index.hnsw.efSearch)
+    out["graph"] = (index.hnsw.max_level, index.hnsw.entry_point, index.ntotal, index.d)
+    out["reconstruct"] = (index.reconstruct(7), index.reconstruct_n(3, 4))
+    out["remove"] = outcome(lambda: index.remove_ids(np.array([1])))
+    out["add_with_ids"] = outcome(lambda: index.add_with_ids(xb[:2], np.array([5, 6])))
+    index.add(xb[:50] + 0.5)  # levels drawn after the first adds: the same generator
+    out["more"] = (index.ntotal, index.search(xq, 5))
+    index.reset()
+    out["reset"] = (index.ntotal, index.search(xq, 2))
     return out
 
 
@@ -331,6 +357,11 @@ def write(faiss, kind, path):
         index = faiss.IndexIDMap(faiss.IndexFlatL2(8))
         ids = np.arange(1000) if kind == "idmap_dense" else np.arange(1000) * 5 + 3
         index.add_with_ids(xb, ids)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(8, 12, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 24
+        index.add(xb)
+        index.hnsw.efSearch = 20
     elif kind == "binary":
         index = faiss.IndexBinaryFlat(64)
         index.add(np.random.default_rng(4).integers(0, 256, (300, 8), dtype=np.uint8))
@@ -363,6 +394,10 @@ def read(faiss, kind, path):
         out.append(index.search(queries, 5)[1])
     if kind == "refine":
         out.append(index.k_factor)
+    if kind == "hnsw":
+        out.append((index.hnsw.efSearch, index.hnsw.efConstruction, index.hnsw.max_level))
+        index.add(queries)  # into the graph read from the file
+        out.append(index.search(queries, 5))
     return out
 
 
@@ -417,11 +452,28 @@ def test_ivf_selectors(kind):
     both(ivf_selectors, kind)
 
 
+@pytest.mark.parametrize("metric", [real.METRIC_L2, real.METRIC_INNER_PRODUCT])
+def test_hnsw(metric):
+    both(hnsw, metric)
+
+
+def test_factory_refuses_what_the_shim_cannot_build():
+    # "PCA4,Flat" gave an 8-dimensional IndexFlat (the PCA silently dropped) and "HNSW32" or
+    # "IVF8,SQ8" a KeyError; now faiss's RuntimeError (also a ValueError) names the string
+    for description in ("PCA4,Flat", "OPQ2,IVF8,PQ2", "IVF8,SQ8", "HNSW8,SQ8", "IDMap,HNSW8"):
+        with pytest.raises(RuntimeError, match=r"no gpuann\.compat\.faiss counterpart|IDMap"):
+            shim.index_factory(8, description)
+    with pytest.raises(ValueError, match="Bogus"):
+        shim.index_factory(8, "Bogus")
+    with pytest.raises(RuntimeError):
+        real.index_factory(8, "Bogus")
+
+
 def test_binary():
     both(binary)
 
 
-KINDS = ["flat", "idmap", "idmap_dense", "binary", "ivfflat", "ivfpq", "refine"]
+KINDS = ["flat", "idmap", "idmap_dense", "binary", "ivfflat", "ivfpq", "refine", "hnsw"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

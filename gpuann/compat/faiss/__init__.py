@@ -47,6 +47,7 @@ from gpuann.compat.faiss.flat import (
     Int64Vector,
     vector_to_array,
 )
+from gpuann.compat.faiss.hnsw import IndexHNSWFlat, SearchParametersHNSW
 from gpuann.compat.faiss.io import (
     deserialize_index,
     deserialize_index_binary,
@@ -80,6 +81,7 @@ __all__ = [
     "IndexFlat",
     "IndexFlatIP",
     "IndexFlatL2",
+    "IndexHNSWFlat",
     "IndexIDMap",
     "IndexIDMap2",
     "IndexIVF",
@@ -89,6 +91,7 @@ __all__ = [
     "IndexRefineFlat",
     "IndexRefineSearchParameters",
     "Int64Vector",
+    "SearchParametersHNSW",
     "clone_index",
     "deserialize_index",
     "deserialize_index_binary",

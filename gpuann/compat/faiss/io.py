@@ -1,20 +1,23 @@
 """Index files: faiss's format through faiss-cpu when it is installed, gpuann's otherwise.
 
 - :func:`write_index` / :func:`serialize_index` write what faiss's ``read_index`` reads (flat,
-  ``IndexIDMap``/``IndexIDMap2`` over flat, IVF-Flat, IVF-PQ, ``IndexRefineFlat``, binary
-  flat), converted with faiss-cpu. ``IndexLSH`` (whose rotation is gpuann's), and every index
-  when faiss is not installed, are written in gpuann's safe native format instead.
+  ``IndexIDMap``/``IndexIDMap2`` over flat, IVF-Flat, IVF-PQ, ``IndexRefineFlat``,
+  ``IndexHNSWFlat``, binary flat), converted with faiss-cpu. ``IndexLSH`` (whose rotation is
+  gpuann's), and every index when faiss is not installed, are written in gpuann's safe native
+  format instead.
 - :func:`read_index` / :func:`deserialize_index` read both: a gpuann file (recognised by its
   magic bytes) through :func:`gpuann.load`; anything else through faiss's reader, then
   converted to the gpuann index behind the matching shim. What is checked: faiss parses the
   whole file (its type, sizes and every array); then the type must be one listed above with a
   flat coarse quantizer, the metric L2 or inner product, and the ids of an IVF index unique
   and non-negative (gpuann's IVF indexes hold one vector per id); an IVF index is rebuilt
-  through gpuann's own loader, which checks it against its parameters.
+  through gpuann's own loader, which checks it against its parameters; an HNSW graph is kept
+  as faiss read it, its vectors checked as ``add`` checks them (finite).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from pathlib import Path
@@ -33,6 +36,7 @@ from gpuann.compat.faiss._common import (
 )
 from gpuann.compat.faiss.binary import IndexBinaryFlat, IndexLSH
 from gpuann.compat.faiss.flat import IndexFlat, IndexFlatIP, IndexFlatL2, IndexIDMap, IndexIDMap2
+from gpuann.compat.faiss.hnsw import IndexHNSWFlat
 from gpuann.compat.faiss.ivf import FAISS_SEED, IndexIVF
 from gpuann.compat.faiss.refine import IndexRefineFlat
 from gpuann.serialization import MAGIC, index_from_bytes
@@ -77,6 +81,11 @@ def from_native(native: gpuann.Index) -> Index:
         return shim
     if isinstance(native, (IVFFlatIndex, IVFPQIndex)):
         return IndexIVF.from_native(native)
+    if isinstance(native, gpuann.HNSWIndex):
+        try:
+            return IndexHNSWFlat.from_native(native)
+        except TypeError as err:
+            raise IndexFileError(f"this HNSWIndex has no faiss shim: {err}") from err
     if isinstance(native, BinaryFlatIndex):
         return IndexBinaryFlat.from_native(native)
     if isinstance(native, LSHIndex):
@@ -139,6 +148,16 @@ def _to_faiss(real: Any, index: Index) -> Any:
         out = real.IndexRefineFlat(base, real.swig_ptr(vectors))
         out.k_factor = index.k_factor
         return out
+    if isinstance(index, IndexHNSWFlat):
+        native = index.index
+        labels = native.label_to_id.numpy()
+        if not np.array_equal(labels, np.arange(labels.size)):  # tombstones: faiss's positions
+            native = copy.deepcopy(native)
+            native.renumber()
+            native.compact()
+        out = real.clone_index(native.faiss_index)
+        out.hnsw.efSearch = native.ef_search
+        return out
     if isinstance(index, IndexBinaryFlat):
         out = real.IndexBinaryFlat(index.d)
         if index.ntotal:
@@ -180,6 +199,13 @@ def _from_faiss(real: Any, index: Any) -> Index:
         return shim
     if kind in ("IndexIVFFlat", "IndexIVFPQ"):
         return _ivf_from_faiss(real, index)
+    if kind == "IndexHNSWFlat":
+        if index.metric_type not in (METRIC_L2, METRIC_INNER_PRODUCT):
+            raise IndexFileError(f"metric {index.metric_type} has no gpuann counterpart")
+        try:
+            return IndexHNSWFlat.from_native(gpuann.HNSWIndex.from_faiss(index, device="cpu"))
+        except ValueError as err:  # the vectors' checks
+            raise IndexFileError(f"the HNSW index's vectors: {err}") from err
     if kind == "IndexRefineFlat":
         base = _from_faiss(real, index.base_index)
         refine = _from_faiss(real, index.refine_index)

@@ -240,29 +240,50 @@ class IndexIVFPQ(IndexIVF):
 
 _IDMAP = re.compile(r"IDMap2?")
 _REFINE = ("RFlat", "Refine(Flat)")
+_SHIM_KINDS = ("Flat", "HNSW", "IVFFlat", "IVFPQ")
+_SHIM_FACTORY = (
+    '"Flat", "HNSW<M>[,Flat]", "IVF<n>,Flat", "IVF<n>,PQ<m>[x<b>]", with "IDMap[2]," before '
+    'Flat or ",RFlat" after PQ'
+)
 
 
 def index_factory(
     d: int, description: str, metric: int = METRIC_L2, device: str | torch.device | None = None
 ) -> Index:
-    """faiss ``index_factory`` for ``"Flat"``, ``"IVFn,Flat"``, ``"IVFn,PQm[xb]"``, with an
-    ``"IDMap,"`` / ``"IDMap2,"`` prefix (flat only) or a ``",RFlat"`` suffix
-    (:class:`IndexRefineFlat`, ``k_factor`` 1, as faiss)."""
+    """faiss ``index_factory`` for ``"Flat"``, ``"HNSWM[,Flat]"``, ``"IVFn,Flat"``,
+    ``"IVFn,PQm[xb]"``, with an ``"IDMap,"`` / ``"IDMap2,"`` prefix (flat only) or a
+    ``",RFlat"`` suffix (:class:`IndexRefineFlat`, ``k_factor`` 1, as faiss); anything else
+    (pre-transforms, scalar quantizers…) raises ``RuntimeError`` (also a ``ValueError``)."""
     from gpuann.ivf.factory import parse_description
 
     parts = [p.strip() for p in str(description).split(",")]
     id_map = parts[0] if len(parts) > 1 and _IDMAP.fullmatch(parts[0]) else None
     refine = len(parts) > 1 and parts[-1] in _REFINE
     core = parts[1 if id_map else 0 : -1 if refine else None]
-    spec = parse_description(",".join(core))
-    if spec["kind"] == "Flat":
+    try:
+        spec = parse_description(",".join(core))
+    except ValueError as err:  # faiss: RuntimeError ("could not parse")
+        raise FaissRuntimeError(str(err)) from None
+    kind = "HNSWSQ" if spec["kind"] == "HNSW" and spec["sq8"] else spec["kind"]
+    if "transform" in spec or kind not in _SHIM_KINDS:
+        raise FaissRuntimeError(
+            f"description: {description!r} has no gpuann.compat.faiss counterpart; the shim "
+            f"builds {_SHIM_FACTORY} (gpuann.index_factory builds more, natively)"
+        )
+    if kind == "Flat":
         index: Index = IndexFlat(d, metric, device)
-    elif spec["kind"] == "IVFFlat":
+    elif kind == "HNSW":
+        from gpuann.compat.faiss.hnsw import IndexHNSWFlat
+
+        index = IndexHNSWFlat(d, spec["M"], metric, device)
+    elif kind == "IVFFlat":
         index = IndexIVFFlat(None, d, spec["nlist"], metric, device)
     else:
         index = IndexIVFPQ(None, d, spec["nlist"], spec["m"], spec["nbits"], metric, device)
     if id_map:
         if spec["kind"] != "Flat":
-            raise ValueError(f"description: {description!r}: IDMap is supported over Flat only")
+            raise FaissRuntimeError(
+                f"description: {description!r}: IDMap is supported over Flat only"
+            )
         index = (IndexIDMap2 if id_map == "IDMap2" else IndexIDMap)(index)
     return IndexRefineFlat(index) if refine else index

@@ -33,6 +33,7 @@ class Persistence:
         if other is self:
             raise ValueError("other: cannot merge an index into itself")
         search_defaults = ("memory_budget", "nprobe", "refine_factor", "ef_search")
+        search_defaults += ("ef_construction",)  # HNSW: applies to later adds only
         mine = {k: v for k, v in self._config().items() if k not in search_defaults}
         theirs = {k: v for k, v in other._config().items() if k not in search_defaults}
         if mine != theirs:

@@ -117,6 +117,8 @@ class HNSWIndex(Index):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
         self._m = positive_int(M, "M")
+        if self._m < 2:  # faiss's HNSW crashes the process with M = 1
+            raise ValueError(f"M: expected at least 2, got {self._m}")
         self._ef_construction = positive_int(ef_construction, "ef_construction")
         self.ef_search = ef_search
         self._sq8 = sq8
@@ -132,6 +134,9 @@ class HNSWIndex(Index):
         self._allowed: np.ndarray | None = None
         self._merging: HNSWIndex | None = None
         self._adopting: Any = None  # from_faiss: the graph that already holds the vectors
+        #: ``reset`` restarts the level generator at the seed (the faiss shim keeps it running,
+        #: as faiss's own ``reset`` does)
+        self._reseed_on_reset = True
 
     @classmethod
     def from_faiss(
@@ -168,6 +173,12 @@ class HNSWIndex(Index):
         (16, 8, [[3]])
         """
         faiss = hf.import_faiss()
+        if not isinstance(graph, faiss.Index):
+            raise TypeError(
+                f"graph: expected a faiss IndexHNSWFlat, got {type(graph).__module__}."
+                f"{type(graph).__name__} (a gpuann.compat.faiss index holds its HNSWIndex "
+                "as .index)"
+            )
         kind, dim, metric_type, m = hf.describe(graph)
         metrics = {faiss.METRIC_L2: "l2", faiss.METRIC_INNER_PRODUCT: "ip"}
         if kind != "IndexHNSWFlat" or metric_type not in metrics:
@@ -358,7 +369,8 @@ class HNSWIndex(Index):
     def _reset_storage(self) -> None:
         super()._reset_storage()
         self._faiss.reset()
-        hf.reseed(self._faiss, self._seed)
+        if self._reseed_on_reset:
+            hf.reseed(self._faiss, self._seed)
         self._label_to_id = torch.empty(0, dtype=torch.int64)
         self._tombstones = 0
         self._allowed = None
@@ -393,14 +405,23 @@ class HNSWIndex(Index):
                 raise ValueError("x: cannot train on an empty sample")
             self._faiss.train(hf.as_numpy(x))
 
-    def compact(self) -> None:
+    def compact(self, *, reorder: bool = False) -> None:
         """Rebuild the graph without tombstones (labels become ids' ranks).
 
         Costs a full rebuild; search results may change slightly (another graph). With
         ``sq8``, the codes are decoded and encoded again with the same ranges.
+
+        Parameters
+        ----------
+        reorder : bool
+            Also rebuild a graph without tombstones whose labels are not in the ids' order
+            (after ``merge_from`` of interleaved ids, say), so that label ``i`` holds the
+            ``i``-th smallest id, as faiss's positions do.
         """
         with self._lock.write():
-            if not self._tombstones:
+            if not self._tombstones and (
+                not reorder or torch.equal(self._label_to_id, self._rows.stored_ids.cpu())
+            ):
                 return
             n = len(self)
             vectors = self._decode(torch.arange(n, device=self._device))

@@ -454,3 +454,38 @@ def test_from_faiss_refuses_other_indexes_and_bad_vectors():
         HNSWIndex.from_faiss(graph)
     with pytest.raises(ValueError, match="ef_construction"):
         HNSWIndex(8).ef_construction = 0
+
+
+def test_a_shim_of_merged_ids_writes_faiss_positions_in_id_order(tmp_path):
+    # found by review: labels out of id order (a merge of interleaved ids, no tombstones) were
+    # written as they were, and faiss numbered the vectors otherwise than the shim
+    import gpuann.compat.faiss as shim
+
+    x, q = _data(300, d=8)
+    a, b = HNSWIndex(8, M=16, device="cpu"), HNSWIndex(8, M=16, device="cpu")
+    a.add(x[:150], ids=torch.arange(150) * 2)
+    b.add(x[150:], ids=torch.arange(150) * 2 + 1)
+    a.merge_from(b)
+    index = shim.IndexHNSWFlat.from_native(a)
+    assert torch.equal(a.label_to_id, torch.arange(300))  # label i holds id i
+    shim.write_index(index, tmp_path / "h")
+    read = faiss.read_index(str(tmp_path / "h"))
+    assert np.array_equal(read.reconstruct_n(0, 300), index.reconstruct_n(0, 300))
+    _, expected = index.search(q.numpy(), 3)
+    assert np.array_equal(read.search(q.numpy(), 3)[1], expected)
+
+
+def test_settings_that_faiss_would_crash_on_or_that_merges_ignore():
+    with pytest.raises(ValueError, match="M: expected at least 2"):
+        HNSWIndex(8, M=1)  # faiss's HNSW crashes the process
+    x, _ = _data(40, d=8)
+    a, b = HNSWIndex(8, device="cpu"), HNSWIndex(8, device="cpu")
+    a.ef_construction = 80  # applies to later adds: not a configuration merges compare
+    a.add(x[:20])
+    b.add(x[20:], ids=torch.arange(20, 40))
+    a.merge_from(b)
+    assert len(a) == 40
+    import gpuann.compat.faiss as shim
+
+    with pytest.raises(TypeError, match=r"holds its HNSWIndex as \.index"):
+        HNSWIndex.from_faiss(shim.IndexHNSWFlat(8))

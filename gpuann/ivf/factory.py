@@ -6,7 +6,8 @@ Supported (faiss's grammar, comma-separated):
   ``OPQ<m>[_<d>]`` (:class:`gpuann.OPQ` for ``m`` sub-quantisers, output ``d``), giving a
   :class:`gpuann.TransformedIndex` around the index that follows;
 - the index: ``Flat``; ``IVF<nlist>,Flat``; ``IVF<nlist>,PQ<m>[x<nbits>]``;
-  ``IVF<nlist>,SQ8`` (also ``SQ4``, ``SQfp16``); ``HNSW<M>[,Flat]``; ``HNSW<M>,SQ8``;
+  ``IVF<nlist>,SQ8`` (also ``SQ4``, ``SQfp16``); ``HNSW[<M>][,Flat]``; ``HNSW[<M>],SQ8``
+  (``M`` 32 by default, as faiss);
 - an optional ``,RFlat`` (or ``,Refine(Flat)``) after PQ or SQ codes: ``refine=True``.
 """
 
@@ -24,7 +25,7 @@ __all__ = ["index_factory", "parse_description"]
 _IVF = re.compile(r"IVF(\d+)")
 _PQ = re.compile(r"PQ(\d+)(?:x(\d+))?")
 _SQ = re.compile(r"SQ(8|4|fp16)")
-_HNSW = re.compile(r"HNSW(\d+)")
+_HNSW = re.compile(r"HNSW(\d*)")
 _PCA = re.compile(r"PCA(\d+)")
 _OPQ = re.compile(r"OPQ(\d+)(?:_(\d+))?")
 _SUPPORTED = (
@@ -48,7 +49,8 @@ def _index(parts: list[str], refine: bool) -> dict[str, Any] | None:
     if len(parts) in (1, 2) and (hnsw := _HNSW.fullmatch(parts[0])):
         codes = parts[1] if len(parts) == 2 else "Flat"
         if codes in ("Flat", "SQ8") and not refine:
-            return {"kind": "HNSW", "M": int(hnsw.group(1)), "sq8": codes == "SQ8"}
+            m = int(hnsw.group(1)) if hnsw.group(1) else 32  # faiss's default
+            return {"kind": "HNSW", "M": m, "sq8": codes == "SQ8"}
         return None
     if len(parts) != 2 or not (ivf := _IVF.fullmatch(parts[0])):
         return None

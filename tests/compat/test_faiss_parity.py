@@ -238,9 +238,12 @@ def factory(faiss):
         "IVF8,PQ4x4,RFlat",
         "HNSW16",
         "HNSW8,Flat",
+        "HNSW",
     ):
         index = faiss.index_factory(16, description, faiss.METRIC_INNER_PRODUCT)
         out.append((type(index).__name__, index.d, index.metric_type, index.is_trained))
+        if description.startswith("HNSW"):
+            out.append(index.hnsw.nb_neighbors(1))  # M
         if description.endswith("RFlat"):
             out.append(index.k_factor)
     return out
@@ -258,9 +261,13 @@ def hnsw(faiss, metric):
     params = faiss.SearchParametersHNSW(efSearch=64)
     out["params"] = (index.search(xq, 10, params=params), index.hnsw.efSearch)
     out["graph"] = (index.hnsw.max_level, index.hnsw.entry_point, index.ntotal, index.d)
+    out["levels"] = faiss.vector_to_array(index.hnsw.levels)  # a faiss vector, through faiss
     out["reconstruct"] = (index.reconstruct(7), index.reconstruct_n(3, 4))
     out["remove"] = outcome(lambda: index.remove_ids(np.array([1])))
     out["add_with_ids"] = outcome(lambda: index.add_with_ids(xb[:2], np.array([5, 6])))
+    other = faiss.IndexHNSWFlat(8, 16, metric)
+    other.add(xb[:3])
+    out["merge"] = (outcome(lambda: index.merge_from(other)), index.ntotal)
     index.add(xb[:50] + 0.5)  # levels drawn after the first adds: the same generator
     out["more"] = (index.ntotal, index.search(xq, 5))
     index.reset()
@@ -398,6 +405,9 @@ def read(faiss, kind, path):
         out.append((index.hnsw.efSearch, index.hnsw.efConstruction, index.hnsw.max_level))
         index.add(queries)  # into the graph read from the file
         out.append(index.search(queries, 5))
+        index.reset()  # the level generator as faiss's: the same graph again
+        index.add(_data(1000, 8, seed=5)[0])
+        out.append((index.search(queries, 5), faiss.vector_to_array(index.hnsw.levels)))
     return out
 
 

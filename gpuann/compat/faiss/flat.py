@@ -174,7 +174,14 @@ class Int64Vector:
 
 
 def vector_to_array(v: Any) -> np.ndarray:
-    """faiss's ``vector_to_array``: a numpy copy of ``v`` (an ``Int64Vector``, array or list)."""
+    """faiss's ``vector_to_array``: a numpy copy of ``v`` (an ``Int64Vector``, array or list,
+    or one of faiss's own vectors, such as ``index.hnsw.levels``, through faiss)."""
+    if type(v).__module__.startswith("faiss"):
+        from gpuann.compat.faiss.io import _real_faiss
+
+        real = _real_faiss()
+        if real is not None:
+            return real.vector_to_array(v)
     return np.array(v)
 
 

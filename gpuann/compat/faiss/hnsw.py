@@ -1,11 +1,16 @@
 """faiss's ``IndexHNSWFlat`` over :class:`gpuann.HNSWIndex` (which runs faiss's own graph).
 
-The native index is built with faiss's default level seed (12345), so that on one thread the
-shim and faiss build the same graph from the same vectors and return the same results (ties
-aside: the shim orders equal distances by lower id). As in faiss, vectors are numbered
-``0, 1, …`` in insertion order and cannot be removed (``remove_ids`` raises
-``RuntimeError``); ``hnsw.efSearch`` and ``hnsw.efConstruction`` are read and set as faiss's
-are, and ``SearchParametersHNSW(efSearch=...)`` applies to one search.
+The native index is built with faiss's default level seed (12345), so that on one thread a
+new shim and a new faiss index build the same graph from the same vectors and return the same
+results (ties aside: the shim orders equal distances by lower id), also after ``reset``
+(the generator keeps running, as faiss's) and after ``read_index`` of a faiss file. After
+``clone_index`` or pickling the shim's generator restarts at another point than faiss's:
+graphs built from then on differ from faiss's, as two faiss builds with other seeds do.
+
+As in faiss, vectors are numbered ``0, 1, …`` in insertion order and can neither be removed
+nor merged (``remove_ids`` and ``merge_from`` raise ``RuntimeError``); ``hnsw.efSearch``
+and ``hnsw.efConstruction`` are read and set as faiss's are, and
+``SearchParametersHNSW(efSearch=...)`` applies to one search.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ class HNSWView:
         self._shim.index.ef_construction = int(value)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # (copy and pickle probe before __init__ ran)
+            raise AttributeError(name)
         return getattr(self._shim.index.faiss_index.hnsw, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -107,6 +114,7 @@ class IndexHNSWFlat(Index):
         self.index = HNSWIndex(
             d, M=M, metric=metric_name(metric), device=device or "cpu", seed=FAISS_HNSW_SEED
         )
+        self.index._reseed_on_reset = False  # faiss's reset keeps its level generator
 
     @classmethod
     def from_native(cls, native: HNSWIndex) -> IndexHNSWFlat:
@@ -119,7 +127,9 @@ class IndexHNSWFlat(Index):
         shim = cls.__new__(cls)
         shim.metric_type = METRIC_L2 if native.metric.value == "l2" else METRIC_INNER_PRODUCT
         shim.index = native
+        native._reseed_on_reset = False
         native.renumber()
+        native.compact(reorder=True)  # faiss's positions: label i holds id i
         return shim
 
     @property
@@ -145,6 +155,10 @@ class IndexHNSWFlat(Index):
     def remove_ids(self, x: Any) -> int:
         """Refused, as in faiss (its HNSW cannot remove; ``gpuann.HNSWIndex`` can)."""
         raise FaissRuntimeError("remove_ids not implemented for this type of index")
+
+    def merge_from(self, otherIndex: Any, add_id: int = 0) -> None:
+        """Refused, as in faiss (``gpuann.HNSWIndex.merge_from`` merges)."""
+        raise FaissRuntimeError("merge_from() not implemented for this type of index")
 
     def range_search(self, x: Any, thresh: float, *, params: Any = None):
         """Not supported by the shim (faiss's HNSW has it; gpuann's has not)."""

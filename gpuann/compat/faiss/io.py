@@ -36,7 +36,7 @@ from gpuann.compat.faiss._common import (
 )
 from gpuann.compat.faiss.binary import IndexBinaryFlat, IndexLSH
 from gpuann.compat.faiss.flat import IndexFlat, IndexFlatIP, IndexFlatL2, IndexIDMap, IndexIDMap2
-from gpuann.compat.faiss.hnsw import IndexHNSWFlat
+from gpuann.compat.faiss.hnsw import FAISS_HNSW_SEED, IndexHNSWFlat
 from gpuann.compat.faiss.ivf import FAISS_SEED, IndexIVF
 from gpuann.compat.faiss.refine import IndexRefineFlat
 from gpuann.serialization import MAGIC, index_from_bytes
@@ -151,10 +151,10 @@ def _to_faiss(real: Any, index: Index) -> Any:
     if isinstance(index, IndexHNSWFlat):
         native = index.index
         labels = native.label_to_id.numpy()
-        if not np.array_equal(labels, np.arange(labels.size)):  # tombstones: faiss's positions
+        if not np.array_equal(labels, np.arange(labels.size)):  # faiss's positions: label = id
             native = copy.deepcopy(native)
             native.renumber()
-            native.compact()
+            native.compact(reorder=True)
         out = real.clone_index(native.faiss_index)
         out.hnsw.efSearch = native.ef_search
         return out
@@ -203,9 +203,10 @@ def _from_faiss(real: Any, index: Any) -> Index:
         if index.metric_type not in (METRIC_L2, METRIC_INNER_PRODUCT):
             raise IndexFileError(f"metric {index.metric_type} has no gpuann counterpart")
         try:
-            return IndexHNSWFlat.from_native(gpuann.HNSWIndex.from_faiss(index, device="cpu"))
-        except ValueError as err:  # the vectors' checks
-            raise IndexFileError(f"the HNSW index's vectors: {err}") from err
+            native = gpuann.HNSWIndex.from_faiss(index, device="cpu", seed=FAISS_HNSW_SEED)
+        except ValueError as err:  # the vectors' or the settings' checks
+            raise IndexFileError(f"the HNSW index: {err}") from err
+        return IndexHNSWFlat.from_native(native)
     if kind == "IndexRefineFlat":
         base = _from_faiss(real, index.base_index)
         refine = _from_faiss(real, index.refine_index)

@@ -242,8 +242,8 @@ _IDMAP = re.compile(r"IDMap2?")
 _REFINE = ("RFlat", "Refine(Flat)")
 _SHIM_KINDS = ("Flat", "HNSW", "IVFFlat", "IVFPQ")
 _SHIM_FACTORY = (
-    '"Flat", "HNSW<M>[,Flat]", "IVF<n>,Flat", "IVF<n>,PQ<m>[x<b>]", with "IDMap[2]," before '
-    'Flat or ",RFlat" after PQ'
+    '"Flat", "HNSW[<M>][,Flat]", "IVF<n>,Flat", "IVF<n>,PQ<m>[x<b>]", with "IDMap[2]," before '
+    'Flat, or ",RFlat" after any of them'
 )
 
 

@@ -129,6 +129,14 @@ def search(
     return distances, labels
 
 
+def range_search(
+    index: Any, q: torch.Tensor, radius: float, ef_search: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """faiss's ``(lims, distances, labels)`` of the labels within ``radius`` that a graph
+    search visiting ``ef_search`` candidates finds (L2: ``< radius``; IP: ``> radius``)."""
+    return index.range_search(as_numpy(q), float(radius), params=_params(ef_search))
+
+
 def search_host(index: Any, x: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search` of a C-contiguous float32 numpy matrix, without a selector.
 

@@ -504,6 +504,37 @@ class HNSWIndex(Index):
         d, ids = hf.order_results(d, labels, label_to_id, k, self._metric, self._tombstones)
         return torch.from_numpy(d).to(self._device), torch.from_numpy(ids).to(self._device)
 
+    def _range_search(
+        self, queries: torch.Tensor, radius: float, *, max_results: int | None, memory_budget: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """faiss's HNSW range search (approximate: what a search of :attr:`ef_search`
+        candidates finds within ``radius``), removed vectors dropped, each query's results
+        ordered by distance, then id."""
+        from gpuann.range_search import DEFAULT_MAX_RESULTS, order_ranges
+
+        nq = queries.shape[0]
+        if not len(self) or not nq:
+            lims = torch.zeros(nq + 1, dtype=torch.int64, device=self._device)
+            empty = torch.empty(0, device=self._device)
+            return lims, empty, empty.long()
+        found = hf.range_search(self._faiss, queries, radius, self._ef_search)
+        lims, distances, labels = (torch.from_numpy(a) for a in found)
+        lims, ids = lims.long(), self._label_to_id[labels]
+        if self._tombstones:
+            alive = ids >= 0
+            query = torch.repeat_interleave(torch.arange(nq), lims.diff())
+            counts = torch.bincount(query[alive], minlength=nq)
+            lims = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+            distances, ids = distances[alive], ids[alive]
+        limit = DEFAULT_MAX_RESULTS if max_results is None else max_results
+        if ids.numel() > limit:
+            raise ValueError(
+                f"radius: more than max_results={limit} results ({ids.numel()}); pass a "
+                "tighter radius or a larger max_results"
+            )
+        distances, ids = order_ranges(lims, distances, ids, descending=self._metric.descending)
+        return lims.to(self._device), distances.to(self._device), ids.to(self._device)
+
     def _allowed_bitmap(self) -> np.ndarray:
         """Bitmap of live labels for faiss's ``IDSelectorBitmap`` (cached until a change)."""
         if self._allowed is None:

@@ -113,3 +113,40 @@ def test_binary_range_search_equals_faiss_index_binary_flat():
             )
         )
         assert got == want
+
+
+@pytest.mark.parametrize(("metric", "radius"), [("l2", 30.0), ("ip", 6.0), ("cosine", 0.5)])
+def test_hnsw_range_search_equals_faiss_on_the_same_graph_and_skips_removed(
+    metric, radius, request
+):
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    request.addfinalizer(lambda: faiss.omp_set_num_threads(before))
+    faiss.omp_set_num_threads(1)  # (HNSW builds are deterministic on one thread)
+    g = torch.Generator().manual_seed(3)
+    x, q = torch.randn(600, 16, generator=g), torch.randn(5, 16, generator=g)
+    index = gpuann.HNSWIndex(16, M=12, metric=metric, device="cpu", ef_search=32)
+    index.add(x, ids=torch.arange(600) + 100)
+    graph = faiss.clone_index(index.faiss_index)  # the same graph, labels 0..599
+    qn = torch.nn.functional.normalize(q, dim=1) if metric == "cosine" else q
+    params = faiss.SearchParametersHNSW(efSearch=32)
+    f_lims, f_D, f_I = graph.range_search(qn.numpy(), radius, params=params)
+    lims, D, I = index.range_search(q, radius)
+    assert lims.tolist() == f_lims.tolist() and int(lims[-1]) > 20
+    for i in range(5):
+        a, b, fa, fb = lims[i], lims[i + 1], f_lims[i], f_lims[i + 1]
+        got = dict(zip(I[a:b].tolist(), D[a:b].tolist(), strict=True))
+        want = dict(zip((f_I[fa:fb] + 100).tolist(), f_D[fa:fb], strict=True))
+        assert got.keys() == want.keys()
+        assert np.allclose([got[j] for j in want], list(want.values()), rtol=1e-5, atol=1e-5)
+        key = D[lims[i] : lims[i + 1]]
+        key = -key if metric != "l2" else key
+        assert bool((key[1:] >= key[:-1]).all())  # nearest first
+    removed = I[lims[0] : lims[0] + 3]
+    index.remove(removed)
+    lims2, _, I2 = index.range_search(q, radius)
+    assert int(lims2[1]) == int(lims[1]) - 3 and not np.isin(I2.numpy(), removed.numpy()).any()
+    with pytest.raises(ValueError, match="radius"):
+        index.range_search(q, radius, max_results=3)
+    empty = gpuann.HNSWIndex(16, device="cpu").range_search(q.numpy(), 1.0)
+    assert empty.lims.tolist() == [0] * 6 and empty.ids.size == 0

@@ -239,11 +239,15 @@ def factory(faiss):
         "HNSW16",
         "HNSW8,Flat",
         "HNSW",
+        "IDMap,HNSW16",
+        "IDMap2,HNSW8,Flat",
     ):
         index = faiss.index_factory(16, description, faiss.METRIC_INNER_PRODUCT)
         out.append((type(index).__name__, index.d, index.metric_type, index.is_trained))
         if description.startswith("HNSW"):
             out.append(index.hnsw.nb_neighbors(1))  # M
+        if "HNSW" in description and description.startswith("IDMap"):
+            out.append(type(faiss.downcast_index(index.index)).__name__)
         if description.endswith("RFlat"):
             out.append(index.k_factor)
     return out
@@ -262,6 +266,9 @@ def hnsw(faiss, metric):
     out["params"] = (index.search(xq, 10, params=params), index.hnsw.efSearch)
     out["graph"] = (index.hnsw.max_level, index.hnsw.entry_point, index.ntotal, index.d)
     out["levels"] = faiss.vector_to_array(index.hnsw.levels)  # a faiss vector, through faiss
+    radius = 6.0 if metric == faiss.METRIC_L2 else 1.0
+    lims, D, I = index.range_search(xq, radius)
+    out["range"] = (lims.dtype.name, lims, ranges(lims, D, I))
     out["reconstruct"] = (index.reconstruct(7), index.reconstruct_n(3, 4))
     out["remove"] = outcome(lambda: index.remove_ids(np.array([1])))
     out["add_with_ids"] = outcome(lambda: index.add_with_ids(xb[:2], np.array([5, 6])))
@@ -272,6 +279,24 @@ def hnsw(faiss, metric):
     out["more"] = (index.ntotal, index.search(xq, 5))
     index.reset()
     out["reset"] = (index.ntotal, index.search(xq, 2))
+    return out
+
+
+def id_map_hnsw(faiss, cls):
+    xb, xq = _data(400, 8)
+    index = getattr(faiss, cls)(faiss.IndexHNSWFlat(8, 16))
+    index.add_with_ids(xb, np.arange(400) * 3 + 7)
+    out = {"type": type(index).__name__, "search": index.search(xq, 5)}
+    params = faiss.SearchParametersHNSW(efSearch=64)
+    out["params"] = index.search(xq, 5, params=params)
+    out["ids"] = faiss.vector_to_array(index.id_map)[:5]
+    out["remove"] = (outcome(lambda: index.remove_ids(np.array([7]))), index.ntotal)
+    other = getattr(faiss, cls)(faiss.IndexHNSWFlat(8, 16))
+    out["merge"] = (outcome(lambda: index.merge_from(other)), index.ntotal)
+    if cls == "IndexIDMap2":
+        out["reconstruct"] = index.reconstruct(10)
+    again = pickle.loads(pickle.dumps(index))
+    out["pickled"] = (type(again).__name__, again.search(xq, 5))
     return out
 
 
@@ -364,6 +389,9 @@ def write(faiss, kind, path):
         index = faiss.IndexIDMap(faiss.IndexFlatL2(8))
         ids = np.arange(1000) if kind == "idmap_dense" else np.arange(1000) * 5 + 3
         index.add_with_ids(xb, ids)
+    elif kind == "idmap_hnsw":
+        index = faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 12))
+        index.add_with_ids(xb, np.arange(1000) * 5 + 3)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(8, 12, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 24
@@ -395,7 +423,11 @@ def read(faiss, kind, path):
     if kind.startswith("ivf"):
         index.nprobe = 4
     out = [type(index).__name__, index.ntotal, index.search(queries, 5)]
-    if kind.startswith("idmap"):
+    if kind == "idmap_hnsw":
+        inner = type(faiss.downcast_index(index.index)).__name__
+        out.append((inner, faiss.vector_to_array(index.id_map)[:5]))
+        out.append(index.reconstruct(8))
+    elif kind.startswith("idmap"):
         out.append(faiss.vector_to_array(index.id_map)[:5])
         out.append(index.remove_ids(np.array([3, 8])))
         out.append(index.search(queries, 5)[1])
@@ -467,10 +499,15 @@ def test_hnsw(metric):
     both(hnsw, metric)
 
 
+@pytest.mark.parametrize("cls", ["IndexIDMap", "IndexIDMap2"])
+def test_id_map_over_hnsw(cls):
+    both(id_map_hnsw, cls)
+
+
 def test_factory_refuses_what_the_shim_cannot_build():
     # "PCA4,Flat" gave an 8-dimensional IndexFlat (the PCA silently dropped) and "HNSW32" or
     # "IVF8,SQ8" a KeyError; now faiss's RuntimeError (also a ValueError) names the string
-    for description in ("PCA4,Flat", "OPQ2,IVF8,PQ2", "IVF8,SQ8", "HNSW8,SQ8", "IDMap,HNSW8"):
+    for description in ("PCA4,Flat", "OPQ2,IVF8,PQ2", "IVF8,SQ8", "HNSW8,SQ8", "IDMap,IVF8,Flat"):
         with pytest.raises(RuntimeError, match=r"no gpuann\.compat\.faiss counterpart|IDMap"):
             shim.index_factory(8, description)
     with pytest.raises(ValueError, match="Bogus"):
@@ -484,6 +521,7 @@ def test_binary():
 
 
 KINDS = ["flat", "idmap", "idmap_dense", "binary", "ivfflat", "ivfpq", "refine", "hnsw"]
+KINDS += ["idmap_hnsw"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -23,7 +23,9 @@ from gpuann.compat.faiss._common import (
     faiss_errors,
     metric_name,
 )
+from gpuann.compat.faiss.hnsw import IndexHNSWFlat
 from gpuann.flat import FlatIndex
+from gpuann.hnsw import HNSWIndex
 
 __all__ = [
     "IndexFlat",
@@ -186,18 +188,20 @@ def vector_to_array(v: Any) -> np.ndarray:
 
 
 class IndexIDMap(Index):
-    """faiss ``IndexIDMap``: the caller's int64 ids over an empty flat index.
+    """faiss ``IndexIDMap``: the caller's int64 ids over an empty flat or HNSW index.
 
-    :attr:`index` is the wrapped flat index (as in faiss); :attr:`id_map` the id of each of
-    its positions. Ids need not be unique, as in faiss.
+    :attr:`index` is the wrapped index (as in faiss); :attr:`id_map` the id of each of its
+    positions. Ids need not be unique, as in faiss. Over an ``IndexHNSWFlat``, searches take
+    its ``SearchParametersHNSW`` and, as in faiss, ``remove_ids`` and ``merge_from`` raise.
     """
 
     _positional = True
 
-    def __init__(self, index: IndexFlat) -> None:
-        if not isinstance(index, IndexFlat):
+    def __init__(self, index: IndexFlat | IndexHNSWFlat) -> None:
+        if not isinstance(index, (IndexFlat, IndexHNSWFlat)):
             raise TypeError(
-                f"index: expected an IndexFlat from gpuann.compat.faiss, got {type(index).__name__}"
+                "index: expected an IndexFlat or IndexHNSWFlat from gpuann.compat.faiss, got "
+                f"{type(index).__name__}"
             )
         if index.ntotal:
             raise FaissRuntimeError("index: IndexIDMap needs an empty index (as in faiss)")
@@ -207,8 +211,17 @@ class IndexIDMap(Index):
         self.id_map = Int64Vector()
 
     @property
-    def _native(self) -> FlatIndex:
+    def _native(self) -> FlatIndex | HNSWIndex:
         return self.index.index
+
+    @property
+    def _over_graph(self) -> bool:
+        return isinstance(self.index, IndexHNSWFlat)
+
+    def _search_positions(self, x: Any, k: int, params: Any) -> tuple[Any, Any]:
+        if self._over_graph:  # the graph's own parameters (efSearch; no selectors)
+            return self.index._search_positions(x, k, params)
+        return super()._search_positions(x, k, params)
 
     @property
     def is_trained(self) -> bool:
@@ -239,7 +252,9 @@ class IndexIDMap(Index):
 
     def remove_ids(self, x: Any) -> int:
         """Remove every vector whose id is in ``x`` (array or ``IDSelector``); the others keep
-        their ids and order, as in faiss."""
+        their ids and order, as in faiss (over a graph: refused, as in faiss)."""
+        if self._over_graph:
+            return self.index.remove_ids(x)
         mask = self._selection(x).mask(self.id_map.numpy())
         positions = np.flatnonzero(mask)
         if not positions.size:
@@ -271,8 +286,11 @@ class IndexIDMap(Index):
         return self.reconstruct(0)
 
     def merge_from(self, otherIndex: Any, add_id: int = 0) -> None:
-        """Append ``otherIndex``'s vectors with their ids (plus ``add_id``); it is left empty."""
+        """Append ``otherIndex``'s vectors with their ids (plus ``add_id``); it is left empty
+        (over a graph: refused, as in faiss)."""
         self._check_mergeable(otherIndex)
+        if self._over_graph:
+            self.index.merge_from(otherIndex.index)
         if otherIndex.ntotal:
             with faiss_errors():
                 self._native.add(otherIndex._native.reconstruct(otherIndex._native.ids))

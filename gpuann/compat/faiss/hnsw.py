@@ -159,7 +159,3 @@ class IndexHNSWFlat(Index):
     def merge_from(self, otherIndex: Any, add_id: int = 0) -> None:
         """Refused, as in faiss (``gpuann.HNSWIndex.merge_from`` merges)."""
         raise FaissRuntimeError("merge_from() not implemented for this type of index")
-
-    def range_search(self, x: Any, thresh: float, *, params: Any = None):
-        """Not supported by the shim (faiss's HNSW has it; gpuann's has not)."""
-        raise NotImplementedError("range_search: not supported on IndexHNSWFlat by gpuann")

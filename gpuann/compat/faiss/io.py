@@ -1,7 +1,7 @@
 """Index files: faiss's format through faiss-cpu when it is installed, gpuann's otherwise.
 
 - :func:`write_index` / :func:`serialize_index` write what faiss's ``read_index`` reads (flat,
-  ``IndexIDMap``/``IndexIDMap2`` over flat, IVF-Flat, IVF-PQ, ``IndexRefineFlat``,
+  ``IndexIDMap``/``IndexIDMap2`` over flat or HNSW, IVF-Flat, IVF-PQ, ``IndexRefineFlat``,
   ``IndexHNSWFlat``, binary flat), converted with faiss-cpu. ``IndexLSH`` (whose rotation is
   gpuann's), and every index when faiss is not installed, are written in gpuann's safe native
   format instead.
@@ -119,8 +119,19 @@ def _flat_vectors(shim: Any) -> np.ndarray:
 def _to_faiss(real: Any, index: Index) -> Any:
     """A faiss-cpu index equal to ``index``, or None when faiss has no counterpart."""
     if isinstance(index, IndexIDMap):
-        inner = real.IndexFlat(index.d, index.metric_type)
-        out = (real.IndexIDMap2 if isinstance(index, IndexIDMap2) else real.IndexIDMap)(inner)
+        kind = real.IndexIDMap2 if isinstance(index, IndexIDMap2) else real.IndexIDMap
+        if isinstance(index.index, IndexHNSWFlat):
+            # faiss wraps empty indexes only: the map is made over a stand-in, then given the
+            # graph (kept alive by the caller's reference to ``out`` until it is written)
+            graph = _to_faiss(real, index.index)
+            out = kind(real.IndexHNSWFlat(index.d, 2, index.metric_type))
+            out.index, out.ntotal = graph, graph.ntotal
+            out.referenced_objects = [graph]
+            real.copy_array_to_vector(index.id_map.numpy().copy(), out.id_map)
+            if isinstance(index, IndexIDMap2):
+                out.construct_rev_map()
+            return out
+        out = kind(real.IndexFlat(index.d, index.metric_type))
         if index.ntotal:
             out.add_with_ids(_flat_vectors(index.index), index.id_map.numpy().copy())
         return out
@@ -191,9 +202,10 @@ def _from_faiss(real: Any, index: Any) -> Index:
         return shim
     if kind in ("IndexIDMap", "IndexIDMap2"):
         inner = _from_faiss(real, index.index)
-        if type(inner) not in (IndexFlatL2, IndexFlatIP):
+        if type(inner) not in (IndexFlatL2, IndexFlatIP, IndexHNSWFlat):
             raise IndexFileError(f"an {kind} over {type(inner).__name__} has no gpuann shim")
-        shim = (IndexIDMap2 if kind == "IndexIDMap2" else IndexIDMap)(type(inner)(index.d))
+        stand_in = IndexFlat(index.d, inner.metric_type)  # replaced by ``inner`` below
+        shim = (IndexIDMap2 if kind == "IndexIDMap2" else IndexIDMap)(stand_in)
         shim.index = inner
         shim.id_map.extend(real.vector_to_array(index.id_map))
         return shim

@@ -243,7 +243,7 @@ _REFINE = ("RFlat", "Refine(Flat)")
 _SHIM_KINDS = ("Flat", "HNSW", "IVFFlat", "IVFPQ")
 _SHIM_FACTORY = (
     '"Flat", "HNSW[<M>][,Flat]", "IVF<n>,Flat", "IVF<n>,PQ<m>[x<b>]", with "IDMap[2]," before '
-    'Flat, or ",RFlat" after any of them'
+    'Flat or HNSW, or ",RFlat" after any of them'
 )
 
 
@@ -251,7 +251,7 @@ def index_factory(
     d: int, description: str, metric: int = METRIC_L2, device: str | torch.device | None = None
 ) -> Index:
     """faiss ``index_factory`` for ``"Flat"``, ``"HNSWM[,Flat]"``, ``"IVFn,Flat"``,
-    ``"IVFn,PQm[xb]"``, with an ``"IDMap,"`` / ``"IDMap2,"`` prefix (flat only) or a
+    ``"IVFn,PQm[xb]"``, with an ``"IDMap,"`` / ``"IDMap2,"`` prefix (flat, HNSW) or a
     ``",RFlat"`` suffix (:class:`IndexRefineFlat`, ``k_factor`` 1, as faiss); anything else
     (pre-transforms, scalar quantizers…) raises ``RuntimeError`` (also a ``ValueError``)."""
     from gpuann.ivf.factory import parse_description
@@ -281,9 +281,9 @@ def index_factory(
     else:
         index = IndexIVFPQ(None, d, spec["nlist"], spec["m"], spec["nbits"], metric, device)
     if id_map:
-        if spec["kind"] != "Flat":
+        if kind not in ("Flat", "HNSW"):
             raise FaissRuntimeError(
-                f"description: {description!r}: IDMap is supported over Flat only"
+                f"description: {description!r}: IDMap is supported over Flat and HNSW only"
             )
         index = (IndexIDMap2 if id_map == "IDMap2" else IndexIDMap)(index)
     return IndexRefineFlat(index) if refine else index

@@ -25,6 +25,7 @@ from gpuann.errors import NotTrainedError
 from gpuann.index import DEFAULT_SEED, Index
 from gpuann.inputs import host_queries
 from gpuann.metrics import Metric
+from gpuann.range_search import RangeResult
 from gpuann.result import SearchResult
 
 __all__ = ["HNSWIndex"]
@@ -504,20 +505,65 @@ class HNSWIndex(Index):
         d, ids = hf.order_results(d, labels, label_to_id, k, self._metric, self._tombstones)
         return torch.from_numpy(d).to(self._device), torch.from_numpy(ids).to(self._device)
 
+    def range_search(
+        self,
+        queries: Any,
+        radius: float,
+        *,
+        ef_search: int | None = None,
+        max_results: int | None = None,
+        memory_budget: int | None = None,
+        check_finite: bool = True,
+    ) -> RangeResult:
+        """The stored vectors within ``radius`` that a graph search finds (faiss's HNSW range
+        search: approximate).
+
+        Parameters
+        ----------
+        queries : torch.Tensor or numpy.ndarray, shape (Q, dim)
+        radius : float
+            ``"l2"``: squared distance ``< radius``; ``"ip"``, ``"cosine"``: ``> radius``.
+        ef_search : int, optional
+            Candidates examined per query (default :attr:`ef_search`): more finds more.
+        max_results, memory_budget, check_finite
+            As for :meth:`gpuann.Index.range_search`.
+
+        Returns
+        -------
+        RangeResult
+            ``(lims, distances, ids)`` in faiss's layout, each query's results nearest first,
+            equal distances by lower id. Removed vectors still take places among the
+            candidates a search examines, so many of them lower what is found: :meth:`compact`.
+        """
+        ef = self._ef_search if ef_search is None else positive_int(ef_search, "ef_search")
+        return self._run_range_search(
+            queries,
+            radius,
+            max_results=max_results,
+            memory_budget=memory_budget,
+            check_finite=check_finite,
+            ef_search=ef,
+        )
+
     def _range_search(
-        self, queries: torch.Tensor, radius: float, *, max_results: int | None, memory_budget: Any
+        self,
+        queries: torch.Tensor,
+        radius: float,
+        *,
+        max_results: int | None,
+        memory_budget: Any,
+        ef_search: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """faiss's HNSW range search (approximate: what a search of :attr:`ef_search`
-        candidates finds within ``radius``), removed vectors dropped, each query's results
-        ordered by distance, then id."""
+        """faiss's HNSW range search, removed vectors dropped, each query's results ordered
+        by distance, then id."""
         from gpuann.range_search import DEFAULT_MAX_RESULTS, order_ranges
 
         nq = queries.shape[0]
         if not len(self) or not nq:
             lims = torch.zeros(nq + 1, dtype=torch.int64, device=self._device)
-            empty = torch.empty(0, device=self._device)
+            empty = torch.empty(0, dtype=torch.float32, device=self._device)
             return lims, empty, empty.long()
-        found = hf.range_search(self._faiss, queries, radius, self._ef_search)
+        found = hf.range_search(self._faiss, queries, radius, ef_search)
         lims, distances, labels = (torch.from_numpy(a) for a in found)
         lims, ids = lims.long(), self._label_to_id[labels]
         if self._tombstones:

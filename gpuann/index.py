@@ -332,6 +332,25 @@ class Index(Mutations, Persistence):
             ``distances[lims[i]:lims[i+1]]`` and ``ids[lims[i]:lims[i+1]]``, nearest first,
             equal distances by lower id. numpy when ``queries`` is numpy.
         """
+        return self._run_range_search(
+            queries,
+            radius,
+            max_results=max_results,
+            memory_budget=memory_budget,
+            check_finite=check_finite,
+        )
+
+    def _run_range_search(
+        self,
+        queries: Any,
+        radius: float,
+        *,
+        max_results: int | None,
+        memory_budget: int | None,
+        check_finite: bool,
+        **options: Any,
+    ) -> RangeResult:
+        """:meth:`range_search` with an index's own ``options`` for :meth:`_range_search`."""
         if isinstance(radius, bool) or not isinstance(radius, (int, float, np.number)):
             raise TypeError(f"radius: expected a number, got {type(radius).__name__}")
         if not np.isfinite(float(radius)):
@@ -346,6 +365,7 @@ class Index(Mutations, Persistence):
                 float(radius),
                 max_results=max_results,
                 memory_budget=self._budget(budget),
+                **options,
             )
         if was_numpy:
             return RangeResult(lims.cpu().numpy(), distances.cpu().numpy(), ids.cpu().numpy())

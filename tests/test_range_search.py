@@ -142,6 +142,11 @@ def test_hnsw_range_search_equals_faiss_on_the_same_graph_and_skips_removed(
         key = D[lims[i] : lims[i + 1]]
         key = -key if metric != "l2" else key
         assert bool((key[1:] >= key[:-1]).all())  # nearest first
+    narrow = index.range_search(q, radius, ef_search=2)  # fewer candidates: fewer found
+    f_narrow = graph.range_search(qn.numpy(), radius, params=faiss.SearchParametersHNSW(efSearch=2))
+    assert narrow.lims.tolist() == f_narrow[0].tolist() and int(narrow.lims[-1]) < int(lims[-1])
+    with pytest.raises(ValueError, match="ef_search"):
+        index.range_search(q, radius, ef_search=0)
     removed = I[lims[0] : lims[0] + 3]
     index.remove(removed)
     lims2, _, I2 = index.range_search(q, radius)

@@ -269,6 +269,8 @@ def hnsw(faiss, metric):
     radius = 6.0 if metric == faiss.METRIC_L2 else 1.0
     lims, D, I = index.range_search(xq, radius)
     out["range"] = (lims.dtype.name, lims, ranges(lims, D, I))
+    lims, D, I = index.range_search(xq, radius, params=faiss.SearchParametersHNSW(efSearch=64))
+    out["range_ef"] = (lims, ranges(lims, D, I))  # more candidates, more found
     out["reconstruct"] = (index.reconstruct(7), index.reconstruct_n(3, 4))
     out["remove"] = outcome(lambda: index.remove_ids(np.array([1])))
     out["add_with_ids"] = outcome(lambda: index.add_with_ids(xb[:2], np.array([5, 6])))
@@ -293,6 +295,13 @@ def id_map_hnsw(faiss, cls):
     out["remove"] = (outcome(lambda: index.remove_ids(np.array([7]))), index.ntotal)
     other = getattr(faiss, cls)(faiss.IndexHNSWFlat(8, 16))
     out["merge"] = (outcome(lambda: index.merge_from(other)), index.ntotal)
+    flat = getattr(faiss, cls)(faiss.IndexFlatL2(8))
+    flat.add_with_ids(xb[:5], np.arange(5))
+    out["merge_into_flat"] = (outcome(lambda: flat.merge_from(index)), flat.ntotal, index.ntotal)
+    params = faiss.SearchParametersHNSW(efSearch=48)
+    lims, D, I = index.range_search(xq, 6.0, params=params)
+    out["range"] = (lims, ranges(lims, D, I))
+    out["search_and_reconstruct"] = outcome(lambda: index.search_and_reconstruct(xq, 3))
     if cls == "IndexIDMap2":
         out["reconstruct"] = index.reconstruct(10)
     again = pickle.loads(pickle.dumps(index))
@@ -507,8 +516,9 @@ def test_id_map_over_hnsw(cls):
 def test_factory_refuses_what_the_shim_cannot_build():
     # "PCA4,Flat" gave an 8-dimensional IndexFlat (the PCA silently dropped) and "HNSW32" or
     # "IVF8,SQ8" a KeyError; now faiss's RuntimeError (also a ValueError) names the string
-    for description in ("PCA4,Flat", "OPQ2,IVF8,PQ2", "IVF8,SQ8", "HNSW8,SQ8", "IDMap,IVF8,Flat"):
-        with pytest.raises(RuntimeError, match=r"no gpuann\.compat\.faiss counterpart|IDMap"):
+    refused = ("PCA4,Flat", "OPQ2,IVF8,PQ2", "IVF8,SQ8", "HNSW8,SQ8", "IDMap,IVF8,Flat")
+    for description in (*refused, "IDMap2,HNSW8,RFlat", "IDMap,Flat,RFlat"):
+        with pytest.raises(RuntimeError, match=r"counterpart|IDMap is supported"):
             shim.index_factory(8, description)
     with pytest.raises(ValueError, match="Bogus"):
         shim.index_factory(8, "Bogus")

@@ -180,10 +180,14 @@ class Index:
         if params is not None and getattr(params, "sel", None) is not None:
             raise NotImplementedError("range_search: params.sel is not supported by the shim")
         with faiss_errors():
-            lims, distances, positions = self._native.range_search(x, float(thresh))
+            lims, distances, positions = self._native_range(x, float(thresh), params)
         if isinstance(lims, np.ndarray):
             lims = lims.astype(np.uint64)
         return lims, distances, self._labels(positions)
+
+    def _native_range(self, x: Any, thresh: float, params: Any) -> tuple[Any, Any, Any]:
+        """The gpuann index's range search (``params``: an index's own search parameters)."""
+        return self._native.range_search(x, thresh)
 
     def search_and_reconstruct(
         self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None, R: Any = None

@@ -223,6 +223,24 @@ class IndexIDMap(Index):
             return self.index._search_positions(x, k, params)
         return super()._search_positions(x, k, params)
 
+    def _native_range(self, x: Any, thresh: float, params: Any) -> tuple[Any, Any, Any]:
+        return self.index._native_range(x, thresh, params)
+
+    def _check_mergeable(self, other: Any) -> None:
+        super()._check_mergeable(other)
+        if type(other.index) is not type(self.index):  # as faiss's inner check
+            raise FaissRuntimeError(
+                f"merge_from: cannot merge an {type(self).__name__} over "
+                f"{type(other.index).__name__} into one over {type(self.index).__name__}: "
+                "check_compatible_for_merge failed"
+            )
+
+    def search_and_reconstruct(
+        self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None, R: Any = None
+    ):
+        """Not supported by ``IndexIDMap``, as in faiss: use ``IndexIDMap2``."""
+        return self.reconstruct(0)
+
     @property
     def is_trained(self) -> bool:
         return self.index.is_trained
@@ -310,6 +328,11 @@ class IndexIDMap2(IndexIDMap):
 
     def reconstruct(self, key: int, x: Any = None) -> np.ndarray:
         return Index.reconstruct(self, key, x)
+
+    def search_and_reconstruct(
+        self, x: Any, k: int, *, params: Any = None, D: Any = None, I: Any = None, R: Any = None
+    ):
+        return Index.search_and_reconstruct(self, x, k, params=params, D=D, I=I, R=R)
 
     def reconstruct_batch(self, key: Any, x: Any = None) -> np.ndarray:
         return Index.reconstruct_batch(self, key, x)

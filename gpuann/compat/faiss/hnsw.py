@@ -152,6 +152,10 @@ class IndexHNSWFlat(Index):
             distances, found = self._native.search(x, k, **options)
         return fill_missing(distances, found, self._missing()), found
 
+    def _native_range(self, x: Any, thresh: float, params: Any) -> tuple[Any, Any, Any]:
+        ef = getattr(params, "efSearch", None)
+        return self._native.range_search(x, thresh, ef_search=None if ef is None else int(ef))
+
     def remove_ids(self, x: Any) -> int:
         """Refused, as in faiss (its HNSW cannot remove; ``gpuann.HNSWIndex`` can)."""
         raise FaissRuntimeError("remove_ids not implemented for this type of index")

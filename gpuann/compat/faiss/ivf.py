@@ -281,6 +281,10 @@ def index_factory(
     else:
         index = IndexIVFPQ(None, d, spec["nlist"], spec["m"], spec["nbits"], metric, device)
     if id_map:
+        if refine:  # faiss nests the refinement inside the map; the shim's map cannot
+            raise FaissRuntimeError(
+                f"description: {description!r}: IDMap with RFlat has no gpuann counterpart"
+            )
         if kind not in ("Flat", "HNSW"):
             raise FaissRuntimeError(
                 f"description: {description!r}: IDMap is supported over Flat and HNSW only"

@@ -556,7 +556,7 @@ class HNSWIndex(Index):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """faiss's HNSW range search, removed vectors dropped, each query's results ordered
         by distance, then id."""
-        from gpuann.range_search import DEFAULT_MAX_RESULTS, order_ranges
+        from gpuann.range_search import finish_ranges
 
         nq = queries.shape[0]
         if not len(self) or not nq:
@@ -565,20 +565,15 @@ class HNSWIndex(Index):
             return lims, empty, empty.long()
         found = hf.range_search(self._faiss, queries, radius, ef_search)
         lims, distances, labels = (torch.from_numpy(a) for a in found)
-        lims, ids = lims.long(), self._label_to_id[labels]
-        if self._tombstones:
-            alive = ids >= 0
-            query = torch.repeat_interleave(torch.arange(nq), lims.diff())
-            counts = torch.bincount(query[alive], minlength=nq)
-            lims = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-            distances, ids = distances[alive], ids[alive]
-        limit = DEFAULT_MAX_RESULTS if max_results is None else max_results
-        if ids.numel() > limit:
-            raise ValueError(
-                f"radius: more than max_results={limit} results ({ids.numel()}); pass a "
-                "tighter radius or a larger max_results"
-            )
-        distances, ids = order_ranges(lims, distances, ids, descending=self._metric.descending)
+        ids = self._label_to_id[labels]
+        lims, distances, ids = finish_ranges(
+            lims.long(),
+            distances,
+            ids,
+            alive=(ids >= 0) if self._tombstones else None,
+            max_results=max_results,
+            descending=self._metric.descending,
+        )
         return lims.to(self._device), distances.to(self._device), ids.to(self._device)
 
     def _allowed_bitmap(self) -> np.ndarray:

@@ -21,7 +21,13 @@ import torch
 
 from gpuann.budget import check_budget
 
-__all__ = ["DEFAULT_MAX_RESULTS", "RangeResult", "order_ranges", "tiled_range_search"]
+__all__ = [
+    "DEFAULT_MAX_RESULTS",
+    "RangeResult",
+    "finish_ranges",
+    "order_ranges",
+    "tiled_range_search",
+]
 
 #: Results allowed by default in one ``range_search`` call (about 1.5 GB of output).
 DEFAULT_MAX_RESULTS = 1 << 27
@@ -132,3 +138,48 @@ def order_ranges(
     order = order[torch.argsort(scores[order], stable=True, descending=descending)]
     order = order[torch.argsort(queries[order], stable=True)]
     return scores[order], ids[order]
+
+
+def finish_ranges(
+    lims: torch.Tensor,
+    scores: torch.Tensor,
+    ids: torch.Tensor,
+    *,
+    alive: torch.Tensor | None,
+    max_results: int | None,
+    descending: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """faiss's range search results made gpuann's: the entries ``alive`` keeps (None: all),
+    at most ``max_results`` of them (default :data:`DEFAULT_MAX_RESULTS`; more raise
+    ``ValueError`` naming the radius), each query's ordered by score, then id.
+
+    Parameters
+    ----------
+    lims : torch.Tensor, shape (Q + 1,), int64 (CPU)
+    scores, ids : torch.Tensor, shape (lims[-1],)
+    alive : torch.Tensor, shape (lims[-1],), bool, or None
+
+    Returns
+    -------
+    lims, scores, ids : torch.Tensor
+
+    >>> lims, s, i = finish_ranges(torch.tensor([0, 3]), torch.tensor([2.0, 1.0, 1.0]),
+    ...     torch.tensor([7, 9, 4]), alive=torch.tensor([True, True, False]),
+    ...     max_results=None, descending=False)
+    >>> lims.tolist(), s.tolist(), i.tolist()
+    ([0, 2], [1.0, 2.0], [9, 7])
+    """
+    if alive is not None:
+        n_queries = lims.numel() - 1
+        query = torch.repeat_interleave(torch.arange(n_queries), lims.diff())
+        counts = torch.bincount(query[alive], minlength=n_queries)
+        lims = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+        scores, ids = scores[alive], ids[alive]
+    limit = DEFAULT_MAX_RESULTS if max_results is None else max_results
+    if ids.numel() > limit:
+        raise ValueError(
+            f"radius: more than max_results={limit} results ({ids.numel()}); pass a "
+            "tighter radius or a larger max_results"
+        )
+    scores, ids = order_ranges(lims, scores, ids, descending=descending)
+    return lims, scores, ids

@@ -130,22 +130,18 @@ def faiss_range_search(
     """Range search over ``nprobe`` lists on the host copy (faiss-gpu has none), tombstoned
     ids dropped, each query's results ordered by distance then id (CPU tensors)."""
     from gpuann.ivf import _faiss
-    from gpuann.range_search import DEFAULT_MAX_RESULTS, order_ranges
+    from gpuann.range_search import finish_ranges
 
     found = _faiss.range_search(lists.host_index(), queries, radius, nprobe)
     lims, distances, labels = (torch.from_numpy(a) for a in found)
+    alive = None
     if lists.tombstones.numel():
         alive = ~torch.isin(labels, lists.tombstones.cpu())
-        counts = torch.zeros(lims.numel() - 1, dtype=torch.int64)
-        query = torch.repeat_interleave(torch.arange(counts.numel()), lims.diff())
-        counts.index_add_(0, query[alive], torch.ones_like(query[alive]))
-        lims = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-        distances, labels = distances[alive], labels[alive]
-    limit = DEFAULT_MAX_RESULTS if max_results is None else max_results
-    if labels.numel() > limit:
-        raise ValueError(
-            f"radius: more than max_results={limit} results ({labels.numel()}); pass a "
-            "tighter radius or a larger max_results"
-        )
-    distances, labels = order_ranges(lims, distances, labels, descending=metric is not Metric.L2)
-    return lims, distances, labels
+    return finish_ranges(
+        lims.long(),
+        distances,
+        labels,
+        alive=alive,
+        max_results=max_results,
+        descending=metric is not Metric.L2,
+    )

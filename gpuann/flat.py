@@ -142,9 +142,16 @@ class FlatIndex(RefineOptions, Index):
         if self._int8 is not None:
             return self._int8.columns()
         columns = {"vectors": ((self._dim,), self._dtype)}
-        if self._metric is Metric.L2:
+        if self._keeps_sqnorms():
             columns["sqnorms"] = ((), torch.float32)
         return columns
+
+    def _keeps_sqnorms(self) -> bool:
+        """Each row's squared norm is kept (derived, never saved): L2 scores add it, and with
+        float32 storage the CPU's verified passes bound inner products with it (measured
+        2026-12-08, 2 threads, AMD EPYC: 5-7 ms of a 70-180 ms search measured it again,
+        Q = 100, N = 10⁵, d = 128 and Q = 1000, N = 20 000, d = 384); 4 bytes a row."""
+        return self._metric is Metric.L2 or self._dtype == torch.float32
 
     def _input_dtype(self) -> torch.dtype:
         return torch.float32 if self._int8 is not None else self._dtype
@@ -157,7 +164,7 @@ class FlatIndex(RefineOptions, Index):
     def _derive(self, columns: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self._int8 is not None:
             return self._int8.derive(columns["vectors"])
-        if self._metric is not Metric.L2:
+        if not self._keeps_sqnorms():
             return {}
         return {"sqnorms": squared_norms(columns["vectors"])}
 
@@ -309,7 +316,7 @@ class FlatIndex(RefineOptions, Index):
             vectors,
             wanted,
             self._metric.scoring,
-            database_sqnorms=rows.view("sqnorms") if self._metric is Metric.L2 else None,
+            database_sqnorms=rows.view("sqnorms") if self._keeps_sqnorms() else None,
             query_scale=query_scale,
             backend=backend,
             memory_budget=self._budget(memory_budget),

@@ -163,7 +163,9 @@ class SearchRequest(DatabaseRequest, RowFilters):
     metric : Metric
         ``L2`` or ``IP``. Cosine arrives as ``IP`` with ``column_scale`` (or pre-normalised rows).
     database_sqnorms : torch.Tensor or None, shape (N,), float32
-        Squared norms of the database rows (L2 only); computed per tile when ``None``.
+        Squared norms of the database rows: L2 scores add them (computed per tile when
+        ``None``); inner-product searches may pass them too, which only the CPU's verified
+        passes read (their bound on every row's norm).
     column_scale : torch.Tensor or None, shape (N,), float32
         Multiplies each row's inner product (``1 / ‖x‖`` for a cosine search over raw rows).
     memory_budget : int

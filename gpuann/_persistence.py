@@ -34,6 +34,7 @@ class Persistence:
             raise ValueError("other: cannot merge an index into itself")
         search_defaults = ("memory_budget", "nprobe", "refine_factor", "ef_search")
         search_defaults += ("ef_construction",)  # HNSW: applies to later adds only
+        search_defaults += ("max_train_points",)  # IVF: training only (compared by its own check)
         mine = {k: v for k, v in self._config().items() if k not in search_defaults}
         theirs = {k: v for k, v in other._config().items() if k not in search_defaults}
         if mine != theirs:

@@ -103,7 +103,10 @@ def _encode(
             crc = zlib.crc32(blob, crc)
             blobs.append(blob)
             offset += pad
-        blob = tensor.detach().contiguous().cpu().view(torch.uint8).numpy().reshape(-1)
+        tensor = tensor.detach().cpu()
+        if not tensor.numel():  # an empty tensor may have stride 0, which view() refuses
+            tensor = torch.empty(tensor.shape, dtype=tensor.dtype)  # (found by review)
+        blob = tensor.contiguous().view(torch.uint8).numpy().reshape(-1)
         entries.append(
             {
                 "name": name,

@@ -169,8 +169,13 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
 
     @property
     def max_train_points(self) -> int:
-        """Training uses a seeded sample of at most this many of the vectors given."""
+        """Training uses a seeded sample of at most this many of the vectors given (settable
+        before :meth:`train`)."""
         return self._max_train if self._max_train is not None else self._default_max_train()
+
+    @max_train_points.setter
+    def max_train_points(self, value: int) -> None:
+        self._max_train = positive_int(value, "max_train_points")
 
     @property
     def nprobe(self) -> int:

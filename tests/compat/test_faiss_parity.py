@@ -452,6 +452,122 @@ def read(faiss, kind, path):
     return out
 
 
+def ivf_large_training(faiss, kind):
+    """More training vectors than 256 per list: faiss samples them itself (the shim passed
+    its own sample, other vectors: other centroids, other results)."""
+    xb, xq = _data(4097, 16, 10, seed=2)
+    if kind == "flat":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(16), 16, 8)
+    else:
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(16), 16, 16, 4, 4)  # 256 · 2⁴ = 4096
+    index.train(xb)
+    index.add(xb)
+    index.nprobe = 2
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    return centroids[np.lexsort(centroids.T[::-1])], index.search(xq, 5)
+
+
+def ivf_nprobe(faiss):
+    """nprobe above nlist visits every list (it raised ValueError); 0 fails at search; the
+    value is kept and written to files as faiss keeps it."""
+    xb, xq = _data(1000, 8, 4, seed=3)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(8), 8, 4)
+    index.train(xb)
+    index.add(xb)
+    out = []
+    for value in (64, 0, -1, 2.5):
+        out.append(outcome(lambda v=value: setattr(index, "nprobe", v)))
+        out.append(index.nprobe)
+        out.append(outcome(lambda: index.search(xq, 3)))
+    index.nprobe = 64
+    out.append(faiss.deserialize_index(faiss.serialize_index(index)).nprobe)
+    out.append(index.search(xq, 3, params=faiss.SearchParametersIVF(nprobe=50)))
+    out.append(outcome(lambda: index.search(xq, 3, params=faiss.SearchParametersIVF(nprobe=0))))
+    return out
+
+
+def runtime_errors(faiss):
+    """What faiss's C++ layer refuses with RuntimeError (the shim raised ValueError)."""
+    xb, _ = _data(100, 16, 1)
+    small = faiss.IndexIVFFlat(faiss.IndexFlatL2(16), 16, 200)
+    return [
+        outcome(lambda: small.train(xb)),
+        outcome(lambda: faiss.IndexIVFPQ(faiss.IndexFlatL2(16), 16, 4, 5, 8)),
+        outcome(lambda: faiss.IndexIVFFlat(faiss.IndexFlatL2(8), 16, 4)),
+        outcome(lambda: faiss.IndexLSH(16, 32, False)),
+        outcome(lambda: faiss.IndexBinaryFlat(12)),
+        outcome(lambda: faiss.index_factory(16, "IVF8,PQ5")),
+    ]
+
+
+def refine_edges(faiss):
+    """IndexRefineFlat searched empty (raised UnknownIdError), its range search (refused),
+    reversed query arrays (crashed), contiguous ids (were not)."""
+    xb, xq = _data(2000, 8, 3, seed=4)
+    out = []
+    for description in ("Flat,RFlat", "HNSW16,RFlat", "IVF8,PQ2x4,RFlat"):
+        index = faiss.index_factory(8, description)
+        index.train(xb)
+        out.append(index.search(xq, 3))
+        index.add(xb)
+        index.k_factor = 4
+        D, I = index.search(xq[::-1], 5)
+        out += [D, I, I.flags.c_contiguous]
+        lims, D, I = index.range_search(xb[:3] + 0.01, 2.0)
+        out.append((lims.dtype.name, ranges(lims, D, I)))
+        index.reset()
+        out.append(index.search(xq, 3))
+    return out
+
+
+def empty_ivf_files(faiss, tmp_path):
+    """An IVF file written trained and empty (faiss's "train once, add later") or untrained
+    is read back (an empty ids array raised inside torch)."""
+    xb, xq = _data(1000, 8, 3, seed=5)
+    out = []
+    for description in ("IVF8,Flat", "IVF8,PQ4x4"):
+        for train in (True, False):
+            index = faiss.index_factory(8, description)
+            if train:
+                index.train(xb)
+            path = str(tmp_path / f"{faiss.__name__}-{description}-{train}.index")
+            faiss.write_index(index, path)
+            copy = faiss.deserialize_index(faiss.serialize_index(index))
+            for back in (faiss.read_index(path), copy):
+                out.append((back.ntotal, back.is_trained))
+                if not train:
+                    back.train(xb)
+                back.add(xb)
+                back.nprobe = 8
+                out.append(back.search(xq, 3))
+    return out
+
+
+def small_names(faiss):
+    """Binary range distances as float32, ParameterSpace, extract_index_ivf, base classes."""
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 256, (300, 4), dtype=np.uint8)
+    binary = faiss.IndexBinaryFlat(32)
+    binary.add(codes)
+    lims, D, I = binary.range_search(codes[:3], 12)
+    out = [ranges(lims, D, I), isinstance(binary, faiss.IndexBinary), faiss.get_num_gpus()]
+    xb, xq = _data(1000, 8, 3, seed=7)
+    refine = faiss.IndexRefineFlat(faiss.index_factory(8, "IVF4,Flat"))
+    refine.train(xb)
+    refine.add(xb)
+    space = faiss.ParameterSpace()
+    space.set_index_parameters(refine, "nprobe=3,k_factor_rf=2")
+    out += [faiss.extract_index_ivf(refine).nprobe, refine.k_factor, refine.search(xq, 4)]
+    for name in ("efSearch", "k_factor", "bogus"):
+        out.append(outcome(lambda n=name: space.set_index_parameter(refine, n, 3)))
+    graph = faiss.IndexIDMap(faiss.IndexHNSWFlat(8, 8))
+    space.set_index_parameter(graph, "efSearch", 41)
+    inner = faiss.downcast_index(graph.index)
+    out += [inner.hnsw.efSearch, isinstance(inner, faiss.IndexHNSW)]
+    out.append(outcome(lambda: faiss.extract_index_ivf(graph)))
+    return out
+
+
 # ---------------------------------------------------------------- tests
 @pytest.mark.parametrize("metric", [real.METRIC_L2, real.METRIC_INNER_PRODUCT])
 def test_flat_search(metric):
@@ -616,3 +732,42 @@ def test_shim_substituted_after_real_faiss_was_imported(order):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq"])
+def test_ivf_trained_on_more_than_faiss_samples(kind):
+    both(ivf_large_training, kind)
+
+
+def test_ivf_nprobe_as_faiss_keeps_it():
+    both(ivf_nprobe)
+
+
+def test_what_faiss_refuses_with_runtime_error():
+    both(runtime_errors)
+
+
+def test_refine_empty_reversed_and_range_search():
+    both(refine_edges)
+
+
+def test_empty_and_untrained_ivf_files(tmp_path):
+    both(empty_ivf_files, tmp_path)
+
+
+def test_small_names():
+    both(small_names)
+
+
+def test_max_codes_is_refused_not_ignored():
+    """faiss stops scanning after max_codes codes; the shim scans every code of its lists, so
+    it refuses the option (it was silently ignored)."""
+    xb, xq = _data(1000, 8, 2, seed=8)
+    index = shim.IndexIVFFlat(shim.IndexFlatL2(8), 8, 4)
+    index.train(xb)
+    index.add(xb)
+    with pytest.raises(NotImplementedError, match="max_codes"):
+        index.search(xq, 3, params=shim.SearchParametersIVF(nprobe=2, max_codes=50))
+    index.max_codes = 50
+    with pytest.raises(NotImplementedError, match="max_codes"):
+        index.search(xq, 3)

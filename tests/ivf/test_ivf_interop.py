@@ -40,3 +40,21 @@ def test_from_faiss_refuses_what_gpuann_cannot_hold():
     hnsw = faiss.IndexHNSWFlat(8, 16)
     with pytest.raises(gpuann.IndexFileError, match="expected a faiss IVF index"):
         from_faiss(hnsw)
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_an_empty_index_from_faiss_saves_and_loads(tmp_path, trained):
+    """faiss's "train once, add later" file: its empty ids array has stride 0, which the
+    native writer's byte view refused (found by review through the shim's read_index)."""
+    x = np.random.default_rng(2).standard_normal((500, 8), dtype=np.float32)
+    index = faiss.index_factory(8, "IVF4,Flat")
+    if trained:
+        index.train(x)
+    native = from_faiss(index, device="cpu")
+    native.save(tmp_path / "empty.gpuann")
+    back = gpuann.load(tmp_path / "empty.gpuann")
+    assert len(back) == 0 and back.is_trained == trained
+    if not trained:
+        back.train(x)
+    back.add(x)
+    assert len(back) == 500

@@ -37,7 +37,7 @@ from gpuann.compat.faiss._common import (
     fill_missing,
     metric_name,
 )
-from gpuann.compat.faiss.binary import IndexBinaryFlat, IndexLSH
+from gpuann.compat.faiss.binary import IndexBinary, IndexBinaryFlat, IndexLSH
 from gpuann.compat.faiss.flat import (
     IndexFlat,
     IndexFlatIP,
@@ -47,7 +47,7 @@ from gpuann.compat.faiss.flat import (
     Int64Vector,
     vector_to_array,
 )
-from gpuann.compat.faiss.hnsw import IndexHNSWFlat, SearchParametersHNSW
+from gpuann.compat.faiss.hnsw import IndexHNSW, IndexHNSWFlat, SearchParametersHNSW
 from gpuann.compat.faiss.io import (
     deserialize_index,
     deserialize_index_binary,
@@ -77,10 +77,12 @@ __all__ = [
     "FAISS_SEED",
     "DirectMap",
     "Index",
+    "IndexBinary",
     "IndexBinaryFlat",
     "IndexFlat",
     "IndexFlatIP",
     "IndexFlatL2",
+    "IndexHNSW",
     "IndexHNSWFlat",
     "IndexIDMap",
     "IndexIDMap2",
@@ -91,11 +93,15 @@ __all__ = [
     "IndexRefineFlat",
     "IndexRefineSearchParameters",
     "Int64Vector",
+    "ParameterSpace",
     "SearchParametersHNSW",
+    "__version__",
     "clone_index",
     "deserialize_index",
     "deserialize_index_binary",
     "downcast_index",
+    "extract_index_ivf",
+    "get_num_gpus",
     "index_factory",
     "knn",
     "normalize_L2",
@@ -109,6 +115,61 @@ __all__ = [
     "write_index",
     "write_index_binary",
 ]
+
+
+#: The faiss release whose Python API this module follows: its parity tests run against it.
+__version__ = "1.15.1"
+
+
+def get_num_gpus() -> int:
+    """0: the shim offers none of faiss's GPU classes (``index_cpu_to_gpu``…); its indexes
+    live on the GPU by themselves when torch sees one."""
+    return 0
+
+
+def extract_index_ivf(index: Index) -> IndexIVF:
+    """The ``IndexIVF`` inside ``index`` (itself, or under ``IndexRefineFlat``/``IndexIDMap``),
+    as faiss's; ``RuntimeError`` when there is none."""
+    inner = index
+    while not isinstance(inner, IndexIVF):
+        inner = getattr(inner, "base_index", None) or getattr(inner, "index", None)
+        if not isinstance(inner, Index):
+            raise _common.FaissRuntimeError(
+                f"extract_index_ivf: {type(index).__name__} holds no IndexIVF"
+            )
+    return inner
+
+
+class ParameterSpace:
+    """faiss's ``ParameterSpace`` for setting search parameters by name: ``nprobe`` (IVF),
+    ``efSearch`` (HNSW), ``k_factor_rf`` (``IndexRefineFlat``), through the wrappers that hold
+    them; an unknown name or an index without it raises ``RuntimeError`` as faiss's."""
+
+    def set_index_parameters(self, index: Index, description: str) -> None:
+        """``description``: ``"name=value,name=value"``."""
+        for part in str(description).split(","):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise _common.FaissRuntimeError(f"ParameterSpace: cannot parse {part!r}")
+            self.set_index_parameter(index, name.strip(), float(value))
+
+    def set_index_parameter(self, index: Index, name: str, value: float) -> None:
+        if name == "k_factor_rf" and isinstance(index, IndexRefineFlat):
+            index.k_factor = float(value)
+            return
+        if name == "nprobe" and isinstance(index, IndexIVF):
+            index.nprobe = int(value)
+            return
+        if name == "efSearch" and isinstance(index, IndexHNSW):
+            index.hnsw.efSearch = int(value)
+            return
+        inner = getattr(index, "base_index", None) or getattr(index, "index", None)
+        if isinstance(inner, Index):
+            self.set_index_parameter(inner, name, value)
+            return
+        raise _common.FaissRuntimeError(
+            f"ParameterSpace: could not set parameter {name} on {type(index).__name__}"
+        )
 
 
 def knn(xq: Any, xb: Any, k: int, metric: int = METRIC_L2) -> tuple[Any, Any]:

@@ -22,6 +22,7 @@ from gpuann.compat.faiss._common import (
     check_k,
     faiss_errors,
     fill_missing,
+    raises_as_faiss,
 )
 from gpuann.compat.faiss.selectors import IDSelector, IDSelectorBatch, selected
 
@@ -39,6 +40,13 @@ class Index:
     _positional = True
     #: whether the gpuann index's ``search`` takes ``allow_ids`` (for ``params.sel``).
     _filters = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every shim's constructor refuses arguments as faiss's (``RuntimeError``, see
+        :func:`~gpuann.compat.faiss._common.faiss_errors`)."""
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = raises_as_faiss(cls.__dict__["__init__"])
 
     # ---------------------------------------------------------------- properties
     @property

@@ -9,7 +9,8 @@ dtype, since gpuann accepts them as they are.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ __all__ = [
     "fill_missing",
     "metric_name",
     "metric_type_of",
+    "raises_as_faiss",
 ]
 
 #: faiss's metric constants (same values as faiss).
@@ -90,13 +92,38 @@ class MissingFileError(RuntimeError, FileNotFoundError):
 
 @contextlib.contextmanager
 def faiss_errors() -> Iterator[None]:
-    """Re-raise gpuann's errors as the shim's faiss-compatible ones."""
+    """Re-raise gpuann's errors as the shim's faiss-compatible ones: an unknown id as
+    :class:`UnknownIdError`, an unreadable file as :class:`IndexFileError`, any other
+    ``ValueError`` (what faiss's C++ layer refuses with ``RuntimeError``) as
+    :class:`FaissRuntimeError`; faiss's assertions (:class:`ArgumentError`) stay as they are.
+    """
     try:
         yield
     except gpuann.UnknownIdError as err:
         if isinstance(err, UnknownIdError):
             raise
         raise UnknownIdError(str(err)) from err
+    except _NativeFileError as err:
+        if isinstance(err, RuntimeError):
+            raise
+        raise IndexFileError(str(err)) from err
+    except ValueError as err:
+        # found by review: IVF training on fewer than nlist vectors, a PQ whose M does not
+        # divide d, IndexLSH/IndexBinaryFlat arguments raised ValueError, not RuntimeError
+        if isinstance(err, (RuntimeError, AssertionError)):
+            raise
+        raise FaissRuntimeError(str(err)) from err
+
+
+def raises_as_faiss(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` run under :func:`faiss_errors` (the shims' constructors, the factory)."""
+
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with faiss_errors():
+            return function(*args, **kwargs)
+
+    return wrapped
 
 
 def metric_name(metric_type: int) -> str:

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from gpuann.compat.faiss._base import Index
 from gpuann.compat.faiss._common import INT32_MAX, METRIC_L2, as_codes
 
-__all__ = ["IndexBinaryFlat", "IndexLSH"]
+__all__ = ["IndexBinary", "IndexBinaryFlat", "IndexLSH"]
 
 
-class IndexBinaryFlat(Index):
+class IndexBinary(Index):
+    """What faiss's binary indexes share (for ``isinstance`` checks, as faiss's
+    ``IndexBinary``)."""
+
+
+class IndexBinaryFlat(IndexBinary):
     """faiss ``IndexBinaryFlat``: exact Hamming search over uint8 codes of ``d`` bits.
 
     Distances are int32 Hamming distances, as in faiss (``2**31 - 1`` beyond ``ntotal``).
@@ -47,6 +53,14 @@ class IndexBinaryFlat(Index):
 
     def _missing(self) -> float:
         return INT32_MAX
+
+    def range_search(self, x: Any, thresh: float, *, params: Any = None):
+        """As faiss's: Hamming distances below ``thresh``, as float32 (faiss's range results
+        hold floats; ``search`` gives int32)."""
+        lims, distances, ids = super().range_search(x, thresh, params=params)
+        if isinstance(distances, np.ndarray):
+            return lims, distances.astype(np.float32), ids
+        return lims, distances.float(), ids
 
 
 class IndexLSH(Index):

@@ -32,7 +32,7 @@ from gpuann.compat.faiss._common import (
 from gpuann.compat.faiss.selectors import SearchParameters
 from gpuann.hnsw import HNSWIndex
 
-__all__ = ["FAISS_HNSW_SEED", "HNSWView", "IndexHNSWFlat", "SearchParametersHNSW"]
+__all__ = ["FAISS_HNSW_SEED", "HNSWView", "IndexHNSW", "IndexHNSWFlat", "SearchParametersHNSW"]
 
 #: The seed of faiss's ``HNSW`` level generator (``rng(12345)`` in faiss's constructor).
 FAISS_HNSW_SEED = 12345
@@ -85,7 +85,12 @@ class HNSWView:
             raise AttributeError(f"hnsw.{name}: the shim sets efSearch and efConstruction only")
 
 
-class IndexHNSWFlat(Index):
+class IndexHNSW(Index):
+    """What faiss's HNSW indexes share (for ``isinstance`` checks, as faiss's
+    ``IndexHNSW``)."""
+
+
+class IndexHNSWFlat(IndexHNSW):
     """faiss ``IndexHNSWFlat(d, M=32, metric=METRIC_L2)``: an HNSW graph over float32 vectors.
 
     Parameters

@@ -185,7 +185,9 @@ def _ivf_from_faiss(real: Any, host: Any) -> Index:
         native = from_faiss(host, seed=FAISS_SEED)
     except gpuann.IndexFileError as err:
         raise IndexFileError(str(err)) from err
-    return IndexIVF.from_native(native)
+    shim = IndexIVF.from_native(native)
+    shim.nprobe = host.nprobe  # faiss's, above nlist too (the native one is clamped)
+    return shim
 
 
 def _from_faiss(real: Any, index: Any) -> Index:

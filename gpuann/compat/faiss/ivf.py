@@ -22,6 +22,7 @@ from gpuann.compat.faiss._common import (
     faiss_errors,
     metric_name,
     metric_type_of,
+    raises_as_faiss,
 )
 from gpuann.compat.faiss.flat import IndexFlat, IndexIDMap, IndexIDMap2
 from gpuann.compat.faiss.refine import IndexRefineFlat
@@ -30,6 +31,11 @@ __all__ = ["FAISS_SEED", "DirectMap", "IndexIVF", "IndexIVFFlat", "IndexIVFPQ", 
 
 #: faiss's default k-means seed (``ClusteringParameters.seed``).
 FAISS_SEED = 1234
+#: The native index's ``max_train_points``: every vector given to ``train`` reaches faiss,
+#: which samples them itself (its k-means and PQ training, seeded as faiss's own). gpuann's
+#: sample of larger sets took other vectors than faiss's: other centroids, other results
+#: (found by review: any IVF trained on more than 256 · nlist vectors).
+TRAIN_ON_ALL = 1 << 62
 
 
 class DirectMap:
@@ -74,6 +80,8 @@ class IndexIVF(Index):
         shim.index = native
         if native.is_trained:
             shim._fill_quantizer()
+        else:  # a file of an untrained index: trained later as faiss trains
+            native.max_train_points = TRAIN_ON_ALL
         return shim
 
     # ---------------------------------------------------------------- properties
@@ -83,12 +91,40 @@ class IndexIVF(Index):
 
     @property
     def nprobe(self) -> int:
-        """Lists visited per query (faiss's default is 1; so is this shim's)."""
-        return self.index.nprobe
+        """Lists visited per query (faiss's default is 1; so is this shim's). Any value from
+        0 is kept, as faiss keeps it: more than ``nlist`` visits every list, 0 makes a search
+        raise ``RuntimeError``."""
+        stored = self.__dict__.get("_nprobe")
+        return self.index.nprobe if stored is None else stored
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        self.index.nprobe = value
+        # faiss's SWIG size_t: TypeError for a non-int, OverflowError below 0 (found by
+        # review: nprobe above nlist raised ValueError, where faiss visits every list)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"nprobe: expected an int, got {type(value).__name__}")
+        if value < 0:
+            raise OverflowError(f"nprobe: expected a value >= 0 (size_t), got {value}")
+        self._nprobe = int(value)
+        if value >= 1:
+            self.index.nprobe = min(int(value), self.nlist)
+
+    #: faiss's cap on codes scanned per query (0: none); only 0 is supported here.
+    max_codes = 0
+
+    def _lists_to_visit(self, params: Any) -> int:
+        """``params.nprobe`` (``SearchParametersIVF``) or :attr:`nprobe`, at most ``nlist``;
+        0 raises as faiss's ``'cur_nprobe > 0' failed``."""
+        nprobe = int(params.nprobe) if hasattr(params, "nprobe") else self.nprobe
+        max_codes = getattr(params, "max_codes", 0) if params is not None else self.max_codes
+        if max_codes:  # faiss stops scanning after max_codes codes; silently ignored before
+            raise NotImplementedError(
+                "max_codes: not supported by the shim (it scans every code of nprobe lists); "
+                "lower nprobe instead"
+            )
+        if nprobe < 1:
+            raise FaissRuntimeError("search: Error: 'cur_nprobe > 0' failed")
+        return min(nprobe, self.nlist)
 
     def make_direct_map(self, new_maintain: bool = True) -> None:
         """Nothing to do: ``reconstruct`` works without a direct map here."""
@@ -143,14 +179,10 @@ class IndexIVF(Index):
 
     # ---------------------------------------------------------------- searching
     def _search_options(self, params: Any) -> dict[str, Any]:
-        """``params.sel`` as the native ``allow_ids`` (the selected ids the index holds),
-        ``params.nprobe`` (``SearchParametersIVF``) as ``nprobe``, clamped to 1…nlist as
-        faiss does; a plain ``SearchParameters`` keeps :attr:`nprobe`."""
-        if params is None:
-            return {}
+        """``params.sel`` as the native ``allow_ids`` (the selected ids the index holds), and
+        the lists to visit (:meth:`_lists_to_visit`)."""
         options = super()._search_options(params)  # sel -> allow_ids
-        if hasattr(params, "nprobe"):
-            options["nprobe"] = min(max(1, int(params.nprobe)), self.nlist)
+        options["nprobe"] = self._lists_to_visit(params)
         return options
 
     def range_search(self, x: Any, thresh: float, *, params: Any = None):
@@ -158,6 +190,7 @@ class IndexIVF(Index):
             raise NotImplementedError(
                 "range_search: params.nprobe is not supported; set index.nprobe instead"
             )
+        self._lists_to_visit(None)
         return super().range_search(x, thresh, params=params)  # params.sel: refused there
 
     # ---------------------------------------------------------------- merging
@@ -197,7 +230,13 @@ class IndexIVFFlat(IndexIVF):
 
         self._setup(quantizer, d, metric, device)
         self.index = IVFFlatIndex(
-            d, nlist, metric=metric_name(metric), device=device, nprobe=1, seed=FAISS_SEED
+            d,
+            nlist,
+            metric=metric_name(metric),
+            device=device,
+            nprobe=1,
+            seed=FAISS_SEED,
+            max_train_points=TRAIN_ON_ALL,
         )
 
     @property
@@ -231,6 +270,7 @@ class IndexIVFPQ(IndexIVF):
             device=device,
             nprobe=1,
             seed=FAISS_SEED,
+            max_train_points=TRAIN_ON_ALL,
         )
 
     @property
@@ -247,6 +287,7 @@ _SHIM_FACTORY = (
 )
 
 
+@raises_as_faiss
 def index_factory(
     d: int, description: str, metric: int = METRIC_L2, device: str | torch.device | None = None
 ) -> Index:

@@ -95,8 +95,47 @@ class IndexRefineFlat(Index):
         raise FaissRuntimeError("remove_ids not implemented for this type of index")
 
     def range_search(self, x: Any, thresh: float, *, params: Any = None):
-        """Not supported by faiss's ``IndexRefine`` either."""
-        raise FaissRuntimeError("range search not implemented for this type of index")
+        """``(lims, D, I)`` as faiss's ``IndexRefine``: the base index's range search with
+        ``thresh · k_factor`` (faiss's widening, for inner products too), its results
+        re-scored exactly and kept where within ``thresh`` (l2: ``<``; inner product: ``>``),
+        each query's ordered by exact distance, then id."""
+        x = as_vectors(x, self.d)
+        k_factor, base_params = self.k_factor, params
+        if isinstance(params, IndexRefineSearchParameters):
+            k_factor, base_params = params.k_factor, params.base_index_params
+        wide = float(thresh) * k_factor
+        lims, _, found = self.base_index.range_search(x, wide, params=base_params)
+        lims = np.asarray(lims, dtype=np.int64)
+        found = np.asarray(found, dtype=np.int64)
+        queries = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
+        q = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+        scores = self._exact_scores(q[torch.from_numpy(queries)], torch.from_numpy(found))
+        l2 = self.metric_type == METRIC_L2
+        keep = scores < thresh if l2 else scores > thresh
+        scores, found, queries = scores[keep], torch.from_numpy(found)[keep], queries[keep.numpy()]
+        # by query, then exact distance, then id
+        key = scores if l2 else -scores
+        order = np.lexsort((found.numpy(), key.numpy(), queries))
+        counts = np.bincount(queries, minlength=len(lims) - 1)
+        new_lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+        return new_lims, scores.numpy()[order], found.numpy()[order]
+
+    def _exact_scores(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Exact distances (l2) or inner products of ``q[i]`` (n, d) with stored vector
+        ``rows[i]`` (n,), ``±inf`` where ``rows[i]`` is ``-1`` (float32, (n,))."""
+        l2 = self.metric_type == METRIC_L2
+        device = self._native.device
+        rows, q = rows.to(device), q.to(device, torch.float32)
+        vectors = torch.zeros((rows.shape[0], self.d), device=device)
+        hit = rows >= 0
+        if bool(hit.any()):  # an empty index holds no vector, not even row 0 (found by review)
+            with faiss_errors():
+                vectors[hit] = self._native.reconstruct(rows[hit]).float()
+        if l2:
+            scores = ((vectors - q) ** 2).sum(dim=1)
+        else:
+            scores = torch.bmm(vectors[:, None, :], q[:, :, None]).reshape(-1)
+        return scores.masked_fill(~hit, float("inf") if l2 else float("-inf"))
 
     def merge_from(self, otherIndex: Any, add_id: int = 0) -> None:
         """Not supported by faiss's ``IndexRefine`` either."""
@@ -112,20 +151,16 @@ class IndexRefineFlat(Index):
         was_numpy = isinstance(candidates, np.ndarray)
         device = self._native.device
         rows = torch.as_tensor(candidates).to(device)
-        q = torch.as_tensor(x).to(device, torch.float32)
-        safe = rows.clamp(min=0)
-        with faiss_errors():
-            vectors = self._native.reconstruct(safe.reshape(-1)).float()
-        vectors = vectors.reshape(*rows.shape, self.d)
+        # a copy: a reversed (negative-stride) array is no tensor (found by review)
+        q = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
+        q = q.to(device, torch.float32)
+        wide = rows.shape[1]
+        scores = self._exact_scores(q.repeat_interleave(wide, dim=0), rows.reshape(-1))
+        scores = scores.reshape(rows.shape)
         l2 = self.metric_type == METRIC_L2
-        if l2:
-            scores = ((vectors - q[:, None, :]) ** 2).sum(dim=2)
-        else:
-            scores = torch.bmm(vectors, q[:, :, None]).squeeze(2)
         missing = float("inf") if l2 else float("-inf")
-        scores = scores.masked_fill(rows < 0, missing)
         scores, order = torch.sort(scores, dim=1, descending=not l2, stable=True)
-        scores, found = scores[:, :k], rows.gather(1, order)[:, :k]
+        scores, found = scores[:, :k], rows.gather(1, order)[:, :k].contiguous()
         if k > found.shape[1]:
             pad = k - found.shape[1]
             scores = torch.nn.functional.pad(scores, (0, pad), value=missing)

@@ -107,7 +107,12 @@ class Int8Codes:
         return {"sqnorms": (decoded * decoded).sum(dim=1)}
 
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Columns of float32 ``x`` (the raw vectors travel too, for the host copy)."""
+        """Columns of float32 ``x`` (the raw vectors travel too, for the host copy); no rows
+        need no ranges (an untrained index takes an empty ``add``)."""
+        if not x.shape[0]:
+            codes = torch.empty((0, self.dim), dtype=torch.int8, device=x.device)
+            empty = {"sqnorms": torch.empty(0, device=x.device)} if self.metric is Metric.L2 else {}
+            return {"vectors": codes, **empty, "float_vectors": x}
         codes = self.quantizer.encode(x)
         return {"vectors": codes, **self.derive(codes), "float_vectors": x}
 

@@ -192,12 +192,23 @@ class FlatIndex(RefineOptions, Index):
     def add(self, x: Any, ids: Any = None, *, check_finite: bool = True) -> None:
         """Add vectors (see :meth:`gpuann.Index.add`); an untrained int8 index first learns
         its ranges from these vectors."""
+        learned = False
         if self._int8 is not None and not self._int8.quantizer.is_trained:
             prepared, _, _ = self._prepare(x, "x", check_finite)
             with self._lock.write():
                 if not self._int8.quantizer.is_trained and prepared.shape[0]:
                     self._int8.quantizer.train(prepared)
-        super().add(x, ids, check_finite=check_finite)
+                    learned = True
+        try:
+            super().add(x, ids, check_finite=check_finite)
+        except BaseException:
+            # a failed add leaves the index as it was: ranges learned from a refused batch
+            # (bad ids, say) would clip every later vector to them (found by review)
+            if learned:
+                with self._lock.write():
+                    if not len(self._rows.stored_ids):
+                        self._int8.quantizer.forget()
+            raise
 
     def _before_insert(self, ids: torch.Tensor, rows: Mapping[str, torch.Tensor]) -> None:
         if self._int8 is not None:
@@ -307,6 +318,12 @@ class FlatIndex(RefineOptions, Index):
                 lookup_rows(rows.stored_ids, as_allow_ids(allow_ids, self._device)), n
             )
         vectors = rows.view("vectors")
+        if self._int8 is not None and not self._int8.quantizer.is_trained:  # so, empty
+            shape = (queries.shape[0], k)
+            return (
+                torch.full(shape, self._metric.missing_distance, device=self._device),
+                torch.full(shape, -1, dtype=torch.int64, device=self._device),
+            )
         engine_queries, query_scale, wanted = queries, None, k
         if self._int8 is not None:
             engine_queries, query_scale = self._int8.engine_queries(queries)

@@ -55,6 +55,10 @@ class ScalarQuantizer:
         lo, hi = xf.amin(dim=0), xf.amax(dim=0)
         self.set_state((lo + hi) / 2, ((hi - lo) / (2 * CODE_MAX)).clamp_(min=_MIN_STEP))
 
+    def forget(self) -> None:
+        """Back to untrained (a failed first ``add`` that learned the ranges undoes it)."""
+        self.mid = self.step = None
+
     def set_state(self, mid: torch.Tensor, step: torch.Tensor) -> None:
         """Adopt learned ranges (``mid`` and ``step``, shape (dim,), float32)."""
         self.mid = mid.to(self.device, torch.float32).contiguous()

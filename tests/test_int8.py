@@ -185,3 +185,27 @@ def test_int8_queries_past_the_int32_bound_find_the_largest_dot():
     pytest.importorskip("triton")
     with pytest.raises(gpuann.BackendUnavailableError, match="int32 accumulator"):
         index.search(query, 1, backend="triton")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_a_failed_first_add_learns_no_ranges(metric):
+    """The first add learned the int8 ranges before its ids were checked: refused, it still
+    left the index trained on the refused batch, and every later vector was clipped to those
+    ranges (found by review)."""
+    index = gpuann.FlatIndex(2, dtype=torch.int8, metric=metric, device="cpu")
+    with pytest.raises(ValueError, match="duplicate ids"):
+        index.add(torch.tensor([[1000.0, 1000.0], [-1000.0, -1000.0]]), ids=[7, 7])
+    assert not index.is_trained and len(index) == 0
+    x = torch.tensor([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])
+    index.add(x)
+    torch.testing.assert_close(index.reconstruct(index.ids), x, atol=2e-3, rtol=0)
+
+
+def test_an_empty_untrained_index_searches_and_takes_empty_adds():
+    """An empty, untrained int8 index raised TypeError on search and on an empty add, where
+    every other index returns missing rows and accepts it (found by review)."""
+    index = gpuann.FlatIndex(4, dtype=torch.int8, device="cpu")
+    index.add(torch.empty(0, 4))
+    D, I = index.search(torch.randn(2, 4), 3)
+    assert I.tolist() == [[-1] * 3] * 2 and torch.isinf(D).all()
+    assert not index.is_trained and len(index) == 0

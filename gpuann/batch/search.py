@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from gpuann._validate import check_k, resolve_device
-from gpuann.batch.inputs import MatrixSource, as_matrix_source
+from gpuann.batch.inputs import MatrixSource, as_matrix_source, stored_bytes
 from gpuann.batch.runner import ChunkInfo, Job, JobOptions, run_job
 from gpuann.batch.sizing import BatchSizer, auto_batch_rows, auto_chunk_rows, fit_transfer_rows
 from gpuann.batch.streaming import (
@@ -336,6 +337,33 @@ def _exact_job(
     return job
 
 
+def _index_fingerprint(index: Any, dim: int | None) -> dict[str, Any]:
+    """Type, size, dim and a hash of evenly spaced stored ids and their vectors (through the
+    public ``ids`` and ``reconstruct``, where the index has them): another index of the same
+    class and size is told apart, as a changed database is (found by review: resume mixed two
+    indexes' results). Indexes without ``ids`` or ``reconstruct`` hash what they have."""
+    digest = hashlib.sha256()
+    ids = getattr(index, "ids", None)
+    if isinstance(ids, torch.Tensor) and ids.numel():
+        picks = np.unique(np.linspace(0, ids.numel() - 1, num=min(ids.numel(), 64)))
+        sampled = ids.reshape(-1)[torch.from_numpy(picks.astype(np.int64)).to(ids.device)]
+        digest.update(stored_bytes(sampled))
+        reconstruct = getattr(index, "reconstruct", None)
+        if callable(reconstruct):
+            try:
+                vectors = reconstruct(sampled)
+            except (NotImplementedError, RuntimeError, TypeError, ValueError):
+                vectors = None  # an index that cannot reconstruct: its ids alone
+            if isinstance(vectors, torch.Tensor):
+                digest.update(stored_bytes(vectors.float()))
+    return {
+        "type": type(index).__name__,
+        "size": len(index) if hasattr(index, "__len__") else None,
+        "dim": dim,
+        "sample_sha256": digest.hexdigest(),
+    }
+
+
 def _index_job(queries: MatrixSource, index: Any, k: Any, metric: Any, batch_size: Any) -> Job:
     k = check_k(k)
     index_metric = getattr(index, "metric", None)
@@ -359,11 +387,7 @@ def _index_job(queries: MatrixSource, index: Any, k: Any, metric: Any, batch_siz
     description = {
         "kind": "batch_search",
         "queries": queries.fingerprint(),
-        "index": {
-            "type": type(index).__name__,
-            "size": len(index) if hasattr(index, "__len__") else None,
-            "dim": dim,
-        },
+        "index": _index_fingerprint(index, dim),
         "k": k,
         "metric": resolved.value,
         "device_type": torch.device(index_device).type,

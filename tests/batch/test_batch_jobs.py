@@ -96,6 +96,36 @@ def test_resume_refuses_another_job(tmp_path, job):
         run({**paths, "db": other_db}, out, resume=True)
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_resume_refuses_another_index_of_the_same_class_and_size(tmp_path, kind):
+    """An index job's checkpoint recorded the index's class, size and dim only: another index
+    of the same shape resumed it and the results mixed both (found by review)."""
+    queries = data(40, seed=1)
+    indexes = []
+    for seed in (2, 3):
+        if kind == "flat":
+            index = gpuann.FlatIndex(32, device="cpu")
+        else:
+            index = gpuann.HNSWIndex(32, M=8, device="cpu")
+        index.add(torch.from_numpy(data(300, seed=seed)))
+        indexes.append(index)
+    out = tmp_path / "out"
+
+    class Stop(Exception):
+        pass
+
+    def stop(info):
+        raise Stop
+
+    with pytest.raises(Stop):
+        batch_search(queries, indexes[0], K, out=out, batch_size=10, progress=False, on_chunk=stop)
+    with pytest.raises(CheckpointMismatchError, match="index"):
+        batch_search(queries, indexes[1], K, out=out, batch_size=10, progress=False, resume=True)
+    D, I = batch_search(queries, indexes[0], K, out=out, batch_size=10, progress=False, resume=True)
+    expected = indexes[0].search(torch.from_numpy(queries), K)
+    np.testing.assert_array_equal(np.asarray(I), expected.ids.numpy())
+
+
 def test_existing_results_are_not_overwritten_by_accident(tmp_path, job):
     paths, expected = job
     out = tmp_path / "out"

@@ -18,15 +18,17 @@ from typing import Any
 import torch
 
 from gpuann._validate import as_float_matrix, check_k, check_result_size
-from gpuann._validate import check_finite as _require_finite
 from gpuann.backends.base import SearchRequest
 from gpuann.backends.dispatch import register_request, select_backend
 from gpuann.budget import check_budget
 from gpuann.differentiable import differentiable_distances
 from gpuann.engine.eligibility import FILTER_FIELDS
 from gpuann.filters import as_allow_ids, as_exclude_ids, row_mask
+from gpuann.inputs import MIN_NORM, check_values, row_norms, unit_rows
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 __all__ = ["exact_search", "knn"]
 
@@ -292,8 +294,8 @@ def _prepare(
         check_result_size(queries.shape[0], k, database.device)
     if check_finite and not torch.compiler.is_compiling():
         with torch.no_grad():
-            _check_finite_rows(database, "database")
-            _require_finite(queries, "queries")
+            _check_rows(database, "database", metric)
+            _check_rows(queries, "queries", metric)
     out_device = queries.device
     device = database.device
     original_queries, original_database = queries, database
@@ -302,8 +304,10 @@ def _prepare(
     queries = queries.to(device)
     column_scale = None
     if metric is Metric.COSINE:
-        queries = torch.nn.functional.normalize(queries.float(), dim=1)
-        column_scale = 1.0 / _row_norms(database).clamp_min(1e-12)
+        # scale-safe, as an index normalises (found by review: F.normalize left rows of norm
+        # below 1e-12 unnormalised, and norms beyond float32 made every similarity 0)
+        queries = unit_rows(queries)
+        column_scale = 1.0 / _row_norms(database).clamp_min(MIN_NORM)
     excluded_rows = allowed_rows = None
     if exclude_ids is not None:
         excluded_rows = as_exclude_ids(exclude_ids, queries.shape[0], device)
@@ -354,15 +358,19 @@ def _format_result(
 
 
 def _row_norms(x: torch.Tensor, block: int = 65536) -> torch.Tensor:
-    """Float32 row norms of ``x``, a block at a time (no float32 copy of all of ``x``)."""
+    """Float32 row norms of ``x``, scale-safe (:func:`~gpuann.inputs.row_norms`), a block
+    at a time (no float32 copy of all of ``x``)."""
     out = torch.empty(x.shape[0], device=x.device)
     for r0 in range(0, x.shape[0], block):
-        out[r0 : r0 + block] = torch.linalg.vector_norm(x[r0 : r0 + block].float(), dim=1)
+        out[r0 : r0 + block] = row_norms(x[r0 : r0 + block])
     return out
 
 
-def _check_finite_rows(x: torch.Tensor, name: str, block: int = 65536) -> None:
-    """Raise when ``x`` holds NaN or infinity, naming rows; one host sync whatever its size.
+def _check_rows(x: torch.Tensor, name: str, metric: Metric, block: int = 65536) -> None:
+    """Raise as an index's ``add`` does (:func:`~gpuann.inputs.check_values`): NaN, infinity
+    or a value beyond float32's range (a float64 1e300), and for l2/ip squared norms beyond
+    float32's (found by review: ``knn`` checked the float64 values before narrowing them and
+    never the norms, so 1e300 gave NaN distances). One host sync whatever the size.
 
     Blocks keep the temporaries small; their minima and maxima (NaN propagates through both)
     are folded on the device and read once. Only a failing check looks for the rows.
@@ -374,7 +382,15 @@ def _check_finite_rows(x: torch.Tensor, name: str, block: int = 65536) -> None:
         lo, hi = torch.aminmax(x[r0 : r0 + block])
         low = lo if low is None else torch.minimum(low, lo)
         high = hi if high is None else torch.maximum(high, hi)
-    if bool(torch.isfinite(torch.stack([low, high])).all()):
-        return
-    for r0 in range(0, x.shape[0], block):
-        _require_finite(x[r0 : r0 + block], name, row_offset=r0)
+    peak = float(torch.maximum(-low, high).double())  # NaN propagates
+    if not peak <= _F32_MAX:  # NaN, inf, or beyond float32
+        for r0 in range(0, x.shape[0], block):
+            part = ~torch.isfinite(x[r0 : r0 + block].float()).all(dim=1)
+            bad = (part.nonzero().flatten()[:5] + r0).tolist()
+            if bad:
+                raise ValueError(
+                    f"{name}: contains NaN or infinite values in float32 (rows {bad}"
+                    f"{'…' if len(bad) == 5 else ''}); values beyond float32's range become "
+                    "infinite. Pass check_finite=False to skip this check"
+                )
+    check_values(x[:1], name, metric, torch.float32, row_peaks=torch.tensor([peak]))

@@ -7,7 +7,6 @@ range are refused too (distances would be infinite). Cosine normalisation is sca
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,15 @@ import torch
 from gpuann._validate import as_float_matrix, positive_int
 from gpuann.metrics import Metric
 
-__all__ = ["check_memory_budget", "check_values", "host_queries", "prepare_vectors"]
+__all__ = [
+    "MIN_NORM",
+    "check_memory_budget",
+    "check_values",
+    "host_queries",
+    "prepare_vectors",
+    "row_norms",
+    "unit_rows",
+]
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
 _NUMPY_FLOATS = (torch.float32, torch.float64)
@@ -72,17 +79,56 @@ def check_values(
 def _normalized_common_case(xf: torch.Tensor) -> torch.Tensor | None:
     """``xf`` (CPU, float32, non-empty) normalised row by row, or None: take the careful path.
 
-    The common case in two ops and one sync: every row norm finite and in
-    [2e-18·sqrt(d), 0.5e18] means every value is finite and no row needs rescaling (its
-    largest magnitude is within [norm / sqrt(d), norm]). (Margins of 2 cover the float32
-    rounding of a float64 input's norms.)
+    The common case in two ops and one sync: every row norm finite and in [1e-12, 0.5e18]
+    means every value is finite, no norm is below ``F.normalize``'s eps (which would leave
+    the row unnormalised: found by review, norms in [2e-18, 1e-12) were) and no row needs
+    rescaling. (The margin of 2 covers the float32 rounding of a float64 input's norms.)
     """
     norms = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
     low, high = (float(v) for v in torch.aminmax(norms.detach()))
-    if low >= 2e-18 * math.sqrt(xf.shape[1]) and high <= 0.5e18:  # NaN: False
+    if low >= _UNIT_EPS and high <= 0.5e18:  # NaN: False
         # what F.normalize computes, without its wrappers' overhead (autograd intact)
         return xf / norms.clamp_min(1e-12)
     return None
+
+
+#: ``F.normalize``'s eps: a row of smaller norm would be divided by it, not by its norm.
+_UNIT_EPS = 1e-12
+#: The norm a zero row's cosine column scale (``1 / ‖x‖``) is taken at: the smallest normal
+#: float32 (its scores are 0 either way).
+MIN_NORM = float(torch.finfo(torch.float32).tiny)
+
+
+def _unit_rows(x: torch.Tensor, peaks: torch.Tensor, compiling: bool = False) -> torch.Tensor:
+    """``x`` (n, d) as float32 unit rows, scale-safe: a row whose largest magnitude
+    (``peaks``, (n, 1)) is outside ``[1e-12, 1e18]`` is divided by it first, so its norm is
+    neither below ``F.normalize``'s eps nor beyond float32 (zero rows stay zero)."""
+    extreme = (peaks > 1e18) | (peaks < _UNIT_EPS)
+    # On the CPU the (rare) rescaling is skipped when no row needs it; on a GPU that test
+    # would be a host sync, and under torch.compile a data-dependent branch: it always runs.
+    if x.device.type != "cpu" or compiling or bool(extreme.any()):
+        x = torch.where(extreme, x / torch.where(peaks > 0, peaks, torch.ones_like(peaks)), x)
+    return torch.nn.functional.normalize(x.float(), dim=1)
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (n, d) as float32 unit rows, normalised as an index normalises cosine vectors
+    (the same bits: :func:`prepare_vectors`), scale-safe."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and x.numel():
+        unit = _normalized_common_case(x.float())
+        if unit is not None:
+            return unit
+    return _unit_rows(x, x.abs().amax(dim=1, keepdim=True), torch.compiler.is_compiling())
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """Float32 norms (n,) of the rows of ``x``, scale-safe as :func:`unit_rows`: a row whose
+    largest magnitude is outside ``[1e-12, 1e18]`` is measured divided by it."""
+    xf = x.float()
+    peaks = xf.abs().amax(dim=1)
+    extreme = ((peaks > 1e18) | (peaks < _UNIT_EPS)) & (peaks > 0)
+    factor = torch.where(extreme, peaks, torch.ones_like(peaks))
+    return torch.linalg.vector_norm(xf / factor[:, None], dim=1) * factor
 
 
 #: :func:`host_queries` takes batches up to this many values (larger ones gain nothing).
@@ -169,7 +215,7 @@ def prepare_vectors(
         Where ``x`` was (results go back there).
 
     Cosine normalisation is scale-safe: a row whose largest magnitude is outside
-    ``[1e-18, 1e18]`` is divided by it before its norm is taken, so tiny or huge norms neither
+    ``[1e-12, 1e18]`` is divided by it before its norm is taken, so tiny or huge norms neither
     underflow nor overflow in float32 (other rows are normalised exactly as
     ``torch.nn.functional.normalize`` does).
     """
@@ -188,13 +234,7 @@ def prepare_vectors(
         scale = x.abs().amax(dim=1, keepdim=True)
         if checking:
             check_values(x, name, metric, x.dtype, row_peaks=scale)
-        extreme = (scale > 1e18) | (scale < 1e-18)
-        # On the CPU the (rare) rescaling is skipped when no row needs it; on a GPU that test
-        # would be a host sync, and under torch.compile a data-dependent branch: it always
-        # runs there.
-        if x.device.type != "cpu" or compiling or bool(extreme.any()):
-            x = torch.where(extreme, x / torch.where(scale > 0, scale, torch.ones_like(scale)), x)
-        x = torch.nn.functional.normalize(x.float(), dim=1).to(dtype)
+        x = _unit_rows(x, scale, compiling).to(dtype)
     else:
         x = x.to(dtype)
         if checking:

@@ -164,16 +164,14 @@ def test_cuda_matches_cpu(metric):
 
 
 def test_check_finite_is_one_pass_and_names_the_row(monkeypatch):
-    import gpuann.exact as exact
 
     database = torch.randn(150_000, 4)
     calls = []
-    real = exact._require_finite
-    monkeypatch.setattr(
-        exact, "_require_finite", lambda x, name, **kw: calls.append(name) or real(x, name, **kw)
-    )
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: calls.append(x.shape) or real(x))
     gpuann.knn(database[:3], database, 2)
-    assert calls == ["queries"]  # the database: folded minima/maxima, one host read
+    # folded minima/maxima, one host read each; the rows are scanned on failure only
+    assert not [shape for shape in calls if shape[-1:] == (4,)]
     database[140_001, 2] = float("inf")
     with pytest.raises(ValueError, match=r"database: contains NaN or infinite.*140001"):
         gpuann.knn(database[:3], database, 2)
@@ -183,3 +181,25 @@ def test_an_impossible_k_is_named_not_an_allocation_failure():
     """Issue 13: k = 10**12 surfaced as a failed 8 TB allocation."""
     with pytest.raises(ValueError, match="k: 1000000000000 results for each of 2 queries"):
         gpuann.knn(torch.randn(2, 4), torch.randn(10, 4), 10**12)
+
+
+@pytest.mark.parametrize(
+    ("queries", "database", "metric", "named", "match"),
+    [
+        ([[1.0, 0.0]], [[1e300, 0.0], [2.0, 0.0]], "l2", "database", "rows \\[0\\]"),
+        ([[1e300, 0.0]], [[2.0, 0.0]], "l2", "queries", "beyond float32's range"),
+        ([[1.0, 0.0]], [[3e38, 0.0], [2.0, 0.0]], "l2", "database", "squared norms"),
+        ([[1e20, 0.0]], [[1e19, 0.0], [2.0, 0.0]], "ip", "queries", "squared norms"),
+    ],
+)
+def test_knn_checks_values_as_an_index_add_does(queries, database, metric, named, match):
+    """knn checked float64 values before narrowing them to float32 and never the squared
+    norms: a float64 1e300 or a float32 3e38 gave NaN or inf distances where FlatIndex.add
+    raises (found by review)."""
+    q = torch.tensor(queries, dtype=torch.float64)
+    x = torch.tensor(database, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"{named}: .*{match}"):
+        gpuann.knn(q, x, 1, metric=metric)
+    with pytest.raises(ValueError, match="x: "):  # as an index refuses them
+        gpuann.FlatIndex(2, metric=metric, device="cpu").add(x if named == "database" else q)
+    assert gpuann.knn(q, x, 1, metric=metric, check_finite=False).ids.shape == (1, 1)

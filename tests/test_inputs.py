@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import gpuann
 from gpuann import inputs
 from gpuann.metrics import Metric
 
@@ -53,7 +54,7 @@ def test_cosine_preparation_is_scale_safe_on_tiny_and_huge_rows():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-@pytest.mark.parametrize("scale", [1e-17, 1.0, 1e15])
+@pytest.mark.parametrize("scale", [1e-11, 1.0, 1e15])
 def test_cosine_preparation_gives_normalize_bits(dtype, scale):
     # The CPU fast path (row norms only) must give F.normalize's bits, in the caller's dtype;
     # rows near the rescaling bounds and a zero row take the careful path, unchanged.
@@ -133,3 +134,42 @@ def test_host_queries_accept_nothing_the_general_check_refuses():
     # np.matrix (an ndarray subclass whose reshape stays 2-D) is taken as a plain array
     m = np.asmatrix(np.ones((1, 2), np.float32))
     assert type(inputs.host_queries(m, 2, Metric.L2, True)) is np.ndarray
+
+
+SCALES = [1e-25, 1e-13, 1.0, 1e20]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("side", ["queries", "database"])
+def test_cosine_is_scale_safe_in_every_search(tmp_path, scale, side):
+    """Rows of norm in [2e-18, 1e-12) were divided by F.normalize's eps 1e-12, not by their
+    norm (a wrong ranking at 1e-13 while 1e-25 was right); knn had no rescaling at all, so
+    norms beyond float32 gave similarity 0 everywhere (found by review)."""
+    db = torch.tensor([[1.0, 1.0], [3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[1.0, 0.1]], dtype=torch.float64)
+    expected_sims = (q / q.norm()) @ (db / db.norm(dim=1, keepdim=True)).T
+    if side == "queries":
+        q = q * scale
+    else:
+        db = db * scale
+    q32, db32 = q.float(), db.float()
+    if not (torch.isfinite(q32).all() and torch.isfinite(db32).all()):
+        pytest.skip("beyond float32")
+    index = gpuann.FlatIndex(2, metric="cosine", device="cpu")
+    index.add(db32)
+    bank = gpuann.MemoryBank(3, 2, metric="cosine", device="cpu")
+    bank.add(db32)
+    np.save(tmp_path / "db.npy", db32.numpy())
+    results = {
+        "knn": gpuann.knn(q32, db32, 3, metric="cosine"),
+        "FlatIndex": index.search(q32, 3),
+        "MemoryBank": bank.search(q32, 3),
+        "batch_search": gpuann.batch_search(
+            q32, str(tmp_path / "db.npy"), 3, metric="cosine", progress=False
+        ),
+    }
+    for name, (D, I) in results.items():
+        assert torch.as_tensor(I).tolist() == [[2, 0, 1]], name
+        torch.testing.assert_close(
+            torch.as_tensor(D).double(), expected_sims.sort(descending=True).values, msg=name
+        )

@@ -44,6 +44,7 @@ from gpuann.engine.running import merge_keyed
 from gpuann.engine.search import Chunk, TiledSearch
 from gpuann.engine.tiles import plan_score_tiles
 from gpuann.engine.verified_cpu import verified_applies, verified_search
+from gpuann.inputs import MIN_NORM, row_norms, unit_rows
 from gpuann.metrics import Metric
 
 __all__ = ["StreamPlan", "StreamingExactSearch", "plan_stream", "stream_step_bytes"]
@@ -167,7 +168,7 @@ class StreamingExactSearch(DatabaseStream):
             _require_finite(queries, self.query_name, row_offset=first_row)
         queries = queries.to(device)
         if metric is Metric.COSINE:
-            queries = torch.nn.functional.normalize(queries.float(), dim=1)
+            queries = unit_rows(queries)  # scale-safe, as knn and the indexes
         excluded = None
         if exclude_self:
             own = torch.arange(first_row, first_row + n_queries, device=device)
@@ -261,8 +262,7 @@ class StreamingExactSearch(DatabaseStream):
         for start, rows in self._checked():
             scale = None
             if self.metric is Metric.COSINE:
-                norms = torch.linalg.vector_norm(rows.float(), dim=1)
-                scale = 1.0 / norms.clamp_min(1e-12)
+                scale = 1.0 / row_norms(rows).clamp_min(MIN_NORM)  # scale-safe, as knn
             local = None
             if excluded is not None:
                 shifted = excluded - start

@@ -19,6 +19,7 @@ from gpuann.engine.eligibility import RowFilters
 from gpuann.engine.heap_select import HeapTopK, heap_select_applies
 from gpuann.engine.running import RunningTopK
 from gpuann.engine.tiles import DatabaseTile, TileScorer
+from gpuann.inputs import MIN_NORM, row_norms
 
 __all__ = ["Chunk", "TiledSearch"]
 
@@ -116,7 +117,7 @@ class TiledSearch:
                 sqnorms = (xf * xf).sum(dim=1)
             if not self.l2 and scale is None and self.normalize_rows:
                 xf = x if x.dtype == torch.float32 else x.float()
-                scale = 1.0 / torch.linalg.vector_norm(xf, dim=1).clamp_min(1e-12)
+                scale = 1.0 / row_norms(xf).clamp_min(MIN_NORM)  # scale-safe, as knn
             tile = DatabaseTile(
                 x, chunk.start + r, sqnorms if self.l2 else None, scale, self._augmented
             )

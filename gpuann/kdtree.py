@@ -15,14 +15,17 @@ When to use it (measured by ``benchmarks/bench_lsh_kdtree.py``; see its results 
   single queries or small batches against large N.
 
 The shared :class:`~gpuann.index.Index` protocol: user ids, ``add`` / ``remove`` / ``update``
-(each rebuilds the tree, O(N log N)), ``reconstruct``, ``reset``, ``search`` →
+(each rebuilds the tree, O(N log N), before it stores anything: a tree scipy refuses leaves the
+index as it was), ``reconstruct``, ``reset``, ``search`` →
 :class:`~gpuann.SearchResult` with **squared L2** distances (the ``"l2"`` convention)
 ascending, equal distances ordered by lower id, ``save`` / ``load``, ``to``. The points are kept
 in float64 on the CPU in the shared id-sorted store (:class:`gpuann._rows.IdRows`), with no
 spare capacity (the tree is rebuilt on every change anyway). The index's ``device`` is where
 queries are expected and where ``ids`` and ``reconstruct`` results go (``reconstruct`` gives
 the float64 points; a float64 numpy array for numpy ids); the tree itself always lives on the
-CPU, so queries from another device are copied there and back.
+CPU, so queries from another device are copied there and back. Points must be finite:
+``add`` and ``update`` refuse NaN and infinity (naming ``x``) even with ``check_finite=False``,
+which then skips only the check that squared distances fit float32.
 
 Ties: ``cKDTree.query(k)`` picks an arbitrary point among those tied at the k-th distance.
 Each query therefore fetches ``k + 1`` neighbours and recomputes their squared distances in
@@ -33,6 +36,8 @@ for float64 squared distances of the stored float64 points.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -102,6 +107,8 @@ class KDTreeIndex(Index):
         self._home = resolve_device(device)
         self._tree: Any = None
         self._tree_nbytes = 0
+        # (ids, points, tree, tree bytes) after the mutation under way, built before it stores
+        self._staged: tuple[torch.Tensor, torch.Tensor, Any, int] | None = None
 
     # ---------------------------------------------------------------- storage hooks
     def _columns(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -112,7 +119,8 @@ class KDTreeIndex(Index):
 
     def _prepare(self, x: Any, name: str, check_finite: bool) -> tuple[torch.Tensor, bool, Any]:
         """``x`` as float64 on the CPU; with ``check_finite``, finite and with squared
-        distances that fit the float32 distances returned."""
+        distances that fit the float32 distances returned. Points to store (``x``) must be
+        finite even with ``check_finite=False``: a KD-tree cannot hold NaN or infinity."""
         x, was_numpy, source = prepare_vectors(
             x,
             name,
@@ -122,8 +130,11 @@ class KDTreeIndex(Index):
             check_finite=False,
             dtype=torch.float64,
         )
-        if check_finite and x.numel():
+        if name == "x":
+            _require_finite_points(x)
+        elif check_finite:
             _require_finite(x, name)
+        if check_finite and x.numel():
             peak = float(x.abs().amax())
             if peak * peak * self._dim > _F32_MAX:
                 raise ValueError(
@@ -144,20 +155,65 @@ class KDTreeIndex(Index):
     def _decode(self, rows: torch.Tensor) -> torch.Tensor:
         return self._rows.data["points"][rows]
 
-    def _after_change(self) -> None:
-        """Drop spare capacity (appends gain nothing: the tree is rebuilt) and rebuild it."""
+    # The tree of the rows a mutation leaves is built in its ``_before_*`` hook, before the
+    # row store changes, and adopted by ``_after_change``: if scipy refuses it (or memory runs
+    # out), the mutation fails with the rows and the tree as they were.
+    def _before_insert(self, ids: torch.Tensor, rows: Mapping[str, torch.Tensor]) -> None:
+        all_ids = torch.cat([self._rows.stored_ids, ids])
+        order = torch.argsort(all_ids)  # unique ids: the row store's order
+        points = torch.cat([self._rows.view("points"), rows["points"]])[order]
+        self._stage(all_ids[order], points)
+
+    def _before_remove(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        keep = torch.ones(self._rows.n, dtype=torch.bool)
+        keep[rows] = False
+        self._stage(self._rows.stored_ids[keep], self._rows.view("points")[keep])
+
+    def _before_update(self, rows: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
+        points = self._rows.view("points").clone()
+        points[rows] = values["points"]
+        self._stage(self._rows.stored_ids.clone(), points)
+
+    def _stage(self, ids: torch.Tensor, points: torch.Tensor) -> None:
+        self._staged = None
+        self._staged = (ids, points, *self._build(points))
+
+    def _build(self, points: torch.Tensor) -> tuple[Any, int]:
+        """The tree of ``points`` (None when empty) and the bytes it adds to them."""
         from scipy.spatial import cKDTree
 
+        if not points.shape[0]:
+            return None, 0
+        array = points.numpy()
+        tree = cKDTree(array, leafsize=self.leafsize)
+        # counted here: ``nbytes`` must not read a tensor (display)
+        nbytes = tree.indices.nbytes
+        if not np.may_share_memory(tree.data, array):
+            nbytes += tree.data.nbytes
+        return tree, nbytes
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The write lock; a tree staged by a mutation that failed is dropped with it."""
+        with self._lock.write():
+            try:
+                yield
+            finally:
+                self._staged = None
+
+    def _after_change(self) -> None:
+        """Adopt the staged rows and tree (no spare capacity: appends gain nothing, the tree is
+        rebuilt), or rebuild the tree where no hook staged one (reset, renumber, load)."""
+        staged, self._staged = self._staged, None
         rows = self._rows
-        if rows.capacity > rows.n:
-            self._compact(rows.stored_ids, rows.view("points"), rows.next_id)
-        points = rows.view("points").numpy()
-        self._tree = cKDTree(points, leafsize=self.leafsize) if rows.n else None
-        self._tree_nbytes = 0  # counted here: ``nbytes`` must not read a tensor (display)
-        if self._tree is not None:
-            self._tree_nbytes = self._tree.indices.nbytes
-            if not np.may_share_memory(self._tree.data, points):
-                self._tree_nbytes += self._tree.data.nbytes
+        if staged is not None and torch.equal(staged[0], rows.stored_ids):
+            ids, points, tree, nbytes = staged
+            rows.load(ids, {"points": points}, rows.next_id)  # the rows just stored, compact
+        else:
+            if rows.capacity > rows.n:
+                self._compact(rows.stored_ids, rows.view("points"), rows.next_id)
+            tree, nbytes = self._build(rows.view("points"))
+        self._tree, self._tree_nbytes = tree, nbytes
 
     def _compact(self, ids: torch.Tensor, points: torch.Tensor, next_id: int) -> None:
         self._rows.load(ids.clone(), {"points": points.clone()}, next_id)
@@ -272,3 +328,14 @@ class KDTreeIndex(Index):
         d2 = self._sqdist(q[None], rows[None])[0]
         order = np.lexsort((rows, d2))[:k]
         return d2[order], rows[order]
+
+
+def _require_finite_points(x: torch.Tensor) -> None:
+    """Raise, naming ``x``, when points to store hold NaN or infinity (whatever
+    ``check_finite``: scipy's tree refuses them)."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"x: contains NaN or infinite values (rows {bad}{'…' if len(bad) == 5 else ''}); "
+            "a KD-tree holds finite points only, also with check_finite=False"
+        )

@@ -1,8 +1,9 @@
 """``TransformedIndex``: any gpuann index behind a pre-transform (PCA, OPQ).
 
 Vectors and queries go through the transform first; the inner index stores transformed
-vectors. It keeps the shared API (``train``, ``add``, ``search``, ``remove``, ``save``/``load``…)
-and saves to one file (the transform's arrays, then the inner index's, in gpuann's format).
+vectors. It keeps the shared API (``train``, ``add``, ``search``, ``range_search``, ``remove``,
+``merge_from``, ``save``/``load``, the HTML repr…) and saves to one file (the transform's arrays,
+then the inner index's, in gpuann's format).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, ClassVar
 import torch
 
 from gpuann._validate import resolve_device
+from gpuann.display import Bytes, html_repr
 from gpuann.errors import NotTrainedError
+from gpuann.range_search import RangeResult
 from gpuann.result import SearchResult
 from gpuann.transforms import Transform
 
@@ -127,15 +130,36 @@ class TransformedIndex:
     def __repr__(self) -> str:
         return f"TransformedIndex({self.transform!r}, {self.index!r})"
 
+    def _display_fields(self) -> dict[str, Any]:
+        """What Jupyter shows: the sizes and both parts' own reprs (no sync)."""
+        return {
+            "n": len(self),
+            "dim": self.dim,
+            "transform": repr(self.transform),
+            "index": repr(self.index),
+            "memory": Bytes(self.nbytes),
+        }
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
+
     # ---------------------------------------------------------------- training, mutations
     def train(self, x: Any, **options: Any) -> None:
         """Train the transform (unless trained), then the index on ``transform(x)`` if it
-        needs training."""
-        if not self.transform.is_trained:
-            self.transform.train(x)
+        needs training.
+
+        All or nothing: the transform is trained as a twin and takes the twin's map only once
+        the index has trained, so a failed call (too few vectors for the index…) leaves both
+        as they were, and a retry trains the transform on the retry's ``x``.
+        """
+        transform = self.transform
+        if not transform.is_trained:
+            transform = transform._trained_twin(x)
         train = getattr(self.index, "train", None)
         if train is not None and not getattr(self.index, "is_trained", True):
-            train(self.transform.apply(x), **options)
+            train(transform.apply(x), **options)
+        if transform is not self.transform:
+            self.transform._adopt(transform)  # the caller's transform object, now trained
 
     def _forward(self, x: Any, name: str = "x") -> Any:
         if not self.transform.is_trained:
@@ -176,6 +200,47 @@ class TransformedIndex:
             The index's search options (``ef_search``, ``nprobe``…).
         """
         return self.index.search(self._forward(queries, "queries"), k, **options)
+
+    def range_search(self, queries: Any, radius: float, **options: Any) -> RangeResult:
+        """Every stored vector within ``radius`` of ``transform(queries)`` (the index's
+        ``range_search``, its options and result layout).
+
+        ``radius`` applies in the transformed space, to the distances the index returns. These
+        are the original vectors' distances only for an orthonormal map that keeps every
+        dimension (``OPQ`` with ``d_out == d_in``; for ``"l2"`` also an unwhitened ``PCA`` with
+        ``d_out == d_in``); after a dimension reduction or whitening, a radius in the original
+        space neither includes nor excludes exactly what it would there.
+
+        Parameters
+        ----------
+        queries : torch.Tensor or numpy.ndarray, shape (Q, d_in)
+        radius : float
+        **options
+            The index's options (``max_results``, ``nprobe``…).
+        """
+        return self.index.range_search(self._forward(queries, "queries"), radius, **options)
+
+    def merge_from(self, other: TransformedIndex) -> None:
+        """Move ``other``'s vectors into this index (the index's ``merge_from``).
+
+        ``other`` must be a :class:`TransformedIndex` whose transform is this one's: the same
+        kind, options and learned map, bit for bit (one loaded from this index's file, or
+        trained on the same data), since its stored vectors are in that map's space; and its
+        index must be one this index's accepts. On any error neither index changes.
+        """
+        if not isinstance(other, TransformedIndex):
+            raise TypeError(f"other: expected a TransformedIndex, got {type(other).__name__}")
+        if other is self:
+            raise ValueError("other: cannot merge an index into itself")
+        for index, name in ((self, "this index"), (other, "other")):
+            if not index.transform.is_trained:
+                raise NotTrainedError(f"merge_from: {name}'s transform is not trained")
+        if not _same_transform(self.transform, other.transform):
+            raise ValueError(
+                "other: its transform differs from this index's (trained on other data, or "
+                "other options), so its stored vectors are in another space"
+            )
+        self.index.merge_from(other.index)
 
     # ---------------------------------------------------------------- moving and saving
     def to(self, device: str | torch.device) -> TransformedIndex:
@@ -232,6 +297,18 @@ class TransformedIndex:
         inner_arrays = {k[6:]: v for k, v in arrays.items() if k.startswith("index.")}
         inner = inner_cls._from_file(meta["index"], inner_arrays, device)
         return cls(transform, inner)
+
+
+def _same_transform(a: Transform, b: Transform) -> bool:
+    """Whether two trained transforms are the same map (kind, options and arrays)."""
+    (meta_a, arrays_a), (meta_b, arrays_b) = a.state(), b.state()
+    if meta_a != meta_b or arrays_a.keys() != arrays_b.keys():
+        return False
+    return all(
+        arrays_a[k].shape == arrays_b[k].shape
+        and torch.equal(arrays_a[k], arrays_b[k].to(a.device))
+        for k in arrays_a
+    )
 
 
 def _register() -> None:

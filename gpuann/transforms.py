@@ -4,7 +4,8 @@ Both are linear maps ``y = (x - mean) @ forward.T`` applied in torch on the tran
 with ``reverse(y) = y @ backward + mean``. :class:`gpuann.TransformedIndex` composes one with
 any index and keeps the shared API (``train``, ``add``, ``search``, ``remove``, ``save``…).
 
-Transforms save to gpuann's index file format (JSON header and raw arrays, no pickle).
+Transforms save to gpuann's index file format (JSON header and raw arrays, no pickle), and load
+with their class's ``load`` or :func:`gpuann.load`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Transform:
         super().__init_subclass__(**kwargs)
         cls.kind = cls.__name__
         _KINDS[cls.kind] = cls
+        from gpuann.serialization import register_index_kind
+
+        register_index_kind(cls.kind, _from_file)  # gpuann.load reads transforms too
 
     def __init__(self, d_in: int, d_out: int, *, device: str | torch.device | None = None):
         self.d_in = positive_int(d_in, "d_in")
@@ -85,6 +89,16 @@ class Transform:
 
     def _fit(self, x: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def _trained_twin(self, x: Any) -> Transform:
+        """A twin of this transform (same options) trained on ``x``; this one is unchanged."""
+        return self._empty(self.d_in, self.d_out, self._options(), self.device).train(x)
+
+    def _adopt(self, other: Transform) -> None:
+        """Take the learned map (and statistics) of ``other``, a trained twin."""
+        _, arrays = other.state()
+        self._set(arrays["mean"], arrays["forward"], arrays["backward"])
+        self._restore_extra(arrays)
 
     def _set(self, mean: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor) -> None:
         self._mean = mean.to(self.device, torch.float32).contiguous()
@@ -188,6 +202,11 @@ class Transform:
             return Transform.from_state(meta, arrays, device)
         except (KeyError, TypeError, ValueError) as err:
             raise IndexFileError(f"{str(path)!r} holds an inconsistent transform: {err}") from None
+
+
+def _from_file(meta: dict, arrays: dict[str, torch.Tensor], device: Any) -> Transform:
+    """:func:`gpuann.load`'s loader of a saved transform."""
+    return Transform.from_state(meta, arrays, device)
 
 
 class PCA(Transform):

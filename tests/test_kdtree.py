@@ -163,3 +163,69 @@ def test_device_is_honoured_by_to_and_load(device, tmp_path):
     kd.save(path)
     loaded = KDTreeIndex.load(path, device=device)
     assert loaded.device.type == device and torch.equal(loaded.ids.cpu(), kd.ids)
+
+
+def _snapshot(kd: KDTreeIndex, q: torch.Tensor):
+    return kd.ids.tolist(), kd.reconstruct(kd.ids), kd.search(q, 3)
+
+
+def _assert_unchanged(kd: KDTreeIndex, q: torch.Tensor, before) -> None:
+    ids, points, (D, I) = before
+    assert kd.ids.tolist() == ids and len(kd) == len(ids)
+    assert torch.equal(kd.reconstruct(kd.ids), points)
+    D2, I2 = kd.search(q, 3)
+    assert torch.equal(I2, I) and torch.equal(D2, D)
+
+
+def test_non_finite_points_refused_naming_x_even_unchecked():
+    """Review: ``add(check_finite=False)`` with a NaN stored the rows, then scipy refused the
+    tree, so the rows stayed (len, reconstruct, remove saw them) but search could not find them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 3, generator=g)
+    kd = KDTreeIndex(3, device="cpu")
+    kd.add(x[:50])
+    before = _snapshot(kd, x[50:60])
+    bad = x[50:].clone()
+    bad[-1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"x: contains NaN or infinite values \(rows \[49\]\)"):
+        kd.add(bad, check_finite=False)
+    _assert_unchanged(kd, x[50:60], before)
+    with pytest.raises(ValueError, match="x: contains NaN"):
+        kd.update([3], torch.tensor([[float("inf"), 0.0, 0.0]]), check_finite=False)
+    _assert_unchanged(kd, x[50:60], before)
+    with pytest.raises(gpuann.UnknownIdError):
+        kd.reconstruct([99])
+
+
+@pytest.mark.parametrize("mutation", ["add", "update", "remove", "merge_from"])
+def test_a_tree_scipy_refuses_leaves_the_index_as_it_was(mutation, monkeypatch):
+    """The tree is built before the rows are stored: any failure to build it (here forced)
+    leaves the rows and the tree as they were, and the next mutation works."""
+    import scipy.spatial
+
+    g = torch.Generator().manual_seed(1)
+    x, q = torch.randn(80, 2, generator=g), torch.randn(5, 2, generator=g)
+    kd, other = KDTreeIndex(2, device="cpu"), KDTreeIndex(2, device="cpu")
+    kd.add(x[:40])
+    other.add(x[40:], ids=torch.arange(100, 140))
+    before = _snapshot(kd, q)
+    calls = {
+        "add": lambda: kd.add(x[40:]),
+        "update": lambda: kd.update([0, 5], x[40:42]),
+        "remove": lambda: kd.remove([0, 5]),
+        "merge_from": lambda: kd.merge_from(other),
+    }
+
+    def refuse(*args, **kwargs):
+        raise MemoryError("no room for the tree")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(scipy.spatial, "cKDTree", refuse)
+        with pytest.raises(MemoryError):
+            calls[mutation]()
+    _assert_unchanged(kd, q, before)
+    assert len(other) == 40
+    calls[mutation]()
+    flat = FlatIndex(2, device="cpu")
+    flat.add(kd.reconstruct(kd.ids), ids=kd.ids)
+    assert torch.equal(kd.search(q, 5).ids, flat.search(q, 5).ids)

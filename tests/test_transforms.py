@@ -239,3 +239,74 @@ def test_transformed_index_argument_errors():
     index.train(torch.randn(100, 16))
     with pytest.raises(ValueError, match="queries"):
         index.search(torch.randn(2, 8), 3)
+
+
+def test_failed_train_leaves_the_transform_untrained_and_a_retry_trains_on_its_data():
+    """Review: a train whose inner index refused the sample (too few vectors for nlist) left
+    the PCA trained on that sample, and the retry kept it (it only trains an untrained one)."""
+    from gpuann import IVFFlatIndex
+
+    x = _low_rank(1000, 32, rank=8)
+    odd = torch.randn(10, 32, generator=torch.Generator().manual_seed(1)) * 9
+    pca = PCA(32, 8, device="cpu")
+    index = TransformedIndex(pca, IVFFlatIndex(8, 16, device="cpu"))
+    with pytest.raises(ValueError, match="x: training nlist=16 lists needs at least 16"):
+        index.train(odd)
+    assert not pca.is_trained and not index.index.is_trained and not index.is_trained
+    assert pca.explained_variance is None
+    index.train(x)
+    fresh = PCA(32, 8, device="cpu").train(x)
+    assert index.transform is pca and pca.is_trained and index.is_trained
+    assert torch.equal(pca(x), fresh(x))
+    assert torch.equal(pca.explained_variance_ratio, fresh.explained_variance_ratio)
+
+
+def test_transformed_index_range_search_merge_from_and_html_repr():
+    """Review: the README's shared API (range_search, merge_from, the HTML repr) raised a
+    plain AttributeError on a TransformedIndex."""
+    from gpuann import FlatIndex
+
+    x, other_data = _low_rank(800, 16, rank=16), _low_rank(800, 16, rank=16, seed=5)
+    q = x[:10] + 0.05
+
+    def make(train_on):
+        index = TransformedIndex(PCA(16, 16, device="cpu"), FlatIndex(16, device="cpu"))
+        index.train(train_on)
+        return index
+
+    index = make(x)
+    index.add(x)
+    # radii apply to transformed distances: here (PCA keeping every dimension) the original's
+    lims, D, I = index.range_search(q, 0.5)
+    inner = index.index.range_search(index.transform(q), 0.5)
+    assert torch.equal(lims, inner.lims) and torch.equal(I, inner.ids) and len(I) >= 10
+    exact = FlatIndex(16, device="cpu")
+    exact.add(x)
+    assert torch.equal(lims, exact.range_search(q, 0.5).lims)
+    # merge_from: the same trained map (trained on the same data) merges, another refuses
+    twin = make(x)
+    twin.add(other_data, ids=torch.arange(800) + 5000)
+    stranger = make(other_data)
+    stranger.add(other_data, ids=torch.arange(800) + 9000)
+    with pytest.raises(ValueError, match="other: its transform differs"):
+        index.merge_from(stranger)
+    with pytest.raises(TypeError, match="other: expected a TransformedIndex"):
+        index.merge_from(stranger.index)
+    assert len(index) == 800 and len(stranger) == 800
+    index.merge_from(twin)
+    assert len(index) == 1600 and len(twin) == 0
+    assert index.search(other_data[:5], 1).ids.flatten().tolist() == list(range(5000, 5005))
+    html = index._repr_html_()
+    assert "<strong>TransformedIndex</strong>" in html and "PCA(16 → 16" in html
+    assert "FlatIndex(n=1600" in html
+
+
+def test_gpuann_load_reads_a_saved_transform(tmp_path):
+    """Review: gpuann.load of a saved PCA said it held "an index of unknown kind 'PCA'"."""
+    x = _low_rank(500, 16, rank=8)
+    pca = PCA(16, 4, whiten=True, device="cpu").train(x)
+    pca.save(tmp_path / "pca.gpuann")
+    loaded = load(tmp_path / "pca.gpuann", "cpu")
+    assert isinstance(loaded, PCA) and loaded.whiten and torch.equal(loaded(x), pca(x))
+    with pytest.raises(ValueError, match="holds a PCA, not a HNSWIndex"):
+        HNSWIndex.load(tmp_path / "pca.gpuann")

@@ -72,6 +72,10 @@ class LSHIndex(StoredCodes, KeptVectors, Index):
     value (squared L2 ascending, or similarity descending). Equal distances are ordered by
     lower id.
 
+    ``merge_from`` copies the other index's codes, so it needs the same hashing: both trained,
+    with the same projection matrix and thresholds (a copy of this index, or one trained on
+    the same data with the same seed); an index trained on other data raises ``ValueError``.
+
     Examples
     --------
     >>> x = torch.randn(500, 32, generator=torch.Generator().manual_seed(0))
@@ -226,6 +230,21 @@ class LSHIndex(StoredCodes, KeptVectors, Index):
         self._is_trained = source._is_trained
         super()._copy_from(source)
 
+    def _merge_rows(self, other: Any) -> None:
+        """Insert ``other``'s codes, which only mean the same bits when ``other`` hashes as
+        this index does: equal configurations still learn other ITQ rotations and thresholds
+        from other data (both write locks held)."""
+        for index, name in ((self, "this index"), (other, "other")):
+            if not index._is_trained:
+                raise NotTrainedError(f"merge_from: {name} is not trained; call train(x) first")
+        mine, theirs = (self._matrix, self._thresholds), (other._matrix, other._thresholds)
+        if not all(_same_tensor(a, b) for a, b in zip(mine, theirs, strict=True)):
+            raise ValueError(
+                "other: trained on other data (its projection or thresholds differ), so its "
+                "codes do not match this index's; add its vectors to this index instead"
+            )
+        super()._merge_rows(other)
+
     # ---------------------------------------------------------------- hashing
     def _hash(self, x: torch.Tensor, memory_budget: int | None) -> torch.Tensor:
         """Packed codes padded to whole int32 words, shape (n, padded bytes), uint8."""
@@ -379,3 +398,10 @@ class LSHIndex(StoredCodes, KeptVectors, Index):
             self._thresholds = arrays["thresholds"].to(self._device, torch.float32)
         self._is_trained = bool(meta.get("is_trained", self._is_trained))
         super()._restore(meta, arrays)  # checks and pads the codes (StoredCodes)
+
+
+def _same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether two optional tensors are both absent or equal bit for bit."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and torch.equal(a, b.to(a.device))

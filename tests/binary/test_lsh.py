@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -264,3 +266,43 @@ def test_loads_files_of_the_first_layout(tmp_path):
     assert loaded.refine and len(loaded) == 200
     for a, b in zip(loaded.search(q, 5), index.search(q, 5), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "options", [dict(projection="itq", nbits=16), dict(train_thresholds=True, nbits=64)]
+)
+def test_merge_from_refuses_codes_of_another_training(options):
+    """Review: two indexes with equal configurations but trained on other data were merged
+    by copying the other's codes, made with another rotation or thresholds: its vectors were
+    no longer found at Hamming distance 0 from themselves (5% and 0%)."""
+    options = dict(options)
+    nbits = options.pop("nbits")
+    g = torch.Generator().manual_seed(0)
+    a_data = torch.randn(500, 16, generator=g)
+    b_data = torch.randn(500, 16, generator=g) * torch.linspace(0.1, 5, 16) + 3
+    a = LSHIndex(16, nbits, device="cpu", **options)
+    a.train(a_data)
+    a.add(a_data)
+    b = LSHIndex(16, nbits, device="cpu", **options)
+    b.train(b_data)
+    b.add(b_data, ids=torch.arange(10_000, 10_500))
+    before = a.search(a_data[:20], 3)
+    with pytest.raises(ValueError, match="other: trained on other data"):
+        a.merge_from(b)
+    assert len(a) == 500 and len(b) == 500
+    assert torch.equal(a.search(a_data[:20], 3).ids, before.ids)
+    # the same training (a pickled copy, or the same data and seed) merges, and is findable
+    copy = pickle.loads(pickle.dumps(a))
+    copy.reset()  # keeps the training
+    retrained = LSHIndex(16, nbits, device="cpu", **options)
+    retrained.train(a_data)
+    for twin in (copy, retrained):
+        twin.add(b_data, ids=torch.arange(10_000, 10_500))
+        merged = pickle.loads(pickle.dumps(a))
+        merged.merge_from(twin)
+        assert len(merged) == 1000 and len(twin) == 0
+        D, I = merged.search(b_data[:50], 1)
+        assert bool((D[:, 0] == 0).all())
+    untrained = LSHIndex(16, nbits, device="cpu", **options)
+    with pytest.raises(NotTrainedError, match="merge_from: other is not trained"):
+        a.merge_from(untrained)

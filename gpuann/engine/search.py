@@ -110,6 +110,11 @@ class TiledSearch:
         block = self.plan.database_block
         for r in range(0, chunk.rows.shape[0], block):
             x = chunk.rows[r : r + block]
+            if x.stride(-1) != 1:
+                # rows of a column-major database: one tile copied, so every row's norm and
+                # products sum in one order (found by review: identical rows of a transposed
+                # view got two different distances, their ties then broken by rounding)
+                x = x.contiguous()
             sqnorms = chunk.sqnorms[r : r + block] if chunk.sqnorms is not None else None
             scale = chunk.scale[r : r + block] if chunk.scale is not None else None
             if self.l2 and sqnorms is None:

@@ -71,7 +71,7 @@ def test_numpy_product_runs_openblas_on_one_thread_and_puts_the_count_back(monke
         a, b = _data(1, 16, 0), _data(50, 16, 1)
         out = torch.empty(1, 50)
         cpu_blas.numpy_mm_t(a, b, out)
-        assert seen == [1] and blas.get_num_threads() == 2
+        assert seen == [1, 1] and blas.get_num_threads() == 2  # 48 rows, then the tail 2
         torch.testing.assert_close(out, a.double().mm(b.double().T).float())
     finally:
         blas.set_num_threads(before)
@@ -213,3 +213,42 @@ def test_one_thread_holds_for_searches_run_from_other_threads():
         assert seen == [1, 2]
     finally:
         blas.set_num_threads(before)
+
+
+@needs_openblas
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("n", [3, 50, 4099, 70001])
+def test_identical_rows_score_alike_wherever_they_sit(monkeypatch, metric, n):
+    """OpenBLAS's matrix-vector kernel scored the last n mod 4 rows in a tail loop with other
+    bits: copies of one row got two distances, and their tie went by rounding, not by lower
+    id (found by review, 50 copies of a row: rows 48 and 49 apart)."""
+    monkeypatch.setenv("GPUANN_CPU_BLAS", "numpy")
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 37, generator=g) * 5
+    q = torch.randn(1, 37, generator=g)
+    copies = torch.tensor(sorted({0, n // 3, n - 3, n - 2, n - 1}))
+    x[copies] = q[0] + 0.001 if metric == "l2" else q[0] * 10  # the nearest rows, all equal
+    D, I = gpuann.knn(q, x, len(copies), metric=metric)
+    assert I[0].tolist() == copies.tolist()
+    assert len(set(D[0].tolist())) == 1
+
+
+def test_a_column_major_database_gives_the_row_major_bits():
+    """Copies of one row in a transposed view got two distances (their norms and products
+    summed in other orders than a row's own), and a FlatIndex built from it answered
+    otherwise after pickling (found by review)."""
+    import pickle
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 16, generator=g)
+    x[100:150] = x[7]
+    q = torch.randn(4, 16, generator=g)
+    column_major = x.T.contiguous().T
+    for k in (1, 60):
+        expected = gpuann.knn(q, x, k)
+        got = gpuann.knn(q, column_major, k)
+        assert torch.equal(got.ids, expected.ids) and torch.equal(got.distances, expected.distances)
+        index = gpuann.FlatIndex(16, device="cpu")
+        index.add(column_major)
+        for searched in (index, pickle.loads(pickle.dumps(index))):
+            assert torch.equal(searched.search(q, k).distances, expected.distances)

@@ -96,9 +96,10 @@ def _check_matches(index: Any, host: Any) -> None:
 
 
 def merge_into(index: Any, other: Any) -> None:
-    """Move ``other``'s content into ``index``: faiss's ``merge_from`` on host copies,
-    installed once the rows are in (both write locks held). Both must share their training
-    (the same centroids and codebooks)."""
+    """Move ``other``'s content into ``index``: faiss's ``merge_from`` on host copies (without
+    the id -> entry maps that ``reconstruct`` builds, which faiss cannot merge), installed
+    once the rows are in (both write locks held). Both must share their training (the same
+    centroids and codebooks). On any error neither index has changed."""
     index._require_trained("merge_from")
     other._require_trained("merge_from")
     ids = other._rows.stored_ids.to(index.device)
@@ -113,11 +114,12 @@ def merge_into(index: Any, other: Any) -> None:
             "only merge IVF indexes that share their training"
         )
     host.merge_from(theirs, 0)
+    merged = _faiss.index_to_device(host, index.device)  # before the rows: it may fail too
     if ids.numel():
         columns = {name: other._rows.view(name).to(index.device) for name in other._rows.data}
         index._rows.insert(ids, columns)
     index._rows.next_id = max(index._rows.next_id, other._rows.next_id)
-    index._faiss.install(host)
+    index._faiss.adopt(merged)
 
 
 class IVFPersistence:

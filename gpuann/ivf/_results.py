@@ -17,11 +17,21 @@ from gpuann.ivf.gpu_gaps import GapFilledFaiss, LabelFilter
 from gpuann.metrics import Metric
 from gpuann.refine import rerank_rows
 
-__all__ = ["FETCH_BYTES_PER_CANDIDATE", "faiss_range_search", "pad", "refined_search", "tie_order"]
+__all__ = [
+    "FETCH_BYTES_PER_CANDIDATE",
+    "TIE_LOOKAHEAD",
+    "faiss_range_search",
+    "pad",
+    "refined_search",
+    "tie_exact_search",
+    "tie_order",
+]
 
 #: Working bytes per (query, candidate) of a re-ranked search besides the re-ranking itself:
 #: faiss's distance and label, the candidate's row and found flag, the masked row.
 FETCH_BYTES_PER_CANDIDATE = 4 + 8 + 8 + 1 + 8
+#: Candidates fetched beyond ``k`` to see whether the ``k``-th distance is tied past ``k``.
+TIE_LOOKAHEAD = 1
 
 
 def refined_search(
@@ -83,22 +93,84 @@ def refined_search(
     return out_d, out_i
 
 
+def tie_exact_search(
+    lists: GapFilledFaiss,
+    queries: torch.Tensor,
+    k: int,
+    nprobe: int,
+    stored: int,
+    metric: Metric,
+    filters: LabelFilter | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest faiss labels of each query, equal distances by lower id even where
+    they straddle the ``k``-th place.
+
+    faiss keeps any of the labels tied at the ``k``-th distance. So ``k + 1`` candidates are
+    fetched (:data:`TIE_LOOKAHEAD`); where the ``k``-th distance equals the last one fetched,
+    the tie may go on beyond it, and those queries alone are searched again with twice as
+    many candidates, until the last one fetched is farther or the lists are exhausted. Each
+    round's rows are then ordered by (distance, id) and cut to ``k`` (:func:`tie_order`).
+    Without such ties that is one extra candidate per query and one check (on CUDA a host
+    sync); on a GPU index a fetch past faiss-gpu's limit runs on the host copy, as for a
+    larger ``k``.
+
+    Returns
+    -------
+    distances : torch.Tensor, shape (Q, k), float32 (±inf where missing)
+    ids : torch.Tensor, shape (Q, k), int64 (``-1`` where missing)
+    """
+    width = k + TIE_LOOKAHEAD
+    distances, labels, masked = lists.search(queries, width, nprobe, stored, filters)
+    open_rows = _open_ties(distances, labels, k, width)
+    distances, labels = pad(*tie_order(distances, labels, k, metric, masked), k, metric)
+    while open_rows is not None:
+        width *= 2
+        sub = None if filters is None else filters.for_queries(open_rows)
+        d, i, masked = lists.search(queries[open_rows], width, nprobe, stored, sub)
+        still_open = _open_ties(d, i, k, width)
+        distances[open_rows], labels[open_rows] = pad(
+            *tie_order(d, i, k, metric, masked), k, metric
+        )
+        open_rows = None if still_open is None else open_rows[still_open]
+    return distances, labels
+
+
+def _open_ties(
+    distances: torch.Tensor, labels: torch.Tensor, k: int, width: int
+) -> torch.Tensor | None:
+    """The rows whose ``k``-th distance equals their last fetched one, a valid candidate,
+    when faiss may hold more of them (``width`` were asked for and came back); None if none.
+
+    faiss's rows are sorted by distance (live candidates first), so the tie then covers every
+    candidate from the ``k``-th to the last.
+    """
+    if labels.shape[1] < width or width <= k:
+        return None  # fewer came back: everything the lists hold was fetched
+    tied = (labels[:, -1] >= 0) & (distances[:, k - 1] == distances[:, -1])
+    rows = tied.nonzero().squeeze(1)
+    return rows if rows.numel() else None
+
+
 def tie_order(
     distances: torch.Tensor, labels: torch.Tensor, k: int, metric: Metric, masked: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest first, equal distances by lower id, missing (-1) last with ±inf.
+    """The first ``k`` of each row: nearest first, equal distances by lower id, missing (-1)
+    last with ±inf.
 
     faiss returns each row sorted by distance with missing entries last, in any order among
-    equal distances. On CPU, when no two neighbouring valid entries are equal and nothing was
-    masked (``masked``: tombstones), that order is already the final one and the sort is
-    skipped (one comparison pass; on CUDA the check would cost a host sync, so the rows are
-    always sorted there).
+    equal distances; the rows may hold more than ``k`` candidates (the look-ahead of
+    :func:`tie_exact_search`). On CPU, when no two neighbouring valid entries up to the
+    ``k + 1``-th are equal and nothing was masked (``masked``: tombstones), that order is
+    already the final one and the sort is skipped (one comparison pass; on CUDA the check
+    would cost a host sync, so the rows are always sorted there).
     """
     missing = metric.missing_distance
-    if not masked and labels.shape[1] == k and labels.device.type == "cpu":
-        d, i = distances.numpy(), labels.numpy()  # numpy: less per-op overhead here
+    if not masked and labels.device.type == "cpu":
+        head = min(labels.shape[1], k + 1)  # ties after the k-th place change nothing
+        d, i = distances[:, :head].numpy(), labels[:, :head].numpy()  # numpy: less overhead
         if not ((d[:, 1:] == d[:, :-1]) & (i[:, 1:] >= 0)).any():
-            d[i < 0] = missing  # ``distances`` is a fresh buffer from the faiss call
+            distances, labels = distances[:, :k].contiguous(), labels[:, :k].contiguous()
+            distances.numpy()[labels.numpy() < 0] = missing  # a fresh buffer by now
             return distances, labels
     descending = metric.descending
     values, labels = topk_by_id(-distances if descending else distances, labels, k)

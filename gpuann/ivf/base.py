@@ -23,12 +23,19 @@ from gpuann.index import DEFAULT_SEED, Index
 from gpuann.inputs import prepare_vectors
 from gpuann.ivf import _faiss
 from gpuann.ivf._persist import IVFPersistence
-from gpuann.ivf._results import faiss_range_search, pad, refined_search, tie_order
+from gpuann.ivf._results import faiss_range_search, refined_search, tie_exact_search
 from gpuann.ivf.faiss_sync import FaissSync
 from gpuann.ivf.gpu_gaps import GapFilledFaiss
 from gpuann.ivf.label_filter import LabelFilter, label_filter
-from gpuann.ivf.training import MAX_POINTS_PER_LIST, training_set
+from gpuann.ivf.training import (
+    MAX_POINTS_PER_LIST,
+    TrainingMinimum,
+    require_training_points,
+    training_minimum,
+    training_set,
+)
 from gpuann.metrics import Metric
+from gpuann.range_search import RangeResult
 from gpuann.refine import DEFAULT_REFINE_FACTOR, KeptVectors
 from gpuann.result import SearchResult
 
@@ -94,7 +101,7 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
         if self._seed >= 2**31:
             raise ValueError(f"seed: expected 0 to 2**31 - 1 (faiss's seed is an int), got {seed}")
         self._max_train = (
-            None if max_train_points is None else positive_int(max_train_points, "max_train_points")
+            None if max_train_points is None else self._check_max_train(max_train_points)
         )
         self._init_refine(refine, refine_factor)
         if refine and not self._can_refine:
@@ -126,6 +133,10 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
 
     def _default_max_train(self) -> int:
         return self._nlist * MAX_POINTS_PER_LIST
+
+    def _training_minimum(self) -> TrainingMinimum:
+        """The fewest training vectors faiss accepts (IVF-PQ adds its codebooks')."""
+        return training_minimum(self._nlist)
 
     def _faiss_metric(self) -> int:
         faiss = _faiss.import_faiss()
@@ -175,7 +186,14 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
 
     @max_train_points.setter
     def max_train_points(self, value: int) -> None:
-        self._max_train = positive_int(value, "max_train_points")
+        self._max_train = self._check_max_train(value)
+
+    def _check_max_train(self, value: Any) -> int:
+        """``value`` if a sample of that many vectors can be trained on (else ``train`` would
+        fail in faiss, whatever it is given)."""
+        value = positive_int(value, "max_train_points")
+        require_training_points(value, self._training_minimum(), "max_train_points")
+        return value
 
     @property
     def nprobe(self) -> int:
@@ -258,8 +276,9 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
         Parameters
         ----------
         x : torch.Tensor or numpy.ndarray, shape (n, dim), floating
-            At least ``nlist`` vectors (faiss warns below ``39 · nlist``). When ``n`` exceeds
-            :attr:`max_train_points`, a seeded sample is used
+            At least ``nlist`` vectors (faiss warns below ``39 · nlist``), and for IVF-PQ at
+            least ``2**nbits`` (:func:`~gpuann.ivf.training.training_minimum`). When ``n``
+            exceeds :attr:`max_train_points`, a seeded sample is used
             (:func:`~gpuann.ivf.training.training_sample`).
         check_finite : bool
             The usual NaN/inf and range checks of every index. Values faiss's k-means cannot
@@ -269,12 +288,14 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
         Raises
         ------
         ValueError
-            Fewer than ``nlist`` vectors, values faiss cannot train on, bad shape / dtype.
+            Fewer vectors than faiss needs, values faiss cannot train on, bad shape / dtype.
         RuntimeError
-            The index is already trained.
+            The index is already trained, or faiss failed; either way the index is left as
+            it was (untrained, an empty coarse quantizer), so ``train`` can be retried.
         """
         x, _, _ = self._prepare(x, "x", check_finite)
-        x = training_set(x, self._nlist, self.max_train_points, self._seed, self._metric)
+        minimum = self._training_minimum()
+        x = training_set(x, self._nlist, self.max_train_points, self._seed, self._metric, minimum)
         with self._lock.write():
             if self.is_trained:
                 raise RuntimeError(
@@ -316,7 +337,8 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
             Any float dtype; moved to the index device. Results come back where the queries
             were (numpy in, numpy out).
         k : int
-            Any positive int (above 2048 a GPU index searches a host copy).
+            Any positive int (from 2048 a GPU index searches a host copy: faiss-gpu selects
+            at most 2048 candidates, and ``k + 1`` are fetched, see Returns).
         nprobe : int, optional
             Lists to visit, 1 to ``nlist``; default :attr:`nprobe`.
         refine_factor : int, optional
@@ -348,9 +370,12 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
             ``(distances, ids)``, each (Q, k): float32 and int64. Without refine the
             distances are faiss's (exact for IVF-Flat, estimates from the codes otherwise);
             with refine, exact (the arithmetic of exact search: ``‖x‖² − 2⟨q, x⟩`` selected,
-            ``‖q‖²`` added to the winners). Equal distances ordered by lower id; id ``-1``
-            with ±inf where fewer than ``k`` results were found (all of them on a trained,
-            empty index).
+            ``‖q‖²`` added to the winners). Equal distances ordered by lower id, also where
+            they straddle the ``k``-th place: of several vectors tied there, those of lower
+            id are returned (faiss keeps any of them; gpuann fetches one candidate more than
+            ``k``, and where that one is tied too, twice as many for those queries until
+            the tie ends, then sorts by distance and id). Id ``-1`` with ±inf where fewer
+            than ``k`` results were found (all of them on a trained, empty index).
         """
         factor = self._refine_factor_for(refine_factor)
         nprobe = self._nprobe if nprobe is None else self._check_nprobe(nprobe, "nprobe")
@@ -383,13 +408,53 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
             budget = check_budget(self.memory_budget, self._device)
             args = (queries, k, nprobe, refine_factor, self._metric, budget, filters)
             return refined_search(self._faiss, self._rows, *args)
-        distances, labels, masked = self._faiss.search(queries, k, nprobe, stored, filters)
-        distances, labels = tie_order(distances, labels, k, self._metric, masked)
-        return pad(distances, labels, k, self._metric)
+        return tie_exact_search(self._faiss, queries, k, nprobe, stored, self._metric, filters)
 
     def _label_filter(self, exclude_ids: Any, allow_ids: Any, n_queries: int) -> LabelFilter | None:
         """The validated filters as faiss labels (:func:`gpuann.ivf.label_filter.label_filter`)."""
         return label_filter(self._rows.stored_ids, exclude_ids, allow_ids, n_queries, self._device)
+
+    def range_search(
+        self,
+        queries: Any,
+        radius: float,
+        *,
+        max_results: int | None = None,
+        memory_budget: int | None = None,
+        check_finite: bool = True,
+    ) -> RangeResult:
+        """The stored vectors within ``radius`` of each query among :attr:`nprobe` lists
+        (faiss's IVF range search, on the host copy of a GPU index).
+
+        Parameters
+        ----------
+        queries : torch.Tensor or numpy.ndarray, shape (Q, dim)
+        radius : float
+            ``"l2"``: squared distance ``< radius``; ``"ip"``, ``"cosine"``: ``> radius``.
+        max_results, memory_budget, check_finite
+            As for :meth:`gpuann.Index.range_search`.
+
+        Returns
+        -------
+        RangeResult
+            ``(lims, distances, ids)`` in faiss's layout, each query's results nearest first,
+            equal distances by lower id. Approximate: vectors in lists not visited are
+            missed. The distances, and the comparison with ``radius``, are faiss's: exact
+            for IVF-Flat, estimates from the codes for IVF-PQ and IVF-SQ, **also with
+            ``refine=True``** (the kept vectors re-rank :meth:`search` only): a vector may
+            be returned although its exact distance is beyond ``radius``, or missed
+            although it is within. Re-scoring faiss's candidates would fix the distances
+            but not the vectors missed, so it is not done: for exact distances re-score the
+            ids returned (with ``refine``, :meth:`reconstruct` gives the kept vectors), or
+            use :meth:`search`.
+        """
+        return self._run_range_search(
+            queries,
+            radius,
+            max_results=max_results,
+            memory_budget=memory_budget,
+            check_finite=check_finite,
+        )
 
     def _range_search(
         self, queries: torch.Tensor, radius: float, *, max_results: int | None, memory_budget: Any

@@ -17,8 +17,9 @@ in (each path also runs on CPU through the private switches, so CPU-only tests c
   more than faiss-gpu can select, it runs on the host copy (below) with a faiss selector, as a
   CPU index always does. Per-query ``exclude_ids`` (Q, m) over-fetch ``m`` more everywhere
   (faiss selectors are per search, not per query).
-- **The k limit.** ``k`` (or ``nprobe``) above faiss-gpu's 2048 runs on a cached CPU copy of the
-  index (a documented host round trip; the copy is dropped after any change).
+- **The k limit.** A fetch (``k``, the look-ahead for ties and what is over-fetched above) or
+  ``nprobe`` above faiss-gpu's 2048 runs on a cached CPU copy of the index (a documented host
+  round trip; the copy is dropped after any change).
 - **Thread safety.** faiss-gpu is not thread-safe: calls on a GPU index are serialised per
   device; CPU calls run concurrently.
 """
@@ -79,7 +80,12 @@ class GapFilledFaiss:
     # ---------------------------------------------------------------- state
     def install(self, cpu_index: Any) -> None:
         """Adopt (a device clone of) ``cpu_index``; no tombstones, no host cache."""
-        self.index = _faiss.index_to_device(cpu_index, self.device)
+        self.adopt(_faiss.index_to_device(cpu_index, self.device))
+
+    def adopt(self, device_index: Any) -> None:
+        """Adopt ``device_index`` (already on the device) as it is; no tombstones, no host
+        cache."""
+        self.index = device_index
         self.tombstones = torch.empty(0, dtype=torch.int64, device=self.device)
         self._host_cache: Any = None
 
@@ -103,9 +109,18 @@ class GapFilledFaiss:
 
     # ---------------------------------------------------------------- mutations
     def train(self, x: torch.Tensor) -> None:
-        """Train on contiguous float32 ``x`` on the device."""
+        """Train on contiguous float32 ``x`` on the device; a failure changes nothing.
+
+        faiss trains a copy of the (untrained) index, swapped in once trained: a faiss train
+        that fails after the coarse k-means (the PQ codebooks') leaves its quantizer holding
+        the centroids, and a retry would keep them (faiss skips training a quantizer that
+        holds ``nlist`` vectors).
+        """
         with self.serial():
-            _faiss.train(self.index, x)
+            host = self.index if self.is_cpu else _faiss.index_to_cpu(self.index)
+            fresh = _faiss.index_to_device(host, self.device)
+            _faiss.train(fresh, x)
+        self.index = fresh
         self.drop_cache()
 
     def add(self, x: torch.Tensor, ids: torch.Tensor) -> None:
@@ -175,8 +190,15 @@ class GapFilledFaiss:
             return self._host_cache
 
     def compacted_host_copy(self) -> Any:
-        """A new CPU faiss index without tombstoned ids (for saving and moving)."""
+        """A new CPU faiss index without tombstoned ids (for saving, moving and merging).
+
+        Nor with faiss's id -> entry map, which :meth:`reconstruct` builds when first
+        needed: faiss's ``merge_from`` refuses an index that holds one.
+        """
+        faiss = _faiss.import_faiss()
         host = _faiss.index_to_cpu(self.host_index())
+        if host.direct_map.type != faiss.DirectMap.NoMap:
+            host.set_direct_map_type(faiss.DirectMap.NoMap)
         if self.tombstones.numel():
             _faiss.remove_ids(host, self.tombstones)
         return host

@@ -38,7 +38,8 @@ class IVFFlatIndex(IVFIndexBase):
         Lists visited per query by default; ``max(1, nlist // 16)`` if not given.
     max_train_points : int, optional
         Train on a seeded sample of at most this many vectors; default ``256 · nlist`` (what
-        faiss's k-means would use anyway).
+        faiss's k-means would use anyway). At least ``nlist``: faiss's k-means needs a
+        vector per list.
 
     Examples
     --------

@@ -9,7 +9,7 @@ import torch  # noqa: F401  (the docstring examples use it)
 from gpuann._validate import positive_int
 from gpuann.ivf import _faiss
 from gpuann.ivf.base import IVFIndexBase
-from gpuann.ivf.training import MAX_POINTS_PER_LIST
+from gpuann.ivf.training import MAX_POINTS_PER_LIST, TrainingMinimum, training_minimum
 
 __all__ = ["IVFPQIndex"]
 
@@ -31,7 +31,8 @@ class IVFPQIndex(IVFIndexBase):
         As for :class:`~gpuann.IVFFlatIndex`.
     max_train_points : int, optional
         Default ``256 · max(nlist, 2**nbits)``, what faiss's k-means would use for the larger
-        of the coarse quantizer and the PQ codebooks.
+        of the coarse quantizer and the PQ codebooks; at least ``max(nlist, 2**nbits)``, the
+        fewest faiss trains on (as for the vectors given to :meth:`train`).
     refine : bool
         Also keep the full-precision vectors (float32, on the device) and re-rank
         ``refine_factor · k`` PQ candidates exactly (faiss's ``IndexRefineFlat``), with
@@ -85,6 +86,9 @@ class IVFPQIndex(IVFIndexBase):
 
     def _default_max_train(self) -> int:
         return MAX_POINTS_PER_LIST * max(self._nlist, 2**self._nbits)
+
+    def _training_minimum(self) -> TrainingMinimum:
+        return training_minimum(self._nlist, self._nbits)
 
     def _display_extra(self) -> dict[str, Any]:
         return {"m": self._m, "nbits": self._nbits}

@@ -44,8 +44,8 @@ class LabelFilter:
         """Exclusions per query (``m``), what every search over-fetches for them."""
         return 0 if self.excluded is None else self.excluded.shape[1]
 
-    def for_queries(self, queries: slice) -> LabelFilter:
-        """The filter of the queries ``queries`` alone."""
+    def for_queries(self, queries: slice | torch.Tensor) -> LabelFilter:
+        """The filter of the queries ``queries`` (a slice or row numbers) alone."""
         if self.excluded is None:
             return self
         return dataclasses.replace(self, excluded=self.excluded[queries])

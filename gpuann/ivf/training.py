@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,7 +13,10 @@ from gpuann.metrics import Metric
 __all__ = [
     "MAX_POINTS_PER_LIST",
     "MIN_POINTS_PER_LIST",
+    "TrainingMinimum",
     "check_trainable",
+    "require_training_points",
+    "training_minimum",
     "training_sample",
     "training_set",
 ]
@@ -22,6 +26,59 @@ MIN_POINTS_PER_LIST = 39
 #: faiss's k-means subsamples to this many points per list (``cp.max_points_per_centroid``).
 MAX_POINTS_PER_LIST = 256
 _F32_MAX = float(np.finfo(np.float32).max)
+
+
+class TrainingMinimum(NamedTuple):
+    """The fewest training vectors faiss accepts (:func:`training_minimum`)."""
+
+    #: Vectors needed.
+    count: int
+    #: What needs them, for messages ("nlist=64 lists").
+    needs: str
+    #: How to need fewer ("use a smaller nlist").
+    remedy: str
+
+
+def training_minimum(nlist: int, nbits: int | None = None) -> TrainingMinimum:
+    """The fewest vectors faiss can train an IVF index on, and what needs that many.
+
+    faiss's k-means refuses fewer points than centroids (``nx >= k``, a ``RuntimeError``):
+    ``nlist`` for the coarse quantizer and, for IVF-PQ, ``2**nbits`` for each sub-quantizer's
+    codebook (trained on the same vectors' residuals). A scalar quantizer only learns ranges,
+    so IVF-SQ needs ``nlist`` like IVF-Flat.
+
+    Parameters
+    ----------
+    nlist : int
+    nbits : int, optional
+        Bits per PQ code (IVF-PQ only).
+
+    >>> training_minimum(4, nbits=8).count, training_minimum(64, nbits=4).needs
+    (256, 'nlist=64 lists')
+    """
+    if nbits is not None and 2**nbits > nlist:
+        codewords = 2**nbits
+        return TrainingMinimum(
+            codewords, f"the PQ codebooks (2**nbits={codewords} codewords)", "use a smaller nbits"
+        )
+    return TrainingMinimum(nlist, f"nlist={nlist} lists", "use a smaller nlist")
+
+
+def require_training_points(count: int, minimum: TrainingMinimum, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` when ``count`` vectors are fewer than ``minimum``
+    (checked before faiss, whose failure would come mid-training).
+
+    >>> require_training_points(10, training_minimum(64), "max_train_points")
+    Traceback (most recent call last):
+    ...
+    ValueError: max_train_points: training nlist=64 lists needs at least 64 vectors, got 10; ...
+    """
+    if count < minimum.count:
+        more = "pass more vectors or " if name == "x" else "raise it or "
+        raise ValueError(
+            f"{name}: training {minimum.needs} needs at least {minimum.count} vectors, "
+            f"got {count}; {more}{minimum.remedy}"
+        )
 
 
 def training_sample(n: int, size: int, seed: int) -> torch.Tensor:
@@ -75,7 +132,12 @@ def check_trainable(x: torch.Tensor, metric: Metric) -> None:
 
 
 def training_set(
-    x: torch.Tensor, nlist: int, max_points: int, seed: int, metric: Metric
+    x: torch.Tensor,
+    nlist: int,
+    max_points: int,
+    seed: int,
+    metric: Metric,
+    minimum: TrainingMinimum | None = None,
 ) -> torch.Tensor:
     """The vectors ``nlist`` lists are trained on: ``x`` checked, or a seeded sample of it.
 
@@ -87,21 +149,19 @@ def training_set(
         Larger ``x`` are sampled down to this many rows (:func:`training_sample`).
     seed : int
     metric : Metric
+    minimum : TrainingMinimum, optional
+        The fewest vectors faiss accepts; default ``training_minimum(nlist)``.
 
     Returns
     -------
     torch.Tensor, shape (min(n, max_points), dim), float32, contiguous, on ``x``'s device
 
-    Raises ``ValueError`` below ``nlist`` vectors or for values faiss cannot train on
+    Raises ``ValueError`` below ``minimum`` vectors or for values faiss cannot train on
     (:func:`check_trainable`); warns below ``39 · nlist`` vectors.
     """
     check_trainable(x, metric)
     n = x.shape[0]
-    if n < nlist:
-        raise ValueError(
-            f"x: training nlist={nlist} lists needs at least {nlist} vectors, got {n}; "
-            "pass more vectors or use a smaller nlist"
-        )
+    require_training_points(n, minimum or training_minimum(nlist), "x")
     if n < MIN_POINTS_PER_LIST * nlist:
         warnings.warn(
             f"x: {n} training vectors for nlist={nlist} lists is fewer than "

@@ -100,6 +100,42 @@ def test_k_above_the_device_limit_searches_a_host_copy(small, kind, tombstones):
     assert bool(host_calls) == (tombstones and 2 + index._faiss.tombstones.numel() > 16)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_ties_across_the_kth_place_on_the_gpu_paths(small, kind):
+    """The look-ahead for ties at the k-th place through tombstones, allow_ids without a
+    selector, and the host copy once the doubled fetch passes the device's k limit."""
+    xb, xq = small
+    plain = build(kind, "l2", xb, nlist=16, ids=np.arange(2000) + 1000)
+    gpu = gpu_like(small, kind, ids=np.arange(2000) + 1000)
+    gpu._faiss.use_selectors = False
+    gpu._faiss.device_k_limit = 8  # as faiss-gpu's 2048, scaled down
+    for index in (plain, gpu):
+        index.add(np.repeat(xb[:1], 12, axis=0), ids=np.arange(120, 0, -10))
+        index.remove([30])
+    assert gpu._faiss.tombstones.tolist() == [30]
+    host_calls = []
+    original = gpu._faiss.host_index
+
+    def spy():
+        host_calls.append(1)
+        return original()
+
+    gpu._faiss.host_index = spy
+    tied = [*range(10, 130, 10), 1000]
+    tied.remove(30)
+    queries = np.concatenate([xb[:1], xq[:2]])
+    allow = np.setdiff1d(np.arange(3000), [10, 1500])
+    for k in (1, 3, 12):
+        for options in ({}, {"allow_ids": allow}):
+            expected = [t for t in tied if t in allow] if options else tied
+            got = gpu.search(queries, k, nprobe=16, **options)
+            assert got.ids[0, : min(k, len(expected))].tolist() == expected[:k]
+            np.testing.assert_array_equal(
+                got.ids, plain.search(queries, k, nprobe=16, **options).ids
+            )
+    assert host_calls, "a fetch past the device limit must take the host path"
+
+
 def test_pointer_path_for_train_add_search(small, monkeypatch):
     """Train, add and search through raw pointers (what CUDA tensors use) match numpy views."""
     expected = build("pq", "l2", small[0], nlist=16).search(small[1], 10, nprobe=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 import zlib
 
@@ -13,6 +14,7 @@ import torch
 from ivf_helpers import build
 
 import gpuann
+from gpuann.ivf import _faiss
 from gpuann.serialization import IndexFileError, read_index_file, write_index_file
 
 KINDS = ["flat", "pq", "pq_refine"]
@@ -131,3 +133,54 @@ def test_header_names_the_kind_and_version(saved):
     assert header["meta"]["ivf_layout"] == 2 and header["meta"]["faiss_version"]
     (crc,) = struct.unpack_from("<I", data, 20 + header_len)
     assert zlib.crc32(data[20 : 20 + header_len]) == crc
+
+
+# ---------------------------------------------------------------- merging
+def _halves(small, kind):
+    """The whole index, and two indexes sharing its training that hold ids < 1000 and the
+    rest."""
+    whole = build(kind, "l2", small[0], nlist=16)
+    low, high = pickle.loads(pickle.dumps(whole)), pickle.loads(pickle.dumps(whole))
+    low.remove(np.arange(1000, 2000))
+    high.remove(np.arange(1000))
+    return whole, low, high
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("where", ["self", "other", "loaded"])
+def test_merge_after_reconstruct(small, tmp_path, kind, where):
+    """reconstruct builds faiss's id -> entry map, which faiss's merge_from refuses (and
+    which a file kept): merging drops it, and reconstruct builds it again."""
+    whole, low, high = _halves(small, kind)
+    if where == "other":
+        high.reconstruct([1500])
+    else:
+        low.reconstruct([5])
+    if where == "loaded":
+        low.save(tmp_path / "low.gpuann")
+        low = gpuann.load(tmp_path / "low.gpuann", device="cpu")
+    low.merge_from(high)
+    assert len(low) == low.faiss_index.ntotal == 2000 and len(high) == 0
+    expected = whole.search(small[1], 10, nprobe=8)
+    got = low.search(small[1], 10, nprobe=8)
+    np.testing.assert_array_equal(got.ids, expected.ids)
+    np.testing.assert_allclose(got.distances, expected.distances, rtol=1e-6)
+    np.testing.assert_array_equal(low.reconstruct([5, 1500]), whole.reconstruct([5, 1500]))
+
+
+def test_failed_merge_changes_neither_index(small, monkeypatch):
+    _, low, high = _halves(small, "pq_refine")
+    before = [(len(x), x.search(small[1], 5, nprobe=8)) for x in (low, high)]
+
+    def fail(*args):
+        raise MemoryError("no room for the merged index")
+
+    monkeypatch.setattr(_faiss, "index_to_device", fail)
+    with pytest.raises(MemoryError):
+        low.merge_from(high)
+    monkeypatch.undo()
+    for index, (n, (d, i)) in zip((low, high), before, strict=True):
+        assert len(index) == index.faiss_index.ntotal == n
+        after = index.search(small[1], 5, nprobe=8)
+        np.testing.assert_array_equal(after.ids, i)
+        np.testing.assert_array_equal(after.distances, d)

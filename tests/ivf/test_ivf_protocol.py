@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from ivf_helpers import build
 
 import gpuann
 from gpuann.eval import index_nbytes
+from gpuann.ivf import _faiss
 
 KINDS = ["flat", "pq", "pq_refine"]
 
@@ -63,6 +65,66 @@ def test_too_few_training_vectors(small):
     with pytest.warns(UserWarning, match="fewer than 39 per list"):
         index.train(small[0][: 64 * 10])
     assert index.is_trained
+
+
+@pytest.mark.parametrize(
+    ("make", "minimum", "match"),
+    [
+        (
+            lambda: gpuann.IVFPQIndex(16, 4, 4, device="cpu"),
+            256,
+            r"the PQ codebooks \(2\*\*nbits=256",
+        ),
+        (lambda: gpuann.IVFPQIndex(16, 32, 4, nbits=4, device="cpu"), 32, "nlist=32 lists"),
+        (lambda: gpuann.IVFSQIndex(16, 32, device="cpu"), 32, "nlist=32 lists"),
+    ],
+)
+def test_too_few_training_vectors_for_faiss(small, make, minimum, match):
+    """The fewest vectors faiss trains on (nlist; 2**nbits for PQ codebooks) are checked
+    before faiss, whose RuntimeError would come after the coarse k-means."""
+    index = make()
+    with pytest.raises(ValueError, match=rf"x: training {match}.* at least {minimum} vectors"):
+        index.train(small[0][: minimum - 1])
+    assert not index.is_trained and index.faiss_index.quantizer.ntotal == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer than 39 per list
+        index.train(small[0][:minimum])  # exactly enough
+    assert index.is_trained
+
+
+def test_max_train_points_below_what_faiss_needs(small):
+    match = r"max_train_points: training nlist=64 lists needs at least 64 vectors, got 10"
+    with pytest.raises(ValueError, match=match):
+        gpuann.IVFFlatIndex(16, 64, device="cpu", max_train_points=10)
+    with pytest.raises(ValueError, match=r"max_train_points: training the PQ codebooks"):
+        gpuann.IVFPQIndex(16, 4, 4, device="cpu", max_train_points=255)
+    index = gpuann.IVFPQIndex(16, 4, 4, nbits=4, device="cpu", max_train_points=16)
+    with pytest.raises(ValueError, match=r"max_train_points: .* at least 16 vectors, got 15"):
+        index.max_train_points = 15
+    assert index.max_train_points == 16
+    index.train(small[0])  # on a sample of 16: enough for faiss
+    assert index.is_trained
+
+
+def test_failed_faiss_training_leaves_the_index_untrained(small, monkeypatch):
+    """A faiss train that fails after its coarse k-means (the PQ codebooks' k-means, on too
+    few vectors) left the quantizer trained, and a retry kept those centroids."""
+    xb = small[0]
+    real_train = _faiss.train
+    shifted = torch.from_numpy(xb[:100] + 10.0)  # fewer than 2**8, and other centroids
+    monkeypatch.setattr(_faiss, "train", lambda index, x: real_train(index, shifted))
+    index = gpuann.IVFPQIndex(16, 4, 4, device="cpu")
+    with pytest.raises(RuntimeError, match="at least as large as number of clusters"):
+        index.train(xb)
+    assert not index.is_trained and index.faiss_index.quantizer.ntotal == 0
+    monkeypatch.undo()
+    index.train(xb)
+    fresh = gpuann.IVFPQIndex(16, 4, 4, device="cpu")
+    fresh.train(xb)
+    np.testing.assert_array_equal(
+        index.faiss_index.quantizer.reconstruct_n(0, 4),
+        fresh.faiss_index.quantizer.reconstruct_n(0, 4),
+    )
 
 
 def test_search_and_add_before_train(small):
@@ -190,6 +252,43 @@ def test_equal_distances_ordered_by_lower_id():
     index.add(np.repeat(base[:1], 4, axis=0), ids=[40, 30, 20, 10])
     _, i = index.search(base[:1], 4)
     assert i.tolist() == [[10, 20, 30, 40]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ties_across_the_kth_place_keep_the_lower_ids(small, kind):
+    """Copies of one vector added after it under lower ids: faiss keeps any of those tied at
+    the k-th place, gpuann the lowest (k + 1 fetched, then twice as many while tied)."""
+    xb, xq = small
+    index = small_index(small, kind, ids=np.arange(2000) + 1000)
+    index.add(np.repeat(xb[:1], 6, axis=0), ids=[60, 50, 40, 30, 20, 10])
+    tied = [10, 20, 30, 40, 50, 60, 1000]  # with the original, id 1000
+    queries = np.concatenate([xb[:1], xq[:2], xb[:1]])  # only rows 0 and 3 are tied
+    exclude = np.array([[-1, -1], [-1, -1], [-1, -1], [10, 30]])
+    for k in (1, 2, 3, 6, 7, 9):
+        _, i = index.search(queries, k, nprobe=16, exclude_ids=exclude)
+        assert i[0, : min(k, 7)].tolist() == tied[:k]
+        assert i[3, : min(k, 5)].tolist() == [20, 40, 50, 60, 1000][:k]
+        assert not np.isin(i[1:3], tied).any()
+    if kind == "flat":  # with nprobe = nlist, IVF-Flat equals an exact search
+        exact = gpuann.FlatIndex(16, device="cpu")
+        exact.add(xb, ids=np.arange(2000) + 1000)
+        exact.add(np.repeat(xb[:1], 6, axis=0), ids=[60, 50, 40, 30, 20, 10])
+        for k in (1, 4):
+            np.testing.assert_array_equal(
+                index.search(queries, k, nprobe=16).ids, exact.search(queries, k).ids
+            )
+
+
+def test_range_search_uses_the_pq_estimates_even_with_refine(small):
+    """As documented: the kept vectors re-rank ``search`` only; ``range_search`` returns and
+    filters on faiss's PQ estimates (re-scoring could not find the vectors they miss)."""
+    xb, xq = small
+    plain = small_index(small, "pq", nprobe=16)
+    refined = small_index(small, "pq_refine", nprobe=16)
+    radius = float(np.median(refined.search(xq, 10).distances))
+    for a, b in zip(plain.range_search(xq, radius), refined.range_search(xq, radius), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert "also with" in type(refined).range_search.__doc__
 
 
 @pytest.mark.parametrize("kind", KINDS)

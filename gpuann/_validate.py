@@ -184,6 +184,12 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+#: torch's unsigned integer dtypes wider than uint8 (their ids are checked through numpy).
+_TORCH_UNSIGNED = tuple(
+    getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)
+)
+
+
 def as_ids(
     ids: Any, n: int, name: str = "ids", device: torch.device | None = None, unique: bool = True
 ) -> torch.Tensor:
@@ -195,6 +201,10 @@ def as_ids(
     n : int
         Expected length (the number of vectors); ``-1`` accepts any length.
     """
+    if isinstance(ids, torch.Tensor) and ids.dtype in _TORCH_UNSIGNED:
+        # torch reduces few unsigned dtypes (max of a uint64 tensor raised NotImplementedError,
+        # naming no argument: found by review); numpy checks their range
+        ids = ids.detach().cpu().numpy()
     if isinstance(ids, np.ndarray):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{name}: expected integer ids, got dtype {ids.dtype}")
@@ -215,8 +225,6 @@ def as_ids(
         raise ValueError(f"{name}: expected a 1-D tensor of ids, got shape {tuple(ids.shape)}")
     if n >= 0 and ids.shape[0] != n:
         raise ValueError(f"{name}: expected {n} ids (one per vector), got {ids.shape[0]}")
-    if ids.dtype == torch.uint64 and ids.numel() and int(ids.max()) > _INT64_MAX:
-        raise OverflowError(f"{name}: ids above 2**63 - 1 do not fit int64")
     ids = ids.to(device=device, dtype=torch.int64)
     if unique and ids.numel() > 1:
         sorted_ids = ids.sort().values

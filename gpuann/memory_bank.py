@@ -37,10 +37,14 @@ from gpuann.display import Bytes, text_repr
 from gpuann.exact import exact_search
 from gpuann.filters import as_allow_ids, as_exclude_ids, as_labels, row_mask
 from gpuann.index import Index
-from gpuann.metrics import Metric
+from gpuann.metrics import Metric, squared_norms
 from gpuann.result import SearchResult
 
 __all__ = ["MemoryBank"]
+
+
+#: The dtypes a bank stores (a module cast to another leaves the embeddings as they were).
+_STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class MemoryBank(RingState, torch.nn.Module, Index):
@@ -143,9 +147,25 @@ class MemoryBank(RingState, torch.nn.Module, Index):
         self._ids_exhausted = False
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> MemoryBank:
-        """``.to()``, ``.cuda()``… move the buffers in place; keep ``device``/``dtype`` in step."""
+        """``.to()``, ``.cuda()``… move the buffers in place; keep ``device``/``dtype`` in step.
+
+        A module cast (``.half()``, ``.to(torch.bfloat16)``, a model's ``.double()``) changes
+        the embeddings' dtype when it is a storage dtype (float32, float16, bfloat16), else
+        leaves it; the squared norms stay float32, measured again from the cast embeddings
+        (found by review: they were cast too, to inf in float16, and ``.double()`` made a
+        bank that saved but did not load).
+        """
+        before = self.embeddings.dtype
         super()._apply(fn, *args, **kwargs)
-        self._device, self._dtype = self.embeddings.device, self.embeddings.dtype
+        embeddings = self.embeddings
+        if embeddings.dtype not in _STORAGE_DTYPES:
+            embeddings = self._buffers["embeddings"] = embeddings.to(before)
+        if self.sqnorms is not None:
+            if embeddings.dtype != before:
+                self._buffers["sqnorms"] = squared_norms(embeddings)
+            elif self.sqnorms.dtype != torch.float32:  # cast back: exact from float64
+                self._buffers["sqnorms"] = self.sqnorms.float()
+        self._device, self._dtype = embeddings.device, embeddings.dtype
         return self
 
     # ---------------------------------------------------------------- properties

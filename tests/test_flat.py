@@ -252,3 +252,16 @@ def test_squared_norms_beyond_float32_are_refused(metric):
     with pytest.raises(ValueError, match="queries: values up to"):
         index.search(torch.full((1, 4), 1e20), 1)
     assert len(index) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_unsigned_tensor_ids_are_taken_or_named(dtype):
+    """torch.uint64 ids raised torch's own NotImplementedError ("max_all" not implemented),
+    naming no argument, even for small values (found by review)."""
+    index = gpuann.FlatIndex(2, device="cpu")
+    index.add(torch.randn(2, 2), ids=torch.tensor([3, 4], dtype=dtype))
+    assert index.ids.tolist() == [3, 4]
+    if dtype == torch.uint64:
+        with pytest.raises(OverflowError, match="ids: ids above 2\\*\\*63 - 1"):
+            index.add(torch.randn(1, 2), ids=torch.tensor([2**63], dtype=dtype))
+        assert index.ids.tolist() == [3, 4]

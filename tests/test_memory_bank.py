@@ -268,3 +268,37 @@ def test_module_to_moves_the_buffers_and_the_device():
     assert bank.embeddings.is_cuda and bank.ids.is_cuda
     bank.add(torch.zeros(1, 2, device="cuda"))
     assert bank.search(torch.zeros(1, 2), 1).ids.tolist() == [[3]]
+
+
+@pytest.mark.parametrize(
+    ("cast", "dtype"),
+    [
+        (lambda m: m.half(), torch.float16),
+        (lambda m: m.to(torch.bfloat16), torch.bfloat16),
+        (lambda m: m.double(), torch.float32),  # not a storage dtype: the bank keeps its own
+    ],
+)
+def test_module_casts_keep_the_bank_working(tmp_path, cast, dtype):
+    """A cast of the module (or of a model holding the bank) cast the float32 squared norms
+    too: inf in float16 (distances inf), bfloat16 search raised, and .double() made a bank
+    that saved but did not load (found by review)."""
+    x = torch.tensor([[300.0, 0.0], [299.0, 0.0], [1.0, 2.0]])
+    model = torch.nn.Module()
+    model.bank = gpuann.MemoryBank(8, 2, metric="l2", device="cpu")
+    model.bank.add(x)
+    cast(model)
+    bank = model.bank
+    assert bank.dtype == dtype and bank.embeddings.dtype == dtype
+    assert bank.sqnorms.dtype == torch.float32
+    fresh = gpuann.MemoryBank(8, 2, metric="l2", device="cpu", dtype=dtype)
+    fresh.add(x)
+    q = torch.tensor([[300.0, 0.0]])
+    expected = fresh.search(q, 2)
+    for searched in (bank, _saved_and_loaded(bank, tmp_path)):
+        D, I = searched.search(q, 2)
+        assert torch.equal(I, expected.ids) and torch.equal(D, expected.distances)
+
+
+def _saved_and_loaded(bank, tmp_path):
+    bank.save(tmp_path / "bank.gpuann")
+    return gpuann.load(tmp_path / "bank.gpuann")

@@ -202,7 +202,11 @@ def knn(
         Neighbours per query. Beyond ``N`` the results are padded with id ``-1``.
     metric : {"l2", "ip", "cosine"}
         Squared Euclidean distance (ascending), inner product or cosine similarity
-        (descending).
+        (descending). Cosine here scales each row's inner product by ``1 / ‖x‖`` (the
+        database is not copied), so rows pointing the same way but of different lengths can
+        score one rounding apart, and backends may round them differently; a
+        ``FlatIndex(metric="cosine")`` stores unit rows, whose copies tie exactly (then by
+        lower id) on every backend.
     backend : {"auto", "triton", "torch"}
         ``"auto"`` picks the fastest backend that supports the input.
     memory_budget : int, optional

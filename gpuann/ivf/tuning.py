@@ -162,6 +162,12 @@ def tune_nprobe(
     >>> tuned.reached, tuned.recall >= 0.9, tuned.nprobe <= 32
     (True, True, True)
     """
+    if not isinstance(getattr(index, "nlist", None), int):
+        # found by review: an HNSWIndex or a TransformedIndex raised AttributeError 'nlist'
+        raise TypeError(
+            f"index: expected an IVF index (with nlist lists), got {type(index).__name__}; "
+            "for HNSWIndex tune ef_search with gpuann.eval.sweep"
+        )
     if not 0.0 < float(target_recall) <= 1.0:
         raise ValueError(f"target_recall: expected a value in (0, 1], got {target_recall}")
     queries_t, _ = as_float_matrix(queries, "queries", dim=index.dim)

@@ -158,3 +158,12 @@ def test_factory_prefixes_and_codes_build_searchable_indexes(description, kind, 
 def test_factory_refuses_what_it_does_not_support(bad):
     with pytest.raises(ValueError, match="description: unsupported"):
         gpuann.index_factory(16, bad, device="cpu")
+
+
+def test_tune_nprobe_names_an_index_without_lists():
+    """An HNSWIndex or a TransformedIndex raised AttributeError 'nlist' (found by review)."""
+    hnsw = gpuann.HNSWIndex(8, M=8, device="cpu")
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    hnsw.add(x)
+    with pytest.raises(TypeError, match=r"index: expected an IVF index.*HNSWIndex"):
+        gpuann.tune_nprobe(hnsw, x[:5], x)

@@ -568,6 +568,21 @@ def small_names(faiss):
     return out
 
 
+def unknown_attributes(faiss):
+    """An attribute faiss's class lacks raises AttributeError (the shim kept it: a typo such
+    as ``nprobes``, or ``nprobe`` on a refine wrapper, was silently ignored)."""
+    xb, _ = _data(300, 8, 1, seed=9)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(8), 8, 2)
+    refine = faiss.IndexRefineFlat(faiss.IndexFlatL2(8))
+    flat = faiss.IndexFlatL2(8)
+    out = []
+    for obj, name in ((ivf, "efSearch"), (ivf, "nprobes"), (refine, "nprobe"), (flat, "nprobe")):
+        out.append(outcome(lambda o=obj, n=name: setattr(o, n, 3)))
+    ivf.nprobe, ivf.verbose, refine.k_factor = 2, False, 2.0
+    out.append((ivf.nprobe, refine.k_factor))
+    return out
+
+
 # ---------------------------------------------------------------- tests
 @pytest.mark.parametrize("metric", [real.METRIC_L2, real.METRIC_INNER_PRODUCT])
 def test_flat_search(metric):
@@ -771,3 +786,7 @@ def test_max_codes_is_refused_not_ignored():
     index.max_codes = 50
     with pytest.raises(NotImplementedError, match="max_codes"):
         index.search(xq, 3)
+
+
+def test_unknown_attributes_raise_as_faiss():
+    both(unknown_attributes)

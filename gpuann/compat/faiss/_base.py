@@ -8,6 +8,7 @@ positions into the ids a caller sees (an ``IndexIDMap``'s ``id_map``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,23 @@ from gpuann.compat.faiss.selectors import IDSelector, IDSelectorBatch, selected
 __all__ = ["Index"]
 
 
+def _sealing(init: Any) -> Any:
+    """``init`` that seals the object when the outermost constructor returns."""
+
+    @functools.wraps(init)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        state = self.__dict__
+        state["_constructing"] = state.get("_constructing", 0) + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            state["_constructing"] -= 1
+        if not state["_constructing"]:
+            state["_sealed"] = True
+
+    return wrapped
+
+
 class Index:
     """faiss's ``Index`` surface over the gpuann index :attr:`index`."""
 
@@ -43,10 +61,30 @@ class Index:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every shim's constructor refuses arguments as faiss's (``RuntimeError``, see
-        :func:`~gpuann.compat.faiss._common.faiss_errors`)."""
+        :func:`~gpuann.compat.faiss._common.faiss_errors`) and, once the outermost one has
+        returned, seals the object (:meth:`__setattr__`)."""
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = raises_as_faiss(cls.__dict__["__init__"])
+            cls.__init__ = _sealing(raises_as_faiss(cls.__dict__["__init__"]))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """As faiss's objects: an attribute the class does not have raises ``AttributeError``
+        once constructed (found by review: ``index.efSearch = 3`` on an IVF index, or
+        ``refine.nprobe = 8``, were kept and silently ignored). Private names, attributes the
+        object already holds, and subclasses defined outside this module are free."""
+        if (
+            name.startswith("_")
+            or name in self.__dict__
+            or not self.__dict__.get("_sealed", False)
+            or any(name in klass.__dict__ for klass in type(self).__mro__)
+            or not type(self).__module__.startswith(__package__)
+        ):
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(
+            f"'{type(self).__name__}' object has no attribute '{name}' (faiss's has none "
+            "either; setting it would change nothing)"
+        )
 
     # ---------------------------------------------------------------- properties
     @property

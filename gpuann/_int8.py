@@ -22,6 +22,7 @@ vectors kept in host memory (``refine=True``), which makes the final distances e
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -90,6 +91,8 @@ class Int8Codes:
         self.dim, self.metric, self.device, self.refine = dim, metric, device, refine
         self.int8_queries = int8_queries
         self.quantizer = ScalarQuantizer(dim, device)
+        #: Held by an add while the ranges may still be learned (see ``FlatIndex.add``).
+        self.first_add = threading.Lock()
         #: Float32 vectors, same ids and row order as the codes, in host memory.
         self.host = IdRows(torch.device("cpu"), {"vectors": ((dim,), torch.float32)})
 

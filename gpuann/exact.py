@@ -24,7 +24,7 @@ from gpuann.budget import check_budget
 from gpuann.differentiable import differentiable_distances
 from gpuann.engine.eligibility import FILTER_FIELDS
 from gpuann.filters import as_allow_ids, as_exclude_ids, row_mask
-from gpuann.inputs import MIN_NORM, check_values, row_norms, unit_rows
+from gpuann.inputs import MIN_NORM, TINY_NORM, check_values, row_norms, unit_rows
 from gpuann.metrics import Metric, as_metric
 from gpuann.result import SearchResult
 
@@ -311,7 +311,11 @@ def _prepare(
         # scale-safe, as an index normalises (found by review: F.normalize left rows of norm
         # below 1e-12 unnormalised, and norms beyond float32 made every similarity 0)
         queries = unit_rows(queries)
-        column_scale = 1.0 / _row_norms(database).clamp_min(MIN_NORM)
+        norms = _row_norms(database)
+        if bool(((norms > 0) & (norms < TINY_NORM)).any()):
+            database = _unit_copy(database)  # rare: rows whose products would underflow
+        else:
+            column_scale = 1.0 / norms.clamp_min(MIN_NORM)
     excluded_rows = allowed_rows = None
     if exclude_ids is not None:
         excluded_rows = as_exclude_ids(exclude_ids, queries.shape[0], device)
@@ -361,12 +365,27 @@ def _format_result(
     return SearchResult(distances.to(device), ids.to(device))
 
 
-def _row_norms(x: torch.Tensor, block: int = 65536) -> torch.Tensor:
+#: Bytes of float32 temporaries per block of :func:`_row_norms` and :func:`_unit_copy`.
+_BLOCK_BYTES = 32 << 20
+
+
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
     """Float32 row norms of ``x``, scale-safe (:func:`~gpuann.inputs.row_norms`), a block
     at a time (no float32 copy of all of ``x``)."""
     out = torch.empty(x.shape[0], device=x.device)
+    block = max(1, _BLOCK_BYTES // (4 * max(1, x.shape[1])))
     for r0 in range(0, x.shape[0], block):
         out[r0 : r0 + block] = row_norms(x[r0 : r0 + block])
+    return out
+
+
+def _unit_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 unit rows (:func:`~gpuann.inputs.unit_rows`), a new tensor filled a
+    block at a time: cosine over rows whose norms are too small for a ``1 / ‖x‖`` factor."""
+    out = torch.empty(x.shape, device=x.device)
+    block = max(1, _BLOCK_BYTES // (4 * max(1, x.shape[1])))
+    for r0 in range(0, x.shape[0], block):
+        out[r0 : r0 + block] = unit_rows(x[r0 : r0 + block])
     return out
 
 

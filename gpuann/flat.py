@@ -192,22 +192,31 @@ class FlatIndex(RefineOptions, Index):
     def add(self, x: Any, ids: Any = None, *, check_finite: bool = True) -> None:
         """Add vectors (see :meth:`gpuann.Index.add`); an untrained int8 index first learns
         its ranges from these vectors."""
-        learned = False
-        if self._int8 is not None and not self._int8.quantizer.is_trained:
-            prepared, _, _ = self._prepare(x, "x", check_finite)
+        int8 = self._int8
+        if int8 is not None:
+            # One first add at a time, and every add waits for its outcome: a concurrent add
+            # must not encode with ranges that a failing first add then forgets (review).
+            with int8.first_add:
+                if not int8.quantizer.is_trained:
+                    self._first_int8_add(x, ids, check_finite)
+                    return
+        super().add(x, ids, check_finite=check_finite)
+
+    def _first_int8_add(self, x: Any, ids: Any, check_finite: bool) -> None:
+        """Learn the int8 ranges from ``x``, then add it; a failed add forgets them again
+        (ranges learned from a refused batch, bad ids say, would clip every later vector to
+        them: found by review). ``first_add`` is held."""
+        quantizer = self._int8.quantizer
+        prepared, _, _ = self._prepare(x, "x", check_finite)
+        if prepared.shape[0]:
             with self._lock.write():
-                if not self._int8.quantizer.is_trained and prepared.shape[0]:
-                    self._int8.quantizer.train(prepared)
-                    learned = True
+                quantizer.train(prepared)
         try:
             super().add(x, ids, check_finite=check_finite)
         except BaseException:
-            # a failed add leaves the index as it was: ranges learned from a refused batch
-            # (bad ids, say) would clip every later vector to them (found by review)
-            if learned:
+            if prepared.shape[0]:
                 with self._lock.write():
-                    if not len(self._rows.stored_ids):
-                        self._int8.quantizer.forget()
+                    quantizer.forget()
             raise
 
     def _before_insert(self, ids: torch.Tensor, rows: Mapping[str, torch.Tensor]) -> None:

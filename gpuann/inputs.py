@@ -7,6 +7,7 @@ range are refused too (distances would be infinite). Cosine normalisation is sca
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,10 @@ from gpuann.metrics import Metric
 
 __all__ = [
     "MIN_NORM",
+    "TINY_NORM",
     "check_memory_budget",
     "check_values",
+    "cosine_columns",
     "host_queries",
     "prepare_vectors",
     "row_norms",
@@ -99,11 +102,18 @@ _UNIT_EPS = 1e-12
 MIN_NORM = float(torch.finfo(torch.float32).tiny)
 
 
+def _extreme(peaks: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows (by their largest magnitude ``peaks``) whose norm is not safely measured in
+    float32: below ``F.normalize``'s eps, or with squares that could sum past 1e36 (found by
+    review: rows of 1000 values near 9e17 summed to inf, so cosine gave 0 everywhere)."""
+    return (peaks * math.sqrt(max(dim, 1)) > 1e18) | (peaks < _UNIT_EPS)
+
+
 def _unit_rows(x: torch.Tensor, peaks: torch.Tensor, compiling: bool = False) -> torch.Tensor:
-    """``x`` (n, d) as float32 unit rows, scale-safe: a row whose largest magnitude
-    (``peaks``, (n, 1)) is outside ``[1e-12, 1e18]`` is divided by it first, so its norm is
-    neither below ``F.normalize``'s eps nor beyond float32 (zero rows stay zero)."""
-    extreme = (peaks > 1e18) | (peaks < _UNIT_EPS)
+    """``x`` (n, d) as float32 unit rows, scale-safe: a row whose norm is not safely measured
+    (:func:`_extreme`, from ``peaks``, (n, 1)) is divided by its largest magnitude first
+    (zero rows stay zero)."""
+    extreme = _extreme(peaks, x.shape[1])
     # On the CPU the (rare) rescaling is skipped when no row needs it; on a GPU that test
     # would be a host sync, and under torch.compile a data-dependent branch: it always runs.
     if x.device.type != "cpu" or compiling or bool(extreme.any()):
@@ -118,17 +128,47 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
         unit = _normalized_common_case(x.float())
         if unit is not None:
             return unit
-    return _unit_rows(x, x.abs().amax(dim=1, keepdim=True), torch.compiler.is_compiling())
+    peaks = torch.linalg.vector_norm(x.float(), ord=math.inf, dim=1, keepdim=True)
+    return _unit_rows(x, peaks, torch.compiler.is_compiling())
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
     """Float32 norms (n,) of the rows of ``x``, scale-safe as :func:`unit_rows`: a row whose
-    largest magnitude is outside ``[1e-12, 1e18]`` is measured divided by it."""
+    norm is not safely measured in float32 is measured divided by its largest magnitude.
+
+    No temporary of ``x``'s size on the CPU (the norms and peaks are reductions; the few
+    extreme rows are measured apart, after one check); on a GPU (no host sync) the divided
+    rows are one temporary the size of ``x``.
+    """
     xf = x.float()
-    peaks = xf.abs().amax(dim=1)
-    extreme = ((peaks > 1e18) | (peaks < _UNIT_EPS)) & (peaks > 0)
+    norms = torch.linalg.vector_norm(xf, dim=1)
+    peaks = torch.linalg.vector_norm(xf, ord=math.inf, dim=1)
+    extreme = _extreme(peaks, x.shape[1]) & (peaks > 0)
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(extreme.any()):
+            rows = extreme.nonzero().squeeze(1)
+            factor = peaks[rows]
+            norms[rows] = torch.linalg.vector_norm(xf[rows] / factor[:, None], dim=1) * factor
+        return norms
     factor = torch.where(extreme, peaks, torch.ones_like(peaks))
     return torch.linalg.vector_norm(xf / factor[:, None], dim=1) * factor
+
+
+#: Rows of smaller (non-zero) norm have inner products near float32's underflow, which no
+#: ``1 / ‖x‖`` factor can repair: a cosine scan normalises a copy of them instead.
+TINY_NORM = 1e-20
+
+
+def cosine_columns(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(rows, scale)`` for a cosine scan of ``x`` (n, d): ``x`` with each row's
+    ``1 / ‖x‖`` (float32, (n,); zero rows score 0), or, when a row's norm is below
+    :data:`TINY_NORM` but not zero, unit rows (a float32 copy, :func:`unit_rows`) and None
+    (found by review: a row of norm 1e-39 scored 0.085 against a query it points along).
+    One host sync."""
+    norms = row_norms(x)
+    if bool(((norms > 0) & (norms < TINY_NORM)).any()):
+        return unit_rows(x), None
+    return x, 1.0 / norms.clamp_min(MIN_NORM)
 
 
 #: :func:`host_queries` takes batches up to this many values (larger ones gain nothing).

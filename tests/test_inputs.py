@@ -173,3 +173,31 @@ def test_cosine_is_scale_safe_in_every_search(tmp_path, scale, side):
         torch.testing.assert_close(
             torch.as_tensor(D).double(), expected_sims.sort(descending=True).values, msg=name
         )
+
+
+def test_cosine_is_scale_safe_for_long_rows_and_tiny_norms(tmp_path):
+    """Rows of 1000 values near 9e17 summed their squares to inf in float32 (similarity 0
+    everywhere, in knn and FlatIndex), and a row of norm 1e-39 scored 0.085 in knn against
+    a query it points along (its inner products underflow; no 1/norm factor repairs them).
+    Both found by review."""
+    g = torch.Generator().manual_seed(0)
+    db = torch.sign(torch.randn(5, 1000, generator=g))
+    q = db[3:4].clone()
+    q[0, :100] *= -1
+    expected = gpuann.knn(q, db, 3, metric="cosine")
+    assert expected.ids.tolist() == [[3, 0, 1]]
+    for scale in (9e17, 1e-30):
+        index = gpuann.FlatIndex(1000, metric="cosine", device="cpu")
+        index.add(db * scale)
+        for D, I in (gpuann.knn(q, db * scale, 3, metric="cosine"), index.search(q, 3)):
+            assert torch.equal(I, expected.ids)
+            torch.testing.assert_close(D, expected.distances)
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    db = torch.tensor([[1e-39, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    np.save(tmp_path / "db.npy", db.numpy())
+    for D, I in (
+        gpuann.knn(q, db, 3, metric="cosine"),
+        gpuann.batch_search(q, str(tmp_path / "db.npy"), 3, metric="cosine", progress=False),
+    ):
+        assert torch.as_tensor(I).tolist() == [[0, 1, 2]]
+        torch.testing.assert_close(torch.as_tensor(D), torch.tensor([[1.0, 0.5**0.5, 0.0]]))

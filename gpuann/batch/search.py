@@ -341,7 +341,9 @@ def _index_fingerprint(index: Any, dim: int | None) -> dict[str, Any]:
     """Type, size, dim and a hash of evenly spaced stored ids and their vectors (through the
     public ``ids`` and ``reconstruct``, where the index has them): another index of the same
     class and size is told apart, as a changed database is (found by review: resume mixed two
-    indexes' results). Indexes without ``ids`` or ``reconstruct`` hash what they have."""
+    indexes' results). Indexes without ``ids`` or ``reconstruct`` hash what they have; an IVF
+    index without ``refine``, its ids only (two IVF indexes holding the same ids are told
+    apart by size and type alone)."""
     digest = hashlib.sha256()
     ids = getattr(index, "ids", None)
     if isinstance(ids, torch.Tensor) and ids.numel():
@@ -349,6 +351,10 @@ def _index_fingerprint(index: Any, dim: int | None) -> dict[str, Any]:
         sampled = ids.reshape(-1)[torch.from_numpy(picks.astype(np.int64)).to(ids.device)]
         digest.update(stored_bytes(sampled))
         reconstruct = getattr(index, "reconstruct", None)
+        # not an IVF index's faiss codes: reconstruct would attach faiss's id map to it for
+        # good (and on CUDA copy it to the host); its ids alone are hashed (found by review)
+        if getattr(index, "nlist", None) is not None and not getattr(index, "refine", False):
+            reconstruct = None
         if callable(reconstruct):
             try:
                 vectors = reconstruct(sampled)

@@ -44,7 +44,7 @@ from gpuann.engine.running import merge_keyed
 from gpuann.engine.search import Chunk, TiledSearch
 from gpuann.engine.tiles import plan_score_tiles
 from gpuann.engine.verified_cpu import verified_applies, verified_search
-from gpuann.inputs import MIN_NORM, row_norms, unit_rows
+from gpuann.inputs import cosine_columns, unit_rows
 from gpuann.metrics import Metric
 
 __all__ = ["StreamPlan", "StreamingExactSearch", "plan_stream", "stream_step_bytes"]
@@ -245,11 +245,13 @@ class StreamingExactSearch(DatabaseStream):
             self.metric is Metric.L2,
             plan,
             filters=RowFilters(excluded_rows=excluded),
-            normalize_rows=self.metric is Metric.COSINE,
             memory_budget=self.memory_budget,
         )
         for start, rows in self._checked():
-            search.add(Chunk(start, rows))
+            scale = None
+            if self.metric is Metric.COSINE:  # scale-safe, as knn
+                rows, scale = cosine_columns(rows)
+            search.add(Chunk(start, rows, None, scale))
         return search.result()
 
     def _backend_pass(
@@ -261,8 +263,8 @@ class StreamingExactSearch(DatabaseStream):
         top_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
         for start, rows in self._checked():
             scale = None
-            if self.metric is Metric.COSINE:
-                scale = 1.0 / row_norms(rows).clamp_min(MIN_NORM)  # scale-safe, as knn
+            if self.metric is Metric.COSINE:  # scale-safe, as knn
+                rows, scale = cosine_columns(rows)
             local = None
             if excluded is not None:
                 shifted = excluded - start

@@ -19,7 +19,6 @@ from gpuann.engine.eligibility import RowFilters
 from gpuann.engine.heap_select import HeapTopK, heap_select_applies
 from gpuann.engine.running import RunningTopK
 from gpuann.engine.tiles import DatabaseTile, TileScorer
-from gpuann.inputs import MIN_NORM, row_norms
 
 __all__ = ["Chunk", "TiledSearch"]
 
@@ -35,7 +34,7 @@ class Chunk:
     rows : torch.Tensor, shape (n, d), floating
     sqnorms, scale : torch.Tensor or None, shape (n,), float32
         Squared norms (L2) or score multipliers (inner product) of the rows, when known;
-        otherwise computed per tile (norms for L2; ``1 / ‖x‖`` when ``normalize_rows``).
+        otherwise computed per tile (L2 norms; no multiplier for an inner product).
     """
 
     start: int
@@ -59,9 +58,6 @@ class TiledSearch:
         Tile shapes (:func:`~gpuann.engine.tiles.plan_score_tiles`).
     filters : RowFilters, optional
         Per-query and per-row filters, indexed by query (``0 : Q``) and absolute row.
-    normalize_rows : bool
-        Inner product: divide each row's score by its norm (cosine over raw rows) when a
-        chunk gives no ``scale``.
     memory_budget : int
         Bounds the temporaries of keyed selection.
     query_scale : torch.Tensor, shape (Q,), float32, optional
@@ -77,11 +73,10 @@ class TiledSearch:
         plan: TilePlan,
         *,
         filters: RowFilters | None = None,
-        normalize_rows: bool = False,
         memory_budget: int = 256 << 20,
         query_scale: torch.Tensor | None = None,
     ) -> None:
-        self.l2, self.plan, self.normalize_rows = l2, plan, normalize_rows
+        self.l2, self.plan = l2, plan
         self.filters = filters if filters is not None else RowFilters()
         device = queries.device
         self._blocks = []
@@ -120,9 +115,6 @@ class TiledSearch:
             if self.l2 and sqnorms is None:
                 xf = x if x.dtype == torch.float32 else x.float()
                 sqnorms = (xf * xf).sum(dim=1)
-            if not self.l2 and scale is None and self.normalize_rows:
-                xf = x if x.dtype == torch.float32 else x.float()
-                scale = 1.0 / row_norms(xf).clamp_min(MIN_NORM)  # scale-safe, as knn
             tile = DatabaseTile(
                 x, chunk.start + r, sqnorms if self.l2 else None, scale, self._augmented
             )

@@ -373,7 +373,7 @@ class IVFIndexBase(IVFPersistence, FaissSync, KeptVectors, Index):
             ``‖q‖²`` added to the winners). Equal distances ordered by lower id, also where
             they straddle the ``k``-th place: of several vectors tied there, those of lower
             id are returned (faiss keeps any of them; gpuann fetches one candidate more than
-            ``k``, and where that one is tied too, twice as many for those queries until
+            ``k``, and where that one is tied too, 8 times as many for those queries until
             the tie ends, then sorts by distance and id). Id ``-1`` with ±inf where fewer
             than ``k`` results were found (all of them on a trained, empty index).
         """

@@ -300,3 +300,19 @@ def test_batch_imports_stay_lean():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] False False"
+
+
+def test_an_ivf_job_does_not_reconstruct_to_fingerprint(tmp_path, monkeypatch):
+    """The resume fingerprint reconstructed sampled vectors, which attaches faiss's id map to
+    an IVF index for good (and on CUDA copies it to the host): its ids alone are hashed."""
+    x = torch.from_numpy(data(500, seed=4))
+    index = gpuann.IVFFlatIndex(32, 4, device="cpu")
+    index.train(x)
+    index.add(x)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("reconstruct called")
+
+    monkeypatch.setattr(type(index), "reconstruct", refused)
+    D, I = batch_search(x[:20], index, K, out=tmp_path / "out", batch_size=10, progress=False)
+    np.testing.assert_array_equal(np.asarray(I), index.search(x[:20], K).ids.numpy())

@@ -556,7 +556,7 @@ def small_names(faiss):
     refine.train(xb)
     refine.add(xb)
     space = faiss.ParameterSpace()
-    space.set_index_parameters(refine, "nprobe=3,k_factor_rf=2")
+    space.set_index_parameters(refine, "nprobe=3,k_factor_rf=2.5")  # faiss keeps int(2.5)
     out += [faiss.extract_index_ivf(refine).nprobe, refine.k_factor, refine.search(xq, 4)]
     for name in ("efSearch", "k_factor", "bogus"):
         out.append(outcome(lambda n=name: space.set_index_parameter(refine, n, 3)))

@@ -155,7 +155,7 @@ class ParameterSpace:
 
     def set_index_parameter(self, index: Index, name: str, value: float) -> None:
         if name == "k_factor_rf" and isinstance(index, IndexRefineFlat):
-            index.k_factor = float(value)
+            index.k_factor = float(int(value))  # faiss stores int(value)
             return
         if name == "nprobe" and isinstance(index, IndexIVF):
             index.nprobe = int(value)

@@ -110,6 +110,7 @@ class IndexRefineFlat(Index):
         queries = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
         q = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
         scores = self._exact_scores(q[torch.from_numpy(queries)], torch.from_numpy(found))
+        scores = scores.cpu()  # the native index may live on the GPU
         l2 = self.metric_type == METRIC_L2
         keep = scores < thresh if l2 else scores > thresh
         scores, found, queries = scores[keep], torch.from_numpy(found)[keep], queries[keep.numpy()]

@@ -312,7 +312,9 @@ def _prepare(
         # below 1e-12 unnormalised, and norms beyond float32 made every similarity 0)
         queries = unit_rows(queries)
         norms = _row_norms(database)
-        if bool(((norms > 0) & (norms < TINY_NORM)).any()):
+        tiny = (norms > 0) & (norms < TINY_NORM)
+        # under torch.compile the check would be a data-dependent branch: the factor stays
+        if not torch.compiler.is_compiling() and bool(tiny.any()):
             database = _unit_copy(database)  # rare: rows whose products would underflow
         else:
             column_scale = 1.0 / norms.clamp_min(MIN_NORM)
